@@ -1,0 +1,9 @@
+// Package coordinator is micado's pure decision core: the paper's
+// "microservices coordination logic". It takes an immutable snapshot of the
+// cluster (workers with tags, memory capacity, reservations and usage) and a
+// request, and returns a decision together with its reasons.
+//
+// It never touches Docker, Consul, the network or the clock: callers pass
+// everything in, which keeps every decision reproducible, cheap to test and
+// cheap to benchmark at thousands of workers. TestPurity keeps it so.
+package coordinator
