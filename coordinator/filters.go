@@ -72,6 +72,9 @@ func better(s Strategy, a *Worker, fa int64, b *Worker, fb int64) bool {
 // a scan of every worker through Filters, then ranking. Placer gives the
 // same answers faster when many requests are placed on one snapshot.
 func Place(s *Snapshot, r Request, o Options) Decision {
+	if s == nil {
+		s = &Snapshot{}
+	}
 	best := -1
 	var bestFree int64
 	for i := range s.Workers {
@@ -101,23 +104,49 @@ func passes(o *Options, w *Worker, r *Request) bool {
 }
 
 func placedReason(r *Request, w *Worker, free int64) string {
-	tags := "no tags required"
-	if len(r.Tags) > 0 {
-		tags = strings.Join(r.Tags, ",")
+	var buf [160]byte
+	return string(appendPlacedReason(buf[:0], r, w, free))
+}
+
+// appendPlacedReason appends "placed NAME on WORKER: TAGS, FREE free" to
+// dst; the one string conversion of the result is the only allocation a
+// successful placement makes.
+func appendPlacedReason(dst []byte, r *Request, w *Worker, free int64) []byte {
+	dst = append(dst, "placed "...)
+	dst = append(dst, r.Name...)
+	dst = append(dst, " on "...)
+	dst = append(dst, w.Name...)
+	dst = append(dst, ": "...)
+	if len(r.Tags) == 0 {
+		dst = append(dst, "no tags required"...)
 	}
-	return fmt.Sprintf("placed %s on %s: %s, %s free", r.Name, w.Name, tags, FormatBytes(free))
+	for i, t := range r.Tags {
+		if i > 0 {
+			dst = append(dst, ',')
+		}
+		dst = append(dst, t...)
+	}
+	dst = append(dst, ", "...)
+	dst = appendBytes(dst, free)
+	return append(dst, " free"...)
 }
 
 // Explain places r like Place and also records, worker by worker, which
 // filter rejected it. When nothing fits, Reason summarises the rejections
 // by filter ("2 workers lack role=db; 1 has too little memory ...").
 func Explain(s *Snapshot, r Request, o Options) Decision {
+	if s == nil {
+		s = &Snapshot{}
+	}
 	d := Decision{Request: r}
 	best := -1
 	var bestFree int64
 	counts := map[string]int{}
-	var mostFree int64 = -1
-	mostFreeOn := ""
+	// The memory-rejected worker with the most free memory. haveMost is
+	// needed because free memory can be negative on an over-reserved
+	// worker, so no sentinel value of mostFree is safe.
+	var mostFree int64
+	mostFreeOn, haveMost := "", false
 	for i := range s.Workers {
 		w := &s.Workers[i]
 		rejected := false
@@ -126,8 +155,8 @@ func Explain(s *Snapshot, r Request, o Options) Decision {
 				d.Rejections = append(d.Rejections, Rejection{Worker: w.Name, Filter: f.Name(), Reason: f.Explain(&o, w, &r)})
 				counts[f.Name()]++
 				if f.Name() == "memory" {
-					if fr := o.Free(w); fr > mostFree || (fr == mostFree && w.Name < mostFreeOn) {
-						mostFree, mostFreeOn = fr, w.Name
+					if fr := o.Free(w); !haveMost || fr > mostFree || (fr == mostFree && w.Name < mostFreeOn) {
+						mostFree, mostFreeOn, haveMost = fr, w.Name, true
 					}
 				}
 				rejected = true
@@ -142,7 +171,7 @@ func Explain(s *Snapshot, r Request, o Options) Decision {
 			best, bestFree = i, f
 		}
 	}
-	sort.Slice(d.Rejections, func(i, j int) bool { return d.Rejections[i].Worker < d.Rejections[j].Worker })
+	sort.SliceStable(d.Rejections, func(i, j int) bool { return d.Rejections[i].Worker < d.Rejections[j].Worker })
 	if best >= 0 {
 		w := &s.Workers[best]
 		d.Worker, d.Free, d.Reason = w.Name, bestFree, placedReason(&r, w, bestFree)

@@ -1,8 +1,9 @@
 package coordinator
 
 import (
+	"bytes"
 	"fmt"
-	"strings"
+	"strconv"
 )
 
 // Default placement settings. Each carries the reason for its value.
@@ -143,30 +144,47 @@ func (d Decision) Placed() bool { return d.Worker != "" }
 // FormatBytes renders n bytes the way people write memory sizes
 // ("512 MiB", "1.5 GiB").
 func FormatBytes(n int64) string {
+	var buf [32]byte
+	return string(appendBytes(buf[:0], n))
+}
+
+// appendBytes appends FormatBytes(n) to dst without allocating, so that
+// reasons can be built in one buffer on the placement hot path.
+func appendBytes(dst []byte, n int64) []byte {
 	const (
 		kib = 1 << 10
 		mib = 1 << 20
 		gib = 1 << 30
 	)
-	neg := ""
+	u := uint64(n)
 	if n < 0 {
-		neg, n = "-", -n
+		dst = append(dst, '-')
+		u = -u // also right for math.MinInt64
 	}
 	switch {
-	case n >= gib:
-		return neg + trimZero(fmt.Sprintf("%.2f", float64(n)/gib)) + " GiB"
-	case n >= mib:
-		return neg + trimZero(fmt.Sprintf("%.1f", float64(n)/mib)) + " MiB"
-	case n >= kib:
-		return neg + trimZero(fmt.Sprintf("%.1f", float64(n)/kib)) + " KiB"
+	case u >= gib:
+		return appendTrimmed(dst, float64(u)/gib, 2, " GiB")
+	case u >= mib:
+		return appendTrimmed(dst, float64(u)/mib, 1, " MiB")
+	case u >= kib:
+		return appendTrimmed(dst, float64(u)/kib, 1, " KiB")
 	}
-	return fmt.Sprintf("%s%d B", neg, n)
+	dst = strconv.AppendUint(dst, u, 10)
+	return append(dst, " B"...)
 }
 
-func trimZero(s string) string {
-	if strings.Contains(s, ".") {
-		s = strings.TrimRight(s, "0")
-		s = strings.TrimSuffix(s, ".")
+// appendTrimmed appends v with prec decimals ("%.*f"), drops trailing
+// zeros and a trailing point, then appends unit.
+func appendTrimmed(dst []byte, v float64, prec int, unit string) []byte {
+	start := len(dst)
+	dst = strconv.AppendFloat(dst, v, 'f', prec, 64)
+	if bytes.IndexByte(dst[start:], '.') >= 0 {
+		for dst[len(dst)-1] == '0' {
+			dst = dst[:len(dst)-1]
+		}
+		if dst[len(dst)-1] == '.' {
+			dst = dst[:len(dst)-1]
+		}
 	}
-	return s
+	return append(dst, unit...)
 }

@@ -1,0 +1,96 @@
+# Makefile for micado. Run `make help` for the list of targets.
+
+GO     ?= go
+DOCKER ?= docker
+
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+
+MICADO_IMAGE ?= micado/micado:dev
+CONSUL_IMAGE ?= micado/consul:1.20.1
+DEMO_IMAGE   ?= micado/demo-web:latest
+# Label put on every image built here so that tests can find them.
+IMAGE_LABEL  ?= io.micado.project=micado
+
+BIN_DIR    := bin
+BUILD_DIR  := .build
+CTX_DIR    := $(BUILD_DIR)/ctx
+CONSUL_BIN := .cache/bin/consul
+
+# Static binaries: no cgo, reproducible paths.
+GO_BUILD := CGO_ENABLED=0 $(GO) build -trimpath
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_.\/-]+:.*## / {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+# ---------------------------------------------------------------------------
+# Binaries. The Go targets always run `go build`, which is incremental and
+# decides itself whether anything changed.
+
+.PHONY: FORCE
+FORCE:
+
+.PHONY: build
+build: $(BIN_DIR)/micado ## Build the static micado binary into bin/micado
+
+$(BIN_DIR)/micado: FORCE
+	$(GO_BUILD) -ldflags "-X main.version=$(VERSION)" -o $@ ./cmd/micado
+
+$(BIN_DIR)/demo-web: FORCE
+	$(GO_BUILD) -o $@ ./images/demo-web
+
+.PHONY: consul
+consul: $(CONSUL_BIN) ## Build the Consul agent into .cache/bin/consul (only if missing or its module changed)
+
+$(CONSUL_BIN): images/consul/go.mod images/consul/go.sum
+	@mkdir -p $(@D)
+	cd images/consul && CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w" -o $(CURDIR)/$@ github.com/hashicorp/consul
+
+# ---------------------------------------------------------------------------
+# Container images. Every image is FROM scratch and built with the legacy
+# builder from a small context under .build/ctx/<name>/ holding only the
+# binary, the Dockerfile and, if the image needs empty directories such as
+# /tmp, a rootfs/ tree with them (scratch has no shell, so they cannot be made
+# with RUN; `COPY rootfs/ /` keeps their modes, e.g. 1777 for /tmp).
+
+# ctx-dirs: create empty directories $(2) with mode $(3) in context $(1).
+ctx-dirs = for d in $(2); do mkdir -p $(1)/$$d && chmod $(3) $(1)/$$d; done
+
+# ctx-file: put file $(2) into context $(1); hard-link when possible so the
+# large Consul binary is not copied on every build.
+ctx-file = mkdir -p $(1) && { ln -f $(2) $(1)/ 2>/dev/null || cp -f $(2) $(1)/; }
+
+# docker-build: build context $(1) and tag it $(2).
+docker-build = $(DOCKER) build --label $(IMAGE_LABEL) -t $(2) $(1)
+
+.PHONY: images
+images: image-micado image-consul image-demo-web ## Build all container images
+
+.PHONY: image-micado
+image-micado: $(BIN_DIR)/micado ## Build the micado image (MICADO_IMAGE)
+	@$(call ctx-dirs,$(CTX_DIR)/micado/rootfs,tmp,1777)
+	@$(call ctx-file,$(CTX_DIR)/micado,$(BIN_DIR)/micado)
+	@$(call ctx-file,$(CTX_DIR)/micado,images/micado/Dockerfile)
+	$(call docker-build,$(CTX_DIR)/micado,$(MICADO_IMAGE))
+
+.PHONY: image-consul
+image-consul: $(CONSUL_BIN) ## Build the Consul image (CONSUL_IMAGE)
+	@$(call ctx-dirs,$(CTX_DIR)/consul/rootfs,tmp,1777)
+	@$(call ctx-dirs,$(CTX_DIR)/consul/rootfs,consul consul/data consul/config,0755)
+	@$(call ctx-file,$(CTX_DIR)/consul,$(CONSUL_BIN))
+	@$(call ctx-file,$(CTX_DIR)/consul,images/consul/Dockerfile)
+	$(call docker-build,$(CTX_DIR)/consul,$(CONSUL_IMAGE))
+
+.PHONY: image-demo-web
+image-demo-web: $(BIN_DIR)/demo-web ## Build the demo web server image (DEMO_IMAGE)
+	@$(call ctx-file,$(CTX_DIR)/demo-web,$(BIN_DIR)/demo-web)
+	@$(call ctx-file,$(CTX_DIR)/demo-web,images/demo-web/Dockerfile)
+	$(call docker-build,$(CTX_DIR)/demo-web,$(DEMO_IMAGE))
+
+# ---------------------------------------------------------------------------
+
+.PHONY: clean
+clean: ## Remove build outputs (bin/, .build/); keeps the .cache/ Consul binary
+	rm -rf $(BIN_DIR) $(BUILD_DIR)

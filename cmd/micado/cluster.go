@@ -1,0 +1,371 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/filters"
+	"github.com/docker/docker/api/types/mount"
+	"github.com/docker/docker/api/types/network"
+	"github.com/docker/docker/api/types/volume"
+	dockerclient "github.com/docker/docker/client"
+	"github.com/docker/docker/errdefs"
+	"github.com/docker/go-connections/nat"
+	"github.com/micado-scale/micado/definitions"
+	"github.com/micado-scale/micado/manager"
+	"github.com/micado-scale/micado/worker"
+	"github.com/spf13/cobra"
+)
+
+// Images a local cluster runs; `make images` builds them.
+var (
+	micadoImage = envOr("MICADO_IMAGE", "micado/micado:dev")
+	consulImage = envOr("MICADO_CONSUL_IMAGE", "micado/consul:1.20.1")
+)
+
+func dockerClient() (*dockerclient.Client, error) {
+	c, err := dockerclient.NewClientWithOpts(dockerclient.FromEnv, dockerclient.WithAPIVersionNegotiation())
+	if err != nil {
+		return nil, userErr("cannot create a Docker client: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := c.Ping(ctx); err != nil {
+		return nil, userErr("cannot reach the Docker engine: %v (is Docker running?)", rootCause(err))
+	}
+	return c, nil
+}
+
+func clusterFilter(name string) filters.Args {
+	return filters.NewArgs(filters.Arg("label", worker.LabelCluster+"="+name))
+}
+
+func upCmd(g *globals) *cobra.Command {
+	var (
+		workers   int
+		roles     string
+		workerMem string
+		strategy  string
+		timeout   time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "up",
+		Short: "Start a local cluster on Docker: Consul, a manager and worker agents",
+		Long: `Start a local micado cluster on this machine's Docker engine: one Consul agent,
+one manager and N worker agents, each in its own container on a private
+Docker network made for the cluster. Workers take roles from --roles in turn.
+
+The manager's address, an API token and the cluster key are saved under
+--home/<cluster>/ (readable only by you), where later commands find them.`,
+		Example: `  micado up
+  micado up --workers 3 --roles proxy,app,db --worker-memory 2GiB`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if workers < 0 || workers > 50 {
+				return userErr("--workers %d is out of range: use 0 to 50", workers)
+			}
+			rs := splitList(roles)
+			if workers > 0 && len(rs) == 0 {
+				return userErr("--roles is empty: give at least one role, e.g. --roles proxy,app")
+			}
+			mem, err := definitions.ParseSize(workerMem)
+			if err != nil {
+				return userErr("--worker-memory: %v", err)
+			}
+			if !clusterNameOK(g.cluster) {
+				return userErr("cluster name %q is not valid: use lowercase letters, digits and '-'", g.cluster)
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
+			defer cancel()
+			return up(ctx, cmd, g, upOptions{workers: workers, roles: rs, memory: mem, strategy: strategy})
+		},
+	}
+	cmd.Flags().IntVar(&workers, "workers", 2, "number of worker agents")
+	cmd.Flags().StringVar(&roles, "roles", "proxy,app", "comma-separated roles, given to workers in turn")
+	cmd.Flags().StringVar(&workerMem, "worker-memory", "1GiB", "memory each worker offers to containers")
+	cmd.Flags().StringVar(&strategy, "strategy", "spread", "placement ranking: spread or binpack")
+	cmd.Flags().DurationVar(&timeout, "timeout", 2*time.Minute, "how long to wait for the cluster to come up")
+	return cmd
+}
+
+func clusterNameOK(s string) bool {
+	if s == "" || len(s) > 32 {
+		return false
+	}
+	for _, r := range s {
+		if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+type upOptions struct {
+	workers  int
+	roles    []string
+	memory   int64
+	strategy string
+}
+
+func up(ctx context.Context, cmd *cobra.Command, g *globals, o upOptions) (err error) {
+	out := cmd.OutOrStdout()
+	dc, err := dockerClient()
+	if err != nil {
+		return err
+	}
+	defer dc.Close()
+	for _, img := range []string{micadoImage, consulImage} {
+		if _, err := dc.ImageInspect(ctx, img); err != nil {
+			if errdefs.IsNotFound(err) {
+				return userErr("image %s is missing: build the images with `make images`", img)
+			}
+			return userErr("cannot inspect image %s: %v", img, err)
+		}
+	}
+	existing, err := dc.ContainerList(ctx, container.ListOptions{All: true, Filters: clusterFilter(g.cluster)})
+	if err != nil {
+		return userErr("cannot list containers: %v", err)
+	}
+	if len(existing) > 0 {
+		return userErr("cluster %q is already up (%d containers): run `micado down` first, or use --cluster for another", g.cluster, len(existing))
+	}
+	// Undo everything on failure, so a failed `up` leaves nothing behind.
+	defer func() {
+		if err != nil {
+			fmt.Fprintf(cmd.ErrOrStderr(), "micado: up failed; removing what it created\n")
+			_, _ = teardown(context.WithoutCancel(ctx), dc, g.cluster)
+			_ = os.RemoveAll(stateDir(g))
+		}
+	}()
+
+	dir := stateDir(g)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return userErr("cannot create %s: %v", dir, err)
+	}
+	key := make([]byte, 32)
+	tok := make([]byte, 24)
+	_, _ = rand.Read(key)
+	_, _ = rand.Read(tok)
+	keyB64 := base64.StdEncoding.EncodeToString(key)
+	token := hex.EncodeToString(tok)
+	keyFile, tokenFile := filepath.Join(dir, "cluster.key"), filepath.Join(dir, "token")
+	if err := os.WriteFile(keyFile, []byte(keyB64+"\n"), 0o600); err != nil {
+		return err
+	}
+	if err := os.WriteFile(tokenFile, []byte(token+"\n"), 0o600); err != nil {
+		return err
+	}
+
+	labels := func(component string) map[string]string {
+		return map[string]string{worker.LabelCluster: g.cluster, worker.LabelComponent: component}
+	}
+	netName := "micado-" + g.cluster
+	if _, err := dc.NetworkCreate(ctx, netName, network.CreateOptions{Driver: "bridge", Labels: labels("network")}); err != nil {
+		return userErr("cannot create network %s: %v", netName, err)
+	}
+	ni, err := dc.NetworkInspect(ctx, netName, network.InspectOptions{})
+	if err != nil {
+		return err
+	}
+	gateway := ""
+	if len(ni.IPAM.Config) > 0 {
+		gateway = ni.IPAM.Config[0].Gateway
+	}
+	if gateway == "" {
+		return userErr("network %s has no gateway address", netName)
+	}
+	fmt.Fprintf(out, "network   %s (gateway %s)\n", netName, gateway)
+
+	vol := "micado-" + g.cluster + "-consul-data"
+	if _, err := dc.VolumeCreate(ctx, volume.CreateOptions{Name: vol, Labels: labels("consul")}); err != nil {
+		return userErr("cannot create volume %s: %v", vol, err)
+	}
+	prefix := "micado-" + g.cluster + "-"
+	run := func(name string, cfg *container.Config, host *container.HostConfig) (container.InspectResponse, error) {
+		host.RestartPolicy = container.RestartPolicy{Name: container.RestartPolicyUnlessStopped}
+		nc := &network.NetworkingConfig{EndpointsConfig: map[string]*network.EndpointSettings{netName: {Aliases: []string{name}}}}
+		created, err := dc.ContainerCreate(ctx, cfg, host, nc, nil, prefix+name)
+		if err != nil {
+			return container.InspectResponse{}, userErr("cannot create container %s: %v", prefix+name, err)
+		}
+		if err := dc.ContainerStart(ctx, created.ID, container.StartOptions{}); err != nil {
+			return container.InspectResponse{}, userErr("cannot start container %s: %v", prefix+name, err)
+		}
+		return dc.ContainerInspect(ctx, created.ID)
+	}
+	loopback := func(ports ...string) (nat.PortSet, nat.PortMap) {
+		set, m := nat.PortSet{}, nat.PortMap{}
+		for _, p := range ports {
+			set[nat.Port(p)] = struct{}{}
+			m[nat.Port(p)] = []nat.PortBinding{{HostIP: "127.0.0.1", HostPort: ""}}
+		}
+		return set, m
+	}
+
+	// Consul: one server agent with its data on a volume, so KV and
+	// registrations survive a restart.
+	exp, pm := loopback("8500/tcp", "8600/udp", "8600/tcp")
+	ci, err := run("consul", &container.Config{
+		Image: consulImage, Labels: labels("consul"), ExposedPorts: exp, Hostname: "consul",
+		Cmd: []string{"agent", "-server", "-bootstrap-expect=1", "-node=consul", "-data-dir=/consul/data",
+			"-client=0.0.0.0", `-bind={{ GetInterfaceIP "eth0" }}`, "-log-level=warn"},
+	}, &container.HostConfig{PortBindings: pm, Mounts: []mount.Mount{{Type: mount.TypeVolume, Source: vol, Target: "/consul/data"}}})
+	if err != nil {
+		return err
+	}
+	consulHTTP := "http://127.0.0.1:" + hostPort(ci, "8500/tcp")
+	consulDNS := "127.0.0.1:" + hostPort(ci, "8600/udp")
+	fmt.Fprintf(out, "consul    %s (DNS %s)\n", consulHTTP, consulDNS)
+
+	env := []string{"MICADO_CLUSTER_KEY=" + keyB64}
+	exp, pm = loopback("8080/tcp")
+	mi, err := run("manager", &container.Config{
+		Image: micadoImage, Labels: labels("manager"), ExposedPorts: exp, Hostname: "manager",
+		Env: append(env, "MICADO_API_TOKEN="+token),
+		Cmd: []string{"manager", "--cluster", g.cluster, "--consul", prefix + "consul:8500", "--api", ":8080", "--strategy", o.strategy},
+	}, &container.HostConfig{PortBindings: pm})
+	if err != nil {
+		return err
+	}
+	managerURL := "http://127.0.0.1:" + hostPort(mi, "8080/tcp")
+	fmt.Fprintf(out, "manager   %s\n", managerURL)
+
+	for i := 1; i <= o.workers; i++ {
+		name := "w-" + strconv.Itoa(i)
+		role := o.roles[(i-1)%len(o.roles)]
+		wl := labels("worker")
+		wl[worker.LabelNode] = name
+		if _, err := run(name, &container.Config{
+			Image: micadoImage, Labels: wl, Hostname: name, Env: env,
+			Cmd: []string{"worker", "--cluster", g.cluster, "--name", name, "--tag", "role=" + role,
+				"--memory", strconv.FormatInt(o.memory, 10), "--join", prefix + "manager:7946",
+				"--publish-addr", gateway, "--pull=false"},
+		}, &container.HostConfig{Mounts: []mount.Mount{{Type: mount.TypeBind, Source: "/var/run/docker.sock", Target: "/var/run/docker.sock"}}}); err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "worker    %s (role=%s, %s)\n", name, role, definitions.FormatSize(o.memory))
+	}
+
+	st := clusterState{Name: g.cluster, Manager: managerURL, Consul: consulHTTP, ConsulDNS: consulDNS,
+		Network: netName, Gateway: gateway, TokenFile: tokenFile, KeyFile: keyFile,
+		CreatedAt: time.Now().UTC(), Workers: o.workers, WorkerMem: o.memory}
+	b, _ := json.MarshalIndent(st, "", "  ")
+	if err := os.WriteFile(filepath.Join(dir, "cluster.json"), b, 0o600); err != nil {
+		return err
+	}
+
+	// Wait until the manager answers and sees every worker.
+	c := &client{base: managerURL, token: token, http: &http.Client{Timeout: 5 * time.Second}}
+	for {
+		var nodes []manager.NodeView
+		err := c.get(ctx, "/v1/nodes", &nodes)
+		alive := 0
+		for _, n := range nodes {
+			if n.Status == "alive" {
+				alive++
+			}
+		}
+		if err == nil && alive == o.workers {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			if err == nil {
+				err = fmt.Errorf("%d of %d workers joined", alive, o.workers)
+			}
+			return userErr("the cluster did not come up in time: %v (see `docker logs %smanager`)", err, prefix)
+		case <-time.After(300 * time.Millisecond):
+		}
+	}
+	fmt.Fprintf(out, "cluster %q is up with %d workers; try `micado nodes`\n", g.cluster, o.workers)
+	return nil
+}
+
+func hostPort(ci container.InspectResponse, port string) string {
+	if ci.NetworkSettings == nil {
+		return ""
+	}
+	for _, b := range ci.NetworkSettings.Ports[nat.Port(port)] {
+		return b.HostPort
+	}
+	return ""
+}
+
+func downCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "down",
+		Short: "Remove everything the local cluster created: containers, network, volume, state",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			dc, err := dockerClient()
+			if err != nil {
+				return err
+			}
+			defer dc.Close()
+			ctx, cancel := context.WithTimeout(cmd.Context(), 2*time.Minute)
+			defer cancel()
+			n, err := teardown(ctx, dc, g.cluster)
+			if err != nil {
+				return err
+			}
+			if err := os.RemoveAll(stateDir(g)); err != nil {
+				return userErr("cannot remove %s: %v", stateDir(g), err)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "cluster %q is down: removed %d containers, its network and its volume\n", g.cluster, n)
+			return nil
+		},
+	}
+}
+
+// teardown removes every container, network and volume labelled with the
+// cluster's name, and nothing else.
+func teardown(ctx context.Context, dc *dockerclient.Client, cluster string) (int, error) {
+	f := clusterFilter(cluster)
+	cs, err := dc.ContainerList(ctx, container.ListOptions{All: true, Filters: f})
+	if err != nil {
+		return 0, userErr("cannot list containers: %v", err)
+	}
+	var errs []error
+	// Workers first so they stop starting things, then the rest.
+	for _, c := range cs {
+		if err := dc.ContainerRemove(ctx, c.ID, container.RemoveOptions{Force: true, RemoveVolumes: true}); err != nil && !errdefs.IsNotFound(err) {
+			errs = append(errs, err)
+		}
+	}
+	// App containers may have been created by workers just now.
+	more, _ := dc.ContainerList(ctx, container.ListOptions{All: true, Filters: f})
+	for _, c := range more {
+		_ = dc.ContainerRemove(ctx, c.ID, container.RemoveOptions{Force: true})
+	}
+	nets, err := dc.NetworkList(ctx, network.ListOptions{Filters: f})
+	if err == nil {
+		for _, n := range nets {
+			if err := dc.NetworkRemove(ctx, n.ID); err != nil && !errdefs.IsNotFound(err) {
+				errs = append(errs, err)
+			}
+		}
+	}
+	vols, err := dc.VolumeList(ctx, volume.ListOptions{Filters: f})
+	if err == nil {
+		for _, v := range vols.Volumes {
+			if err := dc.VolumeRemove(ctx, v.Name, true); err != nil && !errdefs.IsNotFound(err) {
+				errs = append(errs, err)
+			}
+		}
+	}
+	if len(errs) > 0 {
+		return len(cs), userErr("some cluster objects could not be removed: %v", errors.Join(errs...))
+	}
+	return len(cs) + len(more), nil
+}

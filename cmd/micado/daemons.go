@@ -1,0 +1,196 @@
+package main
+
+import (
+	"context"
+	"encoding/base64"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/micado-scale/micado/coordinator"
+	"github.com/micado-scale/micado/definitions"
+	"github.com/micado-scale/micado/manager"
+	"github.com/micado-scale/micado/worker"
+	"github.com/spf13/cobra"
+)
+
+// readKey reads the cluster key (base64) from a file or MICADO_CLUSTER_KEY.
+func readKey(file string) ([]byte, error) {
+	raw := os.Getenv("MICADO_CLUSTER_KEY")
+	if file != "" {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return nil, userErr("cannot read the cluster key: %v", err)
+		}
+		raw = string(b)
+	}
+	raw = strings.TrimSpace(raw)
+	if raw == "" {
+		return nil, userErr("no cluster key: set MICADO_CLUSTER_KEY or --key-file (base64 of 16, 24 or 32 random bytes)")
+	}
+	k, err := base64.StdEncoding.DecodeString(raw)
+	if err != nil || (len(k) != 16 && len(k) != 24 && len(k) != 32) {
+		return nil, userErr("the cluster key must be base64 of 16, 24 or 32 bytes")
+	}
+	return k, nil
+}
+
+func newLogger(level string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, userErr("log level %q is not one of debug, info, warn, error", level)
+	}
+	return slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: l})), nil
+}
+
+func signalContext() (context.Context, context.CancelFunc) {
+	return signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func managerCmd() *cobra.Command {
+	var (
+		cfg       manager.Config
+		keyFile   string
+		join      string
+		headroom  float64
+		strategy  string
+		logLevel  string
+		reconcile time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "manager",
+		Short: "Run the manager daemon (normally started by `micado up`)",
+		Long: `Run the manager: a memberlist member that sees every worker's load, keeps the
+desired state in Consul KV, places containers and serves the /v1 API.
+
+Secrets come from the environment: MICADO_CLUSTER_KEY (or --key-file),
+MICADO_API_TOKEN, CONSUL_HTTP_TOKEN.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			key, err := readKey(keyFile)
+			if err != nil {
+				return err
+			}
+			log, err := newLogger(logLevel)
+			if err != nil {
+				return err
+			}
+			st, err := coordinator.ParseStrategy(strategy)
+			if err != nil {
+				return userErr("%v", err)
+			}
+			if headroom < 0 || headroom >= 1 {
+				return userErr("--headroom %.2f must be at least 0 and below 1", headroom)
+			}
+			cfg.ClusterKey = key
+			cfg.Join = splitList(join)
+			cfg.Placement = coordinator.Options{Headroom: headroom, Strategy: st}
+			cfg.APIToken = os.Getenv("MICADO_API_TOKEN")
+			cfg.ConsulToken = os.Getenv("CONSUL_HTTP_TOKEN")
+			cfg.ReconcileInterval = reconcile
+			cfg.Version = version
+			cfg.Logger = log.With("component", "manager")
+			ctx, cancel := signalContext()
+			defer cancel()
+			return manager.Run(ctx, cfg)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.Cluster, "cluster", "", "cluster name")
+	f.StringVar(&cfg.NodeName, "node-name", "manager", "gossip node name")
+	f.StringVar(&cfg.APIAddr, "api", ":8080", "API listen address")
+	f.StringVar(&cfg.ConsulAddr, "consul", "127.0.0.1:8500", "Consul HTTP address")
+	f.StringVar(&cfg.BindAddr, "bind", "0.0.0.0", "gossip bind address")
+	f.IntVar(&cfg.BindPort, "port", 7946, "gossip port")
+	f.StringVar(&cfg.AdvertiseAddr, "advertise", "", "gossip address to advertise (default: first private IP)")
+	f.StringVar(&join, "join", "", "comma-separated members to join")
+	f.StringVar(&keyFile, "key-file", "", "file with the base64 cluster key (default: env MICADO_CLUSTER_KEY)")
+	f.Float64Var(&headroom, "headroom", coordinator.DefaultHeadroom, "fraction of each worker's memory never handed out")
+	f.StringVar(&strategy, "strategy", string(coordinator.DefaultStrategy), "placement ranking: spread or binpack")
+	f.DurationVar(&reconcile, "reconcile-interval", 5*time.Second, "how often desired and actual state are compared")
+	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	cmd.Flags().SortFlags = false
+	return cmd
+}
+
+func workerCmd() *cobra.Command {
+	var (
+		cfg      worker.Config
+		keyFile  string
+		join     string
+		tags     []string
+		memory   string
+		logLevel string
+	)
+	cmd := &cobra.Command{
+		Use:   "worker",
+		Short: "Run a worker agent (normally started by `micado up` or cloud-init)",
+		Long: `Run a worker agent: it joins the cluster over memberlist, gossips its load,
+and runs containers on the local Docker engine when the manager asks.
+
+The cluster key comes from MICADO_CLUSTER_KEY or --key-file.`,
+		Example: `  micado worker --cluster prod --name w-7 --tag role=app --memory 4GiB --join 10.0.0.5:7946`,
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			key, err := readKey(keyFile)
+			if err != nil {
+				return err
+			}
+			log, err := newLogger(logLevel)
+			if err != nil {
+				return err
+			}
+			mem, err := definitions.ParseSize(memory)
+			if err != nil {
+				return userErr("--memory: %v", err)
+			}
+			for _, t := range tags {
+				if !strings.Contains(t, "=") {
+					return userErr("--tag %q is not key=value", t)
+				}
+			}
+			cfg.ClusterKey = key
+			cfg.Memory = mem
+			cfg.Tags = tags
+			cfg.Join = splitList(join)
+			cfg.Logger = log.With("component", "worker")
+			ctx, cancel := signalContext()
+			defer cancel()
+			err = worker.Run(ctx, cfg)
+			if err != nil {
+				return fmt.Errorf("worker: %w", err)
+			}
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.Cluster, "cluster", "", "cluster name")
+	f.StringVar(&cfg.Name, "name", "", "unique node name")
+	f.StringArrayVar(&tags, "tag", nil, "capability tag key=value, e.g. role=proxy (repeatable)")
+	f.StringVar(&memory, "memory", "", "memory offered to containers, e.g. 4GiB")
+	f.StringVar(&join, "join", "", "comma-separated members to join, normally the manager's gossip address")
+	f.StringVar(&cfg.APIAddr, "api", ":7070", "agent API listen address")
+	f.StringVar(&cfg.BindAddr, "bind", "0.0.0.0", "gossip bind address")
+	f.IntVar(&cfg.BindPort, "port", 7946, "gossip port")
+	f.StringVar(&cfg.AdvertiseAddr, "advertise", "", "gossip address to advertise (default: first private IP)")
+	f.StringVar(&cfg.PublishAddr, "publish-addr", "", "address where published container ports are reached (default: the gossip address)")
+	f.BoolVar(&cfg.Pull, "pull", true, "pull images that are missing from the engine")
+	f.StringVar(&keyFile, "key-file", "", "file with the base64 cluster key (default: env MICADO_CLUSTER_KEY)")
+	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	cmd.Flags().SortFlags = false
+	return cmd
+}

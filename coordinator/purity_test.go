@@ -1,0 +1,95 @@
+package coordinator
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+const modulePath = "github.com/micado-scale/micado"
+
+// TestPurity keeps the coordinator a pure decision core: it may depend
+// only on the standard library and on this module, never on the network
+// or on running programs, and it does not itself import the clock, the
+// OS or randomness (those reach it only through its inputs).
+func TestPurity(t *testing.T) {
+	goTool, err := exec.LookPath("go")
+	if err != nil {
+		t.Skip("go tool not found:", err)
+	}
+	root := moduleRoot(t)
+
+	// Everything the (non-test) package links.
+	deps := goList(t, goTool, root, "-deps", "-f", "{{.ImportPath}} {{.Standard}}", "./coordinator")
+	forbidden := map[string]bool{"net": true, "net/http": true, "os/exec": true}
+	for _, line := range deps {
+		path, std, _ := strings.Cut(line, " ")
+		first, _, _ := strings.Cut(path, "/")
+		inModule := path == modulePath || strings.HasPrefix(path, modulePath+"/")
+		switch {
+		case forbidden[path]:
+			t.Errorf("coordinator depends on %s", path)
+		case strings.Contains(first, ".") && !inModule:
+			t.Errorf("coordinator depends on %s, outside the standard library and %s", path, modulePath)
+		case std != "true" && !inModule:
+			t.Errorf("coordinator depends on %s, which is not in the standard library", path)
+		}
+	}
+	if len(deps) == 0 {
+		t.Fatal("go list -deps listed nothing")
+	}
+
+	// Its own imports: fmt reaches os and time, but the package itself must
+	// not read the clock, the environment or a random source.
+	direct := goList(t, goTool, root, "-f", `{{join .Imports "\n"}}`, "./coordinator")
+	own := map[string]bool{
+		"os": true, "os/exec": true, "net": true, "net/http": true, "syscall": true,
+		"time": true, "math/rand": true, "math/rand/v2": true, "crypto/rand": true, "unsafe": true,
+	}
+	for _, path := range direct {
+		if own[path] {
+			t.Errorf("coordinator imports %s", path)
+		}
+	}
+}
+
+func goList(t *testing.T, goTool, dir string, args ...string) []string {
+	t.Helper()
+	cmd := exec.Command(goTool, append([]string{"list"}, args...)...)
+	cmd.Dir = dir
+	out, err := cmd.Output()
+	if err != nil {
+		if ee, ok := err.(*exec.ExitError); ok {
+			t.Fatalf("go list %s: %v\n%s", strings.Join(args, " "), err, ee.Stderr)
+		}
+		t.Fatalf("go list %s: %v", strings.Join(args, " "), err)
+	}
+	var lines []string
+	for _, l := range strings.Split(string(out), "\n") {
+		if l = strings.TrimSpace(l); l != "" {
+			lines = append(lines, l)
+		}
+	}
+	return lines
+}
+
+// moduleRoot walks up from the test's directory to the go.mod.
+func moduleRoot(t *testing.T) string {
+	t.Helper()
+	dir, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return dir
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			t.Fatal("no go.mod above the test directory")
+		}
+		dir = parent
+	}
+}

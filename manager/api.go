@@ -1,0 +1,222 @@
+package manager
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+)
+
+// MaxBodyBytes limits API request bodies.
+const MaxBodyBytes = 1 << 20
+
+// Handler returns the manager's versioned JSON API.
+//
+//	GET    /v1/status            cluster summary
+//	GET    /v1/nodes             members and their load
+//	GET    /v1/containers        every container and its health
+//	GET    /v1/containers/{name} one instance, or every instance of a service
+//	POST   /v1/containers        launch (LaunchRequest)
+//	DELETE /v1/containers/{name} stop an instance or a whole service
+func (m *Manager) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/status", m.handleStatus)
+	mux.HandleFunc("GET /v1/nodes", m.handleNodes)
+	mux.HandleFunc("GET /v1/containers", m.handleList)
+	mux.HandleFunc("GET /v1/containers/{name}", m.handleGet)
+	mux.HandleFunc("POST /v1/containers", m.handleLaunch)
+	mux.HandleFunc("DELETE /v1/containers/{name}", m.handleStop)
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeErr(w, &RequestError{Status: http.StatusNotFound, Msg: fmt.Sprintf("no API endpoint %s %s", r.Method, r.URL.Path)})
+	})
+	return m.auth(mux)
+}
+
+// auth admits requests bearing the API token, when one is configured.
+func (m *Manager) auth(h http.Handler) http.Handler {
+	if m.cfg.APIToken == "" {
+		return h
+	}
+	want := []byte("Bearer " + m.cfg.APIToken)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="micado"`)
+			writeErr(w, &RequestError{Status: http.StatusUnauthorized, Msg: "missing or wrong API token"})
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+func (m *Manager) handleStatus(w http.ResponseWriter, r *http.Request) {
+	recs, err := m.store.list(r.Context())
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	n := 0
+	for _, wk := range m.members.workers() {
+		if wk.Status == "alive" {
+			n++
+		}
+	}
+	writeJSON(w, http.StatusOK, Status{Cluster: m.cfg.Cluster, Version: m.cfg.Version, Workers: n, Containers: len(recs), Strategy: string(m.cfg.Placement.Strategy)})
+}
+
+func (m *Manager) handleNodes(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, m.Nodes(r.Context()))
+}
+
+// Nodes returns every worker with its load, as the API shows it.
+func (m *Manager) Nodes(ctx context.Context) []NodeView {
+	recs, _ := m.store.list(ctx)
+	snap := m.snapshot(recs)
+	free := map[string]int64{}
+	reserved := map[string]int64{}
+	count := map[string]int{}
+	for i := range snap.Workers {
+		wk := &snap.Workers[i]
+		free[wk.Name] = max(m.cfg.Placement.Free(wk), 0)
+		reserved[wk.Name] = wk.Reserved
+		count[wk.Name] = wk.Containers
+	}
+	var out []NodeView
+	for _, wk := range m.members.workers() {
+		v := NodeView{
+			Name: wk.Name, Kind: wk.Load.Kind, Status: wk.Status, Address: wk.Addr, API: wk.Load.API,
+			Tags: wk.Load.Tags, Capacity: wk.Load.Capacity, Reserved: wk.Load.Reserved, Used: wk.Load.Used,
+			CPU: wk.Load.CPU, Containers: wk.Load.Containers, Draining: wk.Load.Draining, LastUpdate: wk.LastUpdate,
+		}
+		if wk.Load.Started > 0 {
+			v.Started = time.Unix(wk.Load.Started, 0).UTC()
+		}
+		if r, ok := reserved[wk.Name]; ok {
+			v.Reserved, v.Free, v.Containers = r, free[wk.Name], count[wk.Name]
+		}
+		out = append(out, v)
+	}
+	if out == nil {
+		out = []NodeView{}
+	}
+	return out
+}
+
+// Containers returns every container record with its Consul health.
+func (m *Manager) Containers(ctx context.Context) ([]ContainerView, error) {
+	recs, err := m.store.list(ctx)
+	if err != nil {
+		return nil, err
+	}
+	health, err := m.reg.health(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]ContainerView, 0, len(recs))
+	for _, c := range recs {
+		v := ContainerView{Container: *c, Health: health[c.Name]}
+		if c.State == StateRunning && c.Check.Type == "none" && v.Health == "" {
+			v.Health = "passing"
+		}
+		out = append(out, v)
+	}
+	return out, nil
+}
+
+func (m *Manager) handleList(w http.ResponseWriter, r *http.Request) {
+	cs, err := m.Containers(r.Context())
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, cs)
+}
+
+func (m *Manager) handleGet(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	cs, err := m.Containers(r.Context())
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	var out []ContainerView
+	for _, c := range cs {
+		if c.Name == name {
+			out = []ContainerView{c}
+			break
+		}
+		if c.Service == name {
+			out = append(out, c)
+		}
+	}
+	if len(out) == 0 {
+		writeErr(w, &RequestError{Status: http.StatusNotFound, Msg: fmt.Sprintf("no container or service named %s (see micado ps)", name)})
+		return
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (m *Manager) handleLaunch(w http.ResponseWriter, r *http.Request) {
+	var req LaunchRequest
+	if err := decodeBody(w, r, &req); err != nil {
+		writeErr(w, err)
+		return
+	}
+	resp, err := m.Launch(r.Context(), req)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	writeJSON(w, http.StatusAccepted, resp)
+}
+
+func (m *Manager) handleStop(w http.ResponseWriter, r *http.Request) {
+	names, err := m.Stop(r.Context(), r.PathValue("name"))
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string][]string{"stopped": names})
+}
+
+// decodeBody reads one JSON value of at most MaxBodyBytes with no unknown
+// fields and nothing after it.
+func decodeBody(w http.ResponseWriter, r *http.Request, v any) error {
+	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
+		return &RequestError{Status: http.StatusUnsupportedMediaType, Msg: "request body must be application/json"}
+	}
+	r.Body = http.MaxBytesReader(w, r.Body, MaxBodyBytes)
+	dec := json.NewDecoder(r.Body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return &RequestError{Status: http.StatusRequestEntityTooLarge, Msg: fmt.Sprintf("request body is larger than %d bytes", MaxBodyBytes)}
+		}
+		return badRequest("request body is not valid JSON for this endpoint: %v", err)
+	}
+	if dec.More() {
+		return badRequest("request body has data after the JSON value")
+	}
+	return nil
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}
+
+func writeErr(w http.ResponseWriter, err error) {
+	var re *RequestError
+	if errors.As(err, &re) {
+		writeJSON(w, re.Status, ErrorBody{Error: re.Msg, Decisions: re.Decisions})
+		return
+	}
+	writeJSON(w, http.StatusInternalServerError, ErrorBody{Error: err.Error()})
+}

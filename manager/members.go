@@ -1,0 +1,116 @@
+package manager
+
+import (
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+	"github.com/micado-scale/micado/worker"
+)
+
+// member is one cluster member as gossip last described it.
+type member struct {
+	Name       string
+	Addr       string // gossip host:port
+	Status     string // alive, dead, left
+	Load       worker.Load
+	LastUpdate time.Time
+	DiedAt     time.Time
+}
+
+// members tracks the cluster from memberlist events. memberlist calls the
+// Notify methods from its own goroutines, one at a time per event, and
+// they must not block; the table is guarded by mu.
+type members struct {
+	mu     sync.RWMutex
+	byName map[string]*member
+	self   string
+	now    func() time.Time
+	onJoin func(name, addr string)
+	onDead func(name string)
+}
+
+func newMembers(self string) *members {
+	return &members{byName: map[string]*member{}, self: self, now: time.Now}
+}
+
+func (m *members) upsert(n *memberlist.Node, status string) {
+	l, _ := worker.DecodeLoad(n.Meta)
+	m.mu.Lock()
+	mem, ok := m.byName[n.Name]
+	if !ok {
+		mem = &member{Name: n.Name}
+		m.byName[n.Name] = mem
+	}
+	prev := mem.Status
+	mem.Addr = n.Address()
+	mem.Status = status
+	mem.Load = l
+	mem.LastUpdate = m.now()
+	if status != "alive" && prev == "alive" {
+		mem.DiedAt = m.now()
+	}
+	onJoin, onDead := m.onJoin, m.onDead
+	m.mu.Unlock()
+	if status == "alive" && prev != "alive" && onJoin != nil && n.Name != m.self {
+		go onJoin(n.Name, n.Address())
+	}
+	if status != "alive" && prev == "alive" && onDead != nil {
+		go onDead(n.Name)
+	}
+}
+
+// NotifyJoin implements memberlist.EventDelegate.
+func (m *members) NotifyJoin(n *memberlist.Node) { m.upsert(n, "alive") }
+
+// NotifyUpdate implements memberlist.EventDelegate: a member's load changed.
+func (m *members) NotifyUpdate(n *memberlist.Node) { m.upsert(n, "alive") }
+
+// NotifyLeave implements memberlist.EventDelegate: a member left or died.
+func (m *members) NotifyLeave(n *memberlist.Node) {
+	status := "dead"
+	if n.State == memberlist.StateLeft {
+		status = "left"
+	}
+	m.upsert(n, status)
+}
+
+// workers returns a copy of every worker, alive or not, sorted by name.
+func (m *members) workers() []member {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	out := make([]member, 0, len(m.byName))
+	for _, mem := range m.byName {
+		if mem.Load.Kind == worker.KindWorker {
+			out = append(out, *mem)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return naturalLess(out[i].Name, out[j].Name) })
+	return out
+}
+
+// get returns one member.
+func (m *members) get(name string) (member, bool) {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	mem, ok := m.byName[name]
+	if !ok {
+		return member{}, false
+	}
+	return *mem, true
+}
+
+// managerDelegate serves the manager's own gossip metadata.
+type managerDelegate struct{ meta []byte }
+
+func (d *managerDelegate) NodeMeta(limit int) []byte {
+	if len(d.meta) > limit {
+		return nil
+	}
+	return d.meta
+}
+func (d *managerDelegate) NotifyMsg([]byte)                {}
+func (d *managerDelegate) GetBroadcasts(int, int) [][]byte { return nil }
+func (d *managerDelegate) LocalState(bool) []byte          { return nil }
+func (d *managerDelegate) MergeRemoteState([]byte, bool)   {}

@@ -1,0 +1,246 @@
+package manager
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/micado-scale/micado/coordinator"
+	"github.com/micado-scale/micado/worker"
+)
+
+// reconcile compares the desired state (Consul KV) with what the workers
+// run and what Consul has registered, and repairs the difference:
+//   - a container that should run but does not is started again, or placed
+//     on another worker when its worker is gone;
+//   - a copy that runs but is not recorded is adopted when it is the one
+//     the record expects, otherwise stopped (an orphan);
+//   - a running container without its registration is registered again
+//     (after a Consul restart), and a registration with no container is
+//     removed;
+//   - stops interrupted by a crash are finished.
+func (m *Manager) reconcile(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	// Observe first, then read the desired state: a container or a
+	// registration is only ever created after its record is written, so
+	// anything observed that has no record is truly an orphan.
+	actual, reached := m.observe(ctx)
+	regs, err := m.reg.services(ctx)
+	if err != nil {
+		return err
+	}
+	recs, err := m.store.list(ctx)
+	if err != nil {
+		return err
+	}
+	byName := map[string]*Container{}
+	var pending []*Container
+	for _, c := range recs {
+		byName[c.Name] = c
+		switch c.State {
+		case StateStopping:
+			go func(name string) {
+				if err := m.stopOne(context.WithoutCancel(ctx), name); err != nil {
+					m.log.Warn("stop incomplete; will retry", "container", name, "err", err)
+				}
+			}(c.Name)
+		case StatePending:
+			pending = append(pending, c)
+		case StateStarting, StateRunning:
+			w, known := m.members.get(c.Node)
+			if !known || w.Status != "alive" {
+				if known && w.Status != "alive" {
+					m.log.Warn("worker is gone; placing its container again", "container", c.Name, "worker", c.Node)
+					m.requeue(ctx, c, "worker "+c.Node+" is "+w.Status)
+					pending = append(pending, c)
+				}
+				continue
+			}
+			if !reached[c.Node] {
+				continue // cannot tell; try next round
+			}
+			copies := actual[c.Name]
+			var mine *worker.ContainerInfo
+			for i := range copies {
+				if copies[i].Node == c.Node && copies[i].State == "running" {
+					mine = &copies[i]
+				}
+			}
+			switch {
+			case mine == nil:
+				if c.State == StateRunning {
+					m.log.Warn("container is missing from its worker; starting it again", "container", c.Name, "worker", c.Node)
+					_, _ = m.store.update(ctx, c.Name, func(c *Container) error {
+						if c.State != StateRunning {
+							return ErrConflict
+						}
+						c.State = StateStarting
+						c.Reason = "container disappeared from " + c.Node
+						return nil
+					})
+				}
+				go m.start(context.WithoutCancel(ctx), c.Name)
+			case c.State == StateStarting || c.ContainerID != mine.ID:
+				m.adoptRunning(ctx, c.Name, *mine)
+			default:
+				if _, ok := regs[c.Name]; !ok {
+					m.log.Info("registration missing; registering again", "container", c.Name)
+					if err := m.reg.register(ctx, c); err != nil {
+						m.log.Warn("register failed", "container", c.Name, "err", err)
+					}
+				}
+			}
+		}
+	}
+	if len(pending) > 0 {
+		m.placePending(ctx)
+	}
+	// Copies nobody asked for: stop them.
+	for name, copies := range actual {
+		c := byName[name]
+		for _, cp := range copies {
+			if c != nil && cp.Node == c.Node && (c.State == StateRunning || c.State == StateStarting || c.State == StateStopping) {
+				continue
+			}
+			if c != nil && c.State == StatePending {
+				continue
+			}
+			w, ok := m.members.get(cp.Node)
+			if !ok || w.Load.API == "" || !m.claim(name) {
+				continue
+			}
+			m.log.Warn("stopping a copy that is not desired", "container", name, "worker", cp.Node)
+			if _, err := m.agents.Stop(ctx, w.Load.API, name, cp.Generation); err != nil {
+				m.log.Warn("stop orphan failed", "container", name, "err", err)
+			}
+			m.release(name)
+		}
+	}
+	// Registrations with no running container behind them.
+	for id := range regs {
+		if c := byName[id]; c == nil || c.State != StateRunning {
+			if c != nil && c.State == StateStarting {
+				continue
+			}
+			m.log.Info("removing a stale registration", "service_id", id)
+			_ = m.reg.deregister(ctx, id)
+		}
+	}
+	return nil
+}
+
+// observe asks every alive worker which containers it runs. It returns
+// the copies by instance name and which workers answered.
+func (m *Manager) observe(ctx context.Context) (map[string][]worker.ContainerInfo, map[string]bool) {
+	var mu sync.Mutex
+	actual := map[string][]worker.ContainerInfo{}
+	reached := map[string]bool{}
+	var wg sync.WaitGroup
+	for _, w := range m.members.workers() {
+		if w.Status != "alive" || w.Load.API == "" {
+			continue
+		}
+		wg.Add(1)
+		go func(w member) {
+			defer wg.Done()
+			lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			defer cancel()
+			cs, err := m.agents.List(lctx, w.Load.API)
+			if err != nil {
+				m.log.Warn("cannot list a worker's containers", "worker", w.Name, "err", err)
+				return
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			reached[w.Name] = true
+			for _, c := range cs {
+				actual[c.Instance] = append(actual[c.Instance], c)
+			}
+		}(w)
+	}
+	wg.Wait()
+	return actual, reached
+}
+
+func (m *Manager) adoptRunning(ctx context.Context, name string, info worker.ContainerInfo) {
+	if !m.claim(name) {
+		return
+	}
+	defer m.release(name)
+	c, err := m.store.update(ctx, name, func(c *Container) error {
+		if c.State != StateStarting && c.State != StateRunning {
+			return ErrConflict
+		}
+		adopt(c, info)
+		return nil
+	})
+	if err != nil {
+		return
+	}
+	m.log.Info("adopted a running copy", "container", name, "worker", c.Node)
+	if err := m.reg.register(ctx, c); err != nil {
+		m.log.Warn("register failed", "container", name, "err", err)
+	}
+}
+
+// requeue puts a container whose worker is gone back to pending.
+func (m *Manager) requeue(ctx context.Context, c *Container, why string) {
+	_ = m.reg.deregister(ctx, c.Name)
+	_, _ = m.store.update(ctx, c.Name, func(c *Container) error {
+		c.State = StatePending
+		c.Reason = why
+		c.Node = ""
+		c.ContainerID = ""
+		c.Bindings = nil
+		c.Generation++
+		c.UpdatedAt = time.Now().UTC()
+		return nil
+	})
+}
+
+// placePending places every pending container together on the current
+// snapshot; those that fit move to starting, the rest keep the reason.
+func (m *Manager) placePending(ctx context.Context) {
+	m.placeMu.Lock()
+	recs, err := m.store.list(ctx)
+	if err != nil {
+		m.placeMu.Unlock()
+		return
+	}
+	var pend []*Container
+	var reqs []coordinator.Request
+	for _, c := range recs {
+		if c.State == StatePending {
+			pend = append(pend, c)
+			reqs = append(reqs, c.Request())
+		}
+	}
+	ds := coordinator.PlaceAll(m.snapshot(recs), reqs, m.cfg.Placement)
+	var started []string
+	for i, d := range ds {
+		c := pend[i]
+		_, err := m.store.update(ctx, c.Name, func(c *Container) error {
+			if c.State != StatePending {
+				return ErrConflict
+			}
+			c.Reason = d.Reason
+			c.UpdatedAt = time.Now().UTC()
+			if d.Placed() {
+				c.State = StateStarting
+				c.Node = d.Worker
+			}
+			return nil
+		})
+		if err == nil && d.Placed() {
+			started = append(started, c.Name)
+		} else if err != nil && !errors.Is(err, ErrConflict) {
+			m.log.Warn("cannot record placement", "container", c.Name, "err", err)
+		}
+	}
+	m.placeMu.Unlock()
+	for _, n := range started {
+		go m.start(context.WithoutCancel(ctx), n)
+	}
+}

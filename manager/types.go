@@ -1,0 +1,133 @@
+// Package manager is micado's manager: a memberlist member that sees every
+// worker's load, keeps the desired state in Consul KV, places containers
+// through the coordinator, commands worker agents, registers every running
+// container in Consul, and serves the versioned JSON API (/v1) that the CLI
+// uses. It is the paper's coordination interface API plus its
+// microservices discovery and execution layer.
+package manager
+
+import (
+	"time"
+
+	"github.com/micado-scale/micado/coordinator"
+	"github.com/micado-scale/micado/worker"
+)
+
+// Container states, as stored in Consul KV.
+const (
+	StatePending  = "pending"  // accepted, waiting for a worker
+	StateStarting = "starting" // placed on a worker, being started
+	StateRunning  = "running"  // runs on its worker, registered in Consul
+	StateStopping = "stopping" // the user asked to stop it
+	StateFailed   = "failed"   // cannot run; Reason says why
+)
+
+// Check is how Consul checks a container's health.
+type Check struct {
+	Type     string `json:"type"`           // "tcp" (default when a port is published), "http" or "none"
+	Path     string `json:"path,omitempty"` // for http
+	Interval string `json:"interval,omitempty"`
+}
+
+// Container is one desired container instance and what became of it. The
+// record lives in Consul KV under micado/<cluster>/containers/<name> and is
+// written before anything acts on it.
+type Container struct {
+	Name    string            `json:"name"`    // instance name, unique in the cluster ("web-1")
+	Service string            `json:"service"` // Consul service name ("web")
+	App     string            `json:"app,omitempty"`
+	Image   string            `json:"image"`
+	Tags    []string          `json:"tags"` // worker tags required ("role=proxy")
+	Memory  int64             `json:"memory"`
+	Ports   []worker.Port     `json:"ports,omitempty"`
+	Env     map[string]string `json:"env,omitempty"`
+	Check   Check             `json:"check"`
+
+	State       string           `json:"state"`
+	Reason      string           `json:"reason,omitempty"`
+	Node        string           `json:"node,omitempty"`
+	ContainerID string           `json:"container_id,omitempty"`
+	Address     string           `json:"address,omitempty"`
+	Bindings    []worker.Binding `json:"bindings,omitempty"`
+	Generation  int              `json:"generation,omitempty"`
+	CreatedAt   time.Time        `json:"created_at"`
+	UpdatedAt   time.Time        `json:"updated_at"`
+
+	index uint64 // Consul ModifyIndex, for check-and-set
+}
+
+// HostPort returns the published host port of the first container port.
+func (c *Container) HostPort() int {
+	if len(c.Bindings) == 0 {
+		return 0
+	}
+	return c.Bindings[0].Host
+}
+
+// Request returns the coordinator's view of c.
+func (c *Container) Request() coordinator.Request {
+	return coordinator.Request{Name: c.Name, Tags: c.Tags, Memory: c.Memory}
+}
+
+// LaunchRequest is the body of POST /v1/containers.
+type LaunchRequest struct {
+	Image    string            `json:"image"`
+	Name     string            `json:"name,omitempty"` // service name; default from the image
+	Role     string            `json:"role,omitempty"` // shorthand for the tag role=<role>
+	Tags     []string          `json:"tags,omitempty"` // further required worker tags, key=value
+	Memory   string            `json:"memory,omitempty"`
+	Ports    []string          `json:"ports,omitempty"` // "8080" or "8080/tcp"
+	Env      map[string]string `json:"env,omitempty"`
+	Replicas int               `json:"replicas,omitempty"`
+	Check    *Check            `json:"check,omitempty"`
+	App      string            `json:"app,omitempty"`
+}
+
+// LaunchResponse answers POST /v1/containers.
+type LaunchResponse struct {
+	Service    string                 `json:"service"`
+	Containers []ContainerView        `json:"containers"`
+	Decisions  []coordinator.Decision `json:"decisions"`
+}
+
+// ContainerView is a container as the API shows it: its record plus its
+// health in Consul.
+type ContainerView struct {
+	Container
+	Health string `json:"health"` // passing, warning, critical, or "" when not registered
+}
+
+// NodeView is a cluster member as the API shows it.
+type NodeView struct {
+	Name       string    `json:"name"`
+	Kind       string    `json:"kind"`
+	Status     string    `json:"status"` // alive, suspect, dead, left
+	Address    string    `json:"address"`
+	API        string    `json:"api,omitempty"`
+	Tags       []string  `json:"tags,omitempty"`
+	Capacity   int64     `json:"capacity"`
+	Reserved   int64     `json:"reserved"`
+	Used       int64     `json:"used"`
+	Free       int64     `json:"free"`
+	CPU        float64   `json:"cpu"`
+	Containers int       `json:"containers"`
+	Draining   bool      `json:"draining,omitempty"`
+	Started    time.Time `json:"started,omitempty"`
+	LastUpdate time.Time `json:"last_update"`
+}
+
+// Status answers GET /v1/status.
+type Status struct {
+	Cluster    string `json:"cluster"`
+	Version    string `json:"version"`
+	Workers    int    `json:"workers"`
+	Containers int    `json:"containers"`
+	Strategy   string `json:"strategy"`
+}
+
+// ErrorBody is every error answer of the API.
+type ErrorBody struct {
+	Error string `json:"error"`
+	// Decisions explain, container by container, why placement failed.
+	Decisions []coordinator.Decision `json:"decisions,omitempty"`
+}

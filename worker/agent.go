@@ -1,0 +1,430 @@
+package worker
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/docker/docker/client"
+	"github.com/hashicorp/memberlist"
+)
+
+// Config configures a worker agent. Zero values take the defaults below.
+type Config struct {
+	Cluster string   // cluster name; containers and gossip are scoped to it
+	Name    string   // unique node name, e.g. "w-1"
+	Tags    []string // capabilities, e.g. "role=proxy"
+	Memory  int64    // memory offered to containers, bytes
+
+	BindAddr      string   // gossip bind address (default 0.0.0.0)
+	BindPort      int      // gossip port (default 7946)
+	AdvertiseAddr string   // address other members reach us on (default: first private IP)
+	Join          []string // host:port of members to join, normally the manager
+	ClusterKey    []byte   // 16, 24 or 32 bytes; encrypts gossip and derives the agent API token
+
+	APIAddr     string // agent API listen address (default ":7070")
+	PublishAddr string // address where published container ports are reached (default AdvertiseAddr)
+	Pull        bool   // pull images that are missing (off for local clusters: no registry)
+
+	// LoadInterval is how often the load report is recomputed; a change
+	// is gossiped at once, so the manager sees it within ~LoadInterval +
+	// one gossip round (200 ms).
+	LoadInterval time.Duration // default 500 ms
+	// UsageInterval is how often real memory use is sampled from Docker.
+	UsageInterval time.Duration // default 5 s
+	// RejoinInterval is how often the agent rejoins when it sees no manager
+	// (after a manager restart or a partition).
+	RejoinInterval time.Duration // default 2 s
+
+	Logger *slog.Logger
+}
+
+func (c *Config) defaults() error {
+	if c.Cluster == "" || c.Name == "" {
+		return errors.New("worker needs --cluster and --name")
+	}
+	if c.Memory <= 0 {
+		return errors.New("worker needs --memory, the memory it offers to containers")
+	}
+	switch len(c.ClusterKey) {
+	case 16, 24, 32:
+	default:
+		return fmt.Errorf("cluster key must be 16, 24 or 32 bytes, got %d", len(c.ClusterKey))
+	}
+	if c.BindAddr == "" {
+		c.BindAddr = "0.0.0.0"
+	}
+	if c.BindPort == 0 {
+		c.BindPort = 7946
+	}
+	if c.APIAddr == "" {
+		c.APIAddr = ":7070"
+	}
+	if c.LoadInterval == 0 {
+		c.LoadInterval = 500 * time.Millisecond
+	}
+	if c.UsageInterval == 0 {
+		c.UsageInterval = 5 * time.Second
+	}
+	if c.RejoinInterval == 0 {
+		c.RejoinInterval = 2 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return nil
+}
+
+// Agent is a running worker agent.
+type Agent struct {
+	cfg     Config
+	log     *slog.Logger
+	eng     *engine
+	ml      *memberlist.Memberlist
+	token   string
+	started time.Time
+	apiAddr string
+
+	mu    sync.Mutex
+	load  Load
+	meta  []byte
+	usage map[string]int64
+}
+
+// Run starts the agent and blocks until ctx ends, then leaves the cluster.
+func Run(ctx context.Context, cfg Config) error {
+	if err := cfg.defaults(); err != nil {
+		return err
+	}
+	docker, err := client.NewClientWithOpts(client.FromEnv, client.WithAPIVersionNegotiation())
+	if err != nil {
+		return fmt.Errorf("docker client: %w", err)
+	}
+	defer docker.Close()
+	if _, err := docker.Ping(ctx); err != nil {
+		return fmt.Errorf("cannot reach the Docker engine: %w", err)
+	}
+	a := &Agent{cfg: cfg, log: cfg.Logger.With("node", cfg.Name), token: AgentToken(cfg.ClusterKey), started: time.Now()}
+
+	ln, err := net.Listen("tcp", cfg.APIAddr)
+	if err != nil {
+		return fmt.Errorf("agent API: %w", err)
+	}
+	defer ln.Close()
+
+	mlc := memberlist.DefaultLANConfig()
+	mlc.Name = cfg.Name
+	mlc.BindAddr = cfg.BindAddr
+	mlc.BindPort = cfg.BindPort
+	mlc.AdvertisePort = cfg.BindPort
+	mlc.AdvertiseAddr = cfg.AdvertiseAddr
+	mlc.SecretKey = cfg.ClusterKey
+	mlc.Delegate = a
+	mlc.Logger = log.New(slogWriter{a.log}, "", 0)
+	ml, err := memberlist.Create(mlc)
+	if err != nil {
+		return fmt.Errorf("start gossip: %w", err)
+	}
+	a.ml = ml
+	self := ml.LocalNode()
+	if cfg.PublishAddr == "" {
+		cfg.PublishAddr = self.Addr.String()
+		a.cfg.PublishAddr = cfg.PublishAddr
+	}
+	_, apiPort, _ := net.SplitHostPort(ln.Addr().String())
+	a.apiAddr = net.JoinHostPort(self.Addr.String(), apiPort)
+	a.eng = &engine{docker: docker, cluster: cfg.Cluster, node: cfg.Name, publishAddr: cfg.PublishAddr, pull: cfg.Pull}
+
+	srv := &http.Server{Handler: a.routes(), ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	defer srv.Close()
+
+	a.refreshLoad(ctx)
+	a.join()
+	a.log.Info("worker agent started", "tags", cfg.Tags, "memory", cfg.Memory, "gossip", self.Address(), "api", a.apiAddr, "publish", cfg.PublishAddr)
+
+	loadT := time.NewTicker(cfg.LoadInterval)
+	usageT := time.NewTicker(cfg.UsageInterval)
+	joinT := time.NewTicker(cfg.RejoinInterval)
+	defer loadT.Stop()
+	defer usageT.Stop()
+	defer joinT.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			_ = ml.Leave(2 * time.Second)
+			return ml.Shutdown()
+		case <-loadT.C:
+			a.refreshLoad(ctx)
+		case <-usageT.C:
+			a.refreshUsage(ctx)
+		case <-joinT.C:
+			if !a.seesManager() {
+				a.join()
+			}
+		}
+	}
+}
+
+func (a *Agent) join() {
+	if len(a.cfg.Join) == 0 {
+		return
+	}
+	if n, err := a.ml.Join(a.cfg.Join); err != nil {
+		a.log.Warn("cannot join the cluster yet", "join", a.cfg.Join, "err", err)
+	} else {
+		a.log.Info("joined the cluster", "contacted", n)
+	}
+}
+
+func (a *Agent) seesManager() bool {
+	for _, m := range a.ml.Members() {
+		if l, err := DecodeLoad(m.Meta); err == nil && l.Kind == KindManager {
+			return true
+		}
+	}
+	return false
+}
+
+// refreshLoad recomputes the load report from the engine and gossips it at
+// once when it changed.
+func (a *Agent) refreshLoad(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	cs, err := a.eng.list(ctx)
+	if err != nil {
+		a.log.Warn("cannot read containers", "err", err)
+		return
+	}
+	l := Load{Kind: KindWorker, Tags: a.cfg.Tags, Capacity: a.cfg.Memory, API: a.apiAddr, Started: a.started.Unix(), CPU: loadAverage()}
+	a.mu.Lock()
+	for _, c := range cs {
+		if c.State == "exited" || c.State == "dead" {
+			continue
+		}
+		l.Reserved += c.Memory
+		l.Containers++
+		l.Used += a.usage[c.ID]
+	}
+	meta, err := l.Encode()
+	if err != nil {
+		a.mu.Unlock()
+		a.log.Error("load report too large", "err", err)
+		return
+	}
+	changed := a.load.Reserved != l.Reserved || a.load.Containers != l.Containers ||
+		absDiff(a.load.Used, l.Used) > 1<<20 || absDiffF(a.load.CPU, l.CPU) > 0.05 || a.meta == nil
+	a.load, a.meta = l, meta
+	a.mu.Unlock()
+	if changed && a.ml != nil {
+		if err := a.ml.UpdateNode(time.Second); err != nil {
+			a.log.Debug("gossip load update", "err", err)
+		}
+	}
+}
+
+func (a *Agent) refreshUsage(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	cs, err := a.eng.list(ctx)
+	if err != nil {
+		return
+	}
+	var ids []string
+	for _, c := range cs {
+		if c.State == "running" {
+			ids = append(ids, c.ID)
+		}
+	}
+	u := a.eng.usage(ctx, ids)
+	a.mu.Lock()
+	a.usage = u
+	a.mu.Unlock()
+}
+
+// NodeMeta implements memberlist.Delegate: the load report. Called from
+// memberlist's goroutines; guarded by a.mu.
+func (a *Agent) NodeMeta(limit int) []byte {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if len(a.meta) > limit {
+		return nil
+	}
+	return append([]byte(nil), a.meta...)
+}
+
+// NotifyMsg implements memberlist.Delegate; agents take no user messages.
+func (a *Agent) NotifyMsg([]byte) {}
+
+// GetBroadcasts implements memberlist.Delegate; nothing extra to send.
+func (a *Agent) GetBroadcasts(int, int) [][]byte { return nil }
+
+// LocalState implements memberlist.Delegate; no push/pull state.
+func (a *Agent) LocalState(bool) []byte { return nil }
+
+// MergeRemoteState implements memberlist.Delegate; no push/pull state.
+func (a *Agent) MergeRemoteState([]byte, bool) {}
+
+func (a *Agent) routes() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/health", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok", "node": a.cfg.Name})
+	})
+	mux.HandleFunc("GET /v1/load", a.auth(func(w http.ResponseWriter, r *http.Request) {
+		a.mu.Lock()
+		l := a.load
+		a.mu.Unlock()
+		writeJSON(w, http.StatusOK, l)
+	}))
+	mux.HandleFunc("GET /v1/containers", a.auth(func(w http.ResponseWriter, r *http.Request) {
+		cs, err := a.eng.list(r.Context())
+		if err != nil {
+			writeError(w, http.StatusInternalServerError, err)
+			return
+		}
+		a.mu.Lock()
+		for i := range cs {
+			cs[i].Used = a.usage[cs[i].ID]
+		}
+		a.mu.Unlock()
+		writeJSON(w, http.StatusOK, cs)
+	}))
+	mux.HandleFunc("POST /v1/containers", a.auth(func(w http.ResponseWriter, r *http.Request) {
+		var req StartRequest
+		if err := decodeJSON(w, r, &req); err != nil {
+			writeError(w, http.StatusBadRequest, err)
+			return
+		}
+		if req.Instance == "" || req.Service == "" || req.Image == "" || req.Memory <= 0 {
+			writeError(w, http.StatusBadRequest, errors.New("start request needs instance, service, image and a positive memory"))
+			return
+		}
+		info, err := a.eng.start(r.Context(), req)
+		if err != nil {
+			code := http.StatusInternalServerError
+			if errors.Is(err, ErrImageMissing) {
+				code = http.StatusNotFound
+			}
+			a.log.Warn("start failed", "instance", req.Instance, "err", err)
+			writeError(w, code, err)
+			return
+		}
+		a.log.Info("started container", "instance", req.Instance, "image", req.Image, "memory", req.Memory, "ports", info.Ports)
+		a.refreshLoad(r.Context())
+		writeJSON(w, http.StatusOK, info)
+	}))
+	mux.HandleFunc("DELETE /v1/containers/{instance}", a.auth(func(w http.ResponseWriter, r *http.Request) {
+		gen := -1
+		if g := r.URL.Query().Get("generation"); g != "" {
+			n, err := strconv.Atoi(g)
+			if err != nil || n < 0 {
+				writeError(w, http.StatusBadRequest, fmt.Errorf("generation %q is not a non-negative number", g))
+				return
+			}
+			gen = n
+		}
+		found, err := a.eng.stop(r.Context(), r.PathValue("instance"), gen)
+		if err != nil {
+			writeError(w, http.StatusInternalServerError, err)
+			return
+		}
+		a.log.Info("stopped container", "instance", r.PathValue("instance"), "found", found)
+		a.refreshLoad(r.Context())
+		writeJSON(w, http.StatusOK, map[string]bool{"found": found})
+	}))
+	return mux
+}
+
+// auth admits only callers that present the agent token, which only
+// holders of the cluster key can derive: the manager.
+func (a *Agent) auth(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		got := strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if subtle.ConstantTimeCompare([]byte(got), []byte(a.token)) != 1 {
+			writeError(w, http.StatusUnauthorized, errors.New("only the cluster's manager may command this worker"))
+			return
+		}
+		h(w, r)
+	}
+}
+
+func loadAverage() float64 {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return 0
+	}
+	v, _ := strconv.ParseFloat(f[0], 64)
+	return v
+}
+
+func absDiff(a, b int64) int64 {
+	if a > b {
+		return a - b
+	}
+	return b - a
+}
+
+func absDiffF(a, b float64) float64 {
+	if a > b {
+		return a - b
+	}
+	return b - a
+}
+
+// slogWriter turns memberlist's log lines into structured records.
+type slogWriter struct{ l *slog.Logger }
+
+func (s slogWriter) Write(p []byte) (int, error) {
+	msg := strings.TrimSpace(string(p))
+	lvl := slog.LevelDebug
+	switch {
+	case strings.Contains(msg, "[ERR]"):
+		lvl = slog.LevelError
+	case strings.Contains(msg, "[WARN]"):
+		lvl = slog.LevelWarn
+	case strings.Contains(msg, "[INFO]"):
+		lvl = slog.LevelInfo
+	}
+	s.l.Log(context.Background(), lvl, msg, "component", "memberlist")
+	return len(p), nil
+}
+
+// SlogWriter adapts a slog.Logger for libraries that log through log.Logger.
+func SlogWriter(l *slog.Logger) *log.Logger { return log.New(slogWriter{l}, "", 0) }
+
+const maxBody = 1 << 20
+
+func decodeJSON(w http.ResponseWriter, r *http.Request, v any) error {
+	r.Body = http.MaxBytesReader(w, r.Body, maxBody)
+	dec := json.NewDecoder(r.Body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("bad request body: %w", err)
+	}
+	return nil
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func writeError(w http.ResponseWriter, code int, err error) {
+	writeJSON(w, code, map[string]string{"error": err.Error()})
+}

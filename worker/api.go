@@ -1,0 +1,130 @@
+// Package worker is the agent that runs on every cloud instance (the paper's
+// cloud instance layer). It joins the cluster over memberlist, gossips its
+// load, and starts and stops containers on its Docker engine when the
+// manager tells it to. This file holds the wire types shared with the
+// manager: the gossiped load report and the agent API.
+package worker
+
+import (
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"time"
+)
+
+// Member kinds carried in the gossiped Load.
+const (
+	KindWorker  = "worker"
+	KindManager = "manager"
+)
+
+// MaxMetaSize is memberlist's limit on node metadata. The load report must
+// fit; detail goes over the agent API instead.
+const MaxMetaSize = 512
+
+// Load is what every member gossips about itself as memberlist node
+// metadata. Field names are one letter to stay far below MaxMetaSize.
+type Load struct {
+	Kind       string   `json:"k"`
+	Tags       []string `json:"t,omitempty"`
+	Capacity   int64    `json:"c,omitempty"` // memory offered to containers, bytes
+	Reserved   int64    `json:"r,omitempty"` // memory limits of its containers, bytes
+	Used       int64    `json:"u,omitempty"` // memory its containers really use, bytes
+	CPU        float64  `json:"l,omitempty"` // 1-minute load average per core
+	Containers int      `json:"n,omitempty"`
+	API        string   `json:"a,omitempty"` // host:port of the agent (or manager) API
+	Started    int64    `json:"s,omitempty"` // unix seconds when the agent started
+	Draining   bool     `json:"d,omitempty"`
+}
+
+// Encode renders l as memberlist metadata, or fails when it would exceed
+// MaxMetaSize (too many or too long tags).
+func (l Load) Encode() ([]byte, error) {
+	b, err := json.Marshal(l)
+	if err != nil {
+		return nil, err
+	}
+	if len(b) > MaxMetaSize {
+		return nil, fmt.Errorf("load report is %d bytes, more than memberlist's %d: use fewer or shorter tags", len(b), MaxMetaSize)
+	}
+	return b, nil
+}
+
+// DecodeLoad reads a Load from memberlist metadata.
+func DecodeLoad(b []byte) (Load, error) {
+	var l Load
+	if len(b) == 0 {
+		return l, fmt.Errorf("empty load report")
+	}
+	err := json.Unmarshal(b, &l)
+	return l, err
+}
+
+// AgentToken derives the bearer token the manager presents to worker
+// agents from the cluster key. Only holders of the cluster key (the
+// manager, and the agents themselves) can compute it, so only the manager
+// can command a worker.
+func AgentToken(clusterKey []byte) string {
+	m := hmac.New(sha256.New, clusterKey)
+	m.Write([]byte("micado agent api v1"))
+	return hex.EncodeToString(m.Sum(nil))
+}
+
+// Port is a container port to publish.
+type Port struct {
+	Container int    `json:"container"`
+	Protocol  string `json:"protocol,omitempty"` // tcp (default) or udp
+}
+
+// StartRequest asks an agent to run one container.
+type StartRequest struct {
+	Instance string            `json:"instance"`
+	Service  string            `json:"service"`
+	App      string            `json:"app,omitempty"`
+	Image    string            `json:"image"`
+	Memory   int64             `json:"memory"`
+	Ports    []Port            `json:"ports,omitempty"`
+	Env      map[string]string `json:"env,omitempty"`
+	// Generation tells copies of one instance apart (make before break).
+	Generation int `json:"generation,omitempty"`
+}
+
+// Binding is a published port.
+type Binding struct {
+	Container int    `json:"container"`
+	Protocol  string `json:"protocol"`
+	Host      int    `json:"host"`
+}
+
+// ContainerInfo describes a container an agent runs for the cluster.
+type ContainerInfo struct {
+	ID         string    `json:"id"`
+	Name       string    `json:"name"`
+	Instance   string    `json:"instance"`
+	Service    string    `json:"service"`
+	App        string    `json:"app,omitempty"`
+	Image      string    `json:"image"`
+	Node       string    `json:"node"`
+	Memory     int64     `json:"memory"`
+	Used       int64     `json:"used,omitempty"`
+	State      string    `json:"state"` // Docker's: created, running, exited, ...
+	Address    string    `json:"address"`
+	Ports      []Binding `json:"ports,omitempty"`
+	Generation int       `json:"generation,omitempty"`
+	Created    time.Time `json:"created"`
+}
+
+// Docker labels micado puts on everything it creates, so that it only ever
+// touches its own objects.
+const (
+	LabelCluster    = "io.micado.cluster"
+	LabelComponent  = "io.micado.component" // consul, manager, worker, app
+	LabelNode       = "io.micado.node"
+	LabelService    = "io.micado.service"
+	LabelInstance   = "io.micado.instance"
+	LabelApp        = "io.micado.app"
+	LabelMemory     = "io.micado.memory"
+	LabelGeneration = "io.micado.generation"
+)
