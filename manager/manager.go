@@ -122,7 +122,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	m.store = newStore(consul, cfg.Cluster)
-	m.reg = &registry{agent: consul.Agent(), cluster: cfg.Cluster}
+	m.reg = &registry{agent: consul.Agent(), catalog: consul.Health(), cluster: cfg.Cluster}
 
 	ln, err := net.Listen("tcp", cfg.APIAddr)
 	if err != nil {

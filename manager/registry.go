@@ -21,6 +21,7 @@ const (
 // that Consul itself runs against the container's published address.
 type registry struct {
 	agent   *api.Agent
+	catalog *api.Health
 	cluster string
 }
 
@@ -96,10 +97,13 @@ func (r *registry) services(ctx context.Context) (map[string]*api.AgentService, 
 	return all, nil
 }
 
-// health returns the aggregated check status of each registered service
-// ID: passing, warning or critical.
+// health returns the aggregated check status of each of this cluster's
+// service IDs as the Consul catalog has it (what DNS and service lookups
+// answer from): passing, warning or critical.
 func (r *registry) health(ctx context.Context) (map[string]string, error) {
-	checks, err := r.agent.ChecksWithFilterOpts("", (&api.QueryOptions{}).WithContext(ctx))
+	checks, _, err := r.catalog.State(api.HealthAny, (&api.QueryOptions{
+		Filter: `ServiceID != ""`,
+	}).WithContext(ctx))
 	if err != nil {
 		return nil, fmt.Errorf("read Consul checks: %w", err)
 	}

@@ -8,10 +8,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/docker/docker/api/types/container"
@@ -208,7 +210,10 @@ func up(ctx context.Context, cmd *cobra.Command, g *globals, o upOptions) (err e
 		set, m := nat.PortSet{}, nat.PortMap{}
 		for _, p := range ports {
 			set[nat.Port(p)] = struct{}{}
-			m[nat.Port(p)] = []nat.PortBinding{{HostIP: "127.0.0.1", HostPort: ""}}
+			// A fixed host port (chosen free now) keeps the address that
+			// `up` saves valid across container restarts; Docker would
+			// pick a new random port on every start.
+			m[nat.Port(p)] = []nat.PortBinding{{HostIP: "127.0.0.1", HostPort: freePort(strings.HasSuffix(p, "/udp"))}}
 		}
 		return set, m
 	}
@@ -290,6 +295,24 @@ func up(ctx context.Context, cmd *cobra.Command, g *globals, o upOptions) (err e
 	}
 	fmt.Fprintf(out, "cluster %q is up with %d workers; try `micado nodes`\n", g.cluster, o.workers)
 	return nil
+}
+
+// freePort asks the kernel for a free loopback port.
+func freePort(udp bool) string {
+	if udp {
+		c, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			return ""
+		}
+		defer c.Close()
+		return strconv.Itoa(c.LocalAddr().(*net.UDPAddr).Port)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return ""
+	}
+	defer l.Close()
+	return strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
 }
 
 func hostPort(ci container.InspectResponse, port string) string {
