@@ -91,6 +91,30 @@ image-demo-web: $(BIN_DIR)/demo-web ## Build the demo web server image (DEMO_IMA
 
 # ---------------------------------------------------------------------------
 
+# ---------------------------------------------------------------------------
+# Running and testing.
+
+.PHONY: up
+up: build images ## Build everything and start a local cluster (micado up)
+	$(BIN_DIR)/micado up
+
+.PHONY: down
+down: build ## Remove the local cluster (micado down)
+	$(BIN_DIR)/micado down
+
+.PHONY: lint
+lint: ## gofmt and go vet
+	@out=$$(gofmt -l $$(find . -name '*.go' -not -path './.cache/*' -not -path './.build/*')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+.PHONY: test
+test: lint images ## Run every test: unit, property and end-to-end (needs Docker; builds Consul and the images first)
+	$(GO) test -count=1 -timeout 20m ./...
+
+.PHONY: bench
+bench: ## Run the benchmarks (not part of the test command's pass/fail)
+	$(GO) test -run '^$$' -bench . -benchtime 1x ./coordinator
+
 .PHONY: clean
 clean: ## Remove build outputs (bin/, .build/); keeps the .cache/ Consul binary
 	rm -rf $(BIN_DIR) $(BUILD_DIR)

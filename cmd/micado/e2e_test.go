@@ -428,4 +428,3 @@ func httpGet(t *testing.T, url string) string {
 	}
 	return string(b)
 }
-
