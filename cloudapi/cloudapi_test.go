@@ -1,0 +1,189 @@
+package cloudapi
+
+import (
+	"slices"
+	"strings"
+	"testing"
+)
+
+func TestParseSize(t *testing.T) {
+	good := map[string]int64{
+		"0":        0,
+		"1048576":  1 << 20,
+		"100B":     100,
+		"1KiB":     1024,
+		"512MiB":   512 << 20,
+		"512mib":   512 << 20,
+		"1GiB":     1 << 30,
+		"1.5GiB":   3 << 29,
+		"2 GiB":    2 << 30,
+		"1TiB":     1 << 40,
+		"1KB":      1000,
+		"3MB":      3_000_000,
+		"2GB":      2_000_000_000,
+		" 7 b ":    7,
+		"0.5KiB":   512,
+		"1.0001KB": 1000, // rounded down
+	}
+	for in, want := range good {
+		got, err := ParseSize(in)
+		if err != nil || got != want {
+			t.Errorf("ParseSize(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	bad := map[string]string{
+		"":           "want a number",
+		"GiB":        "want a number",
+		"-1GiB":      "want a number",
+		"12 parsecs": `unknown unit "parsecs"`,
+		"1M":         `unknown unit "M"`,
+		"1PiB":       `unknown unit "PiB"`,
+		"1.2.3MiB":   "malformed number",
+		".MiB":       "malformed number",
+		"9999999TiB": "too large",
+	}
+	for in, want := range bad {
+		_, err := ParseSize(in)
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("ParseSize(%q) error = %v; want it to mention %q", in, err, want)
+		}
+	}
+}
+
+func TestFormatSizeRoundTrip(t *testing.T) {
+	for _, n := range []int64{0, 1, 1000, 1024, 512 << 20, 3 << 29, 1 << 40, 5<<40 + 1} {
+		got, err := ParseSize(FormatSize(n))
+		if err != nil || got != n {
+			t.Errorf("ParseSize(FormatSize(%d)=%q) = %d, %v", n, FormatSize(n), got, err)
+		}
+	}
+}
+
+func TestParseInstanceTypes(t *testing.T) {
+	got, err := ParseInstanceTypes("small=512MiB, medium=1GiB,large=2GiB@t3.small")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []InstanceType{
+		{Name: "small", Memory: 512 << 20},
+		{Name: "medium", Memory: 1 << 30},
+		{Name: "large", Memory: 2 << 30, ProviderType: "t3.small"},
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("got %+v, want %+v", got, want)
+	}
+	if s := got[2].String(); s != "large=2GiB@t3.small" {
+		t.Errorf("String() = %q", s)
+	}
+
+	bad := map[string]string{
+		"":                          "no instance types",
+		"   ":                       "no instance types",
+		"small=512XB":               `unknown unit "XB"`,
+		"small=512MiB,small=1GiB":   `"small" defined twice`,
+		"small=512MiB,,large=1GiB":  "empty entry",
+		"small":                     "want name=size",
+		"=1GiB":                     "invalid name",
+		"sm all=1GiB":               "invalid name",
+		"small=0":                   "must be positive",
+		"small=":                    "want a number",
+		"small=1GiB,medium=lots@m1": "want a number",
+	}
+	for in, want := range bad {
+		_, err := ParseInstanceTypes(in)
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("ParseInstanceTypes(%q) error = %v; want it to mention %q", in, err, want)
+		}
+	}
+}
+
+func TestSmallestFitting(t *testing.T) {
+	types, err := ParseInstanceTypes("large=2GiB,small=512MiB,medium=1GiB")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		need     int64
+		headroom float64
+		want     string
+	}{
+		{0, 0, "small"},
+		{-5, 0, "small"},
+		{100 << 20, 0, "small"},
+		{512 << 20, 0, "small"},             // exactly fits
+		{512<<20 + 1, 0, "medium"},          // one byte more
+		{512 << 20, 0.1, "medium"},          // headroom pushes it up
+		{900 << 20, 0.1, "medium"},          // 1GiB*0.9 = 921.6MiB
+		{1 << 30, 0.5, "large"},             // 2GiB*0.5 = 1GiB
+		{2 << 30, 0, "large"},               // exactly the largest
+		{2<<30 + 1, 0, ""},                  // nothing fits
+		{1 << 30, 1, ""},                    // 100% headroom: nothing usable
+		{100 << 20, -0.5, "small"},          // negative headroom counts as 0
+		{1536 << 20, 0.25, "large"},         // 2GiB*0.75 = 1.5GiB
+		{1536<<20 + 1, 0.25, ""},            // just over
+		{256 << 20, 0.5, "small"},           // 512MiB*0.5
+		{256<<20 + 1, 0.5, "medium"},        // just over small
+		{1, 0.9999999999, ""},               // under one usable byte everywhere
+		{1 << 20, 0.99, "small"},            // 512MiB*0.01 ≈ 5.1MiB
+		{6 << 20, 0.99, "medium"},           // small gives 5.12MiB < 6MiB
+		{int64(^uint64(0) >> 1), 0, ""},     // absurd need
+		{(1 << 30) * 9 / 10, 0.1, "medium"}, // exactly 90% of medium
+	}
+	for _, c := range cases {
+		got, ok := SmallestFitting(types, c.need, c.headroom)
+		if c.want == "" {
+			if ok {
+				t.Errorf("SmallestFitting(%d, %v) = %s, want none", c.need, c.headroom, got.Name)
+			}
+			continue
+		}
+		if !ok || got.Name != c.want {
+			t.Errorf("SmallestFitting(%d, %v) = %s/%v, want %s", c.need, c.headroom, got.Name, ok, c.want)
+		}
+	}
+	if _, ok := SmallestFitting(nil, 1, 0); ok {
+		t.Error("SmallestFitting(nil) found a type")
+	}
+	// Ties on memory go to fewer CPUs, then to the earlier entry.
+	tie := []InstanceType{{Name: "a", Memory: 1 << 30, CPUs: 2}, {Name: "b", Memory: 1 << 30, CPUs: 1}, {Name: "c", Memory: 1 << 30, CPUs: 1}}
+	if got, _ := SmallestFitting(tie, 1, 0); got.Name != "b" {
+		t.Errorf("tie broken to %s, want b", got.Name)
+	}
+}
+
+func TestLabels(t *testing.T) {
+	spec := Spec{Cluster: "prod", Name: "w-proxy-3f2a", Type: InstanceType{Name: "small"}, Tags: []string{"zone=a", "role=proxy"}}
+	l, err := Labels(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{TagCluster: "prod", TagNode: "w-proxy-3f2a", TagType: "small", TagTags: "zone=a,role=proxy", TagRole: "proxy"}
+	for k, v := range want {
+		if l[k] != v {
+			t.Errorf("label %s = %q, want %q", k, l[k], v)
+		}
+	}
+	if len(l) != len(want) {
+		t.Errorf("labels %v, want %v", l, want)
+	}
+	var inst Instance
+	ApplyLabels(&inst, l)
+	if inst.Cluster != "prod" || inst.Name != "w-proxy-3f2a" || inst.Type != "small" || !slices.Equal(inst.Tags, spec.Tags) {
+		t.Errorf("ApplyLabels gave %+v", inst)
+	}
+	if err := spec.Validate(); err != nil {
+		t.Errorf("Validate: %v", err)
+	}
+
+	if _, err := Labels(Spec{Cluster: "c", Name: "n", Tags: []string{"a,b"}}); err == nil {
+		t.Error("tag with comma accepted")
+	}
+	if _, err := Labels(Spec{Cluster: "c", Name: "n", Tags: []string{strings.Repeat("x", 300)}}); err == nil {
+		t.Error("over-long tag accepted")
+	}
+	for _, s := range []Spec{{Name: "n", Type: InstanceType{Name: "t"}}, {Cluster: "c", Type: InstanceType{Name: "t"}}, {Cluster: "c", Name: "n"}} {
+		if err := s.Validate(); err == nil {
+			t.Errorf("Validate(%+v) accepted", s)
+		}
+	}
+}
