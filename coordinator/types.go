@@ -69,6 +69,10 @@ type Worker struct {
 	Containers int
 	// Draining workers accept nothing new.
 	Draining bool
+	// Booting marks an instance asked of the cloud whose worker has not
+	// joined yet: a request placed on it waits for it instead of asking
+	// for another instance.
+	Booting bool
 }
 
 // HeadroomBytes is the memory of w kept free by the headroom setting.

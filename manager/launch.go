@@ -224,25 +224,46 @@ func (m *Manager) Launch(ctx context.Context, req LaunchRequest) (LaunchResponse
 		}
 	}
 	snap := m.snapshot(recs)
+	insts, err := m.store.instances(ctx)
+	if err != nil {
+		m.placeMu.Unlock()
+		return LaunchResponse{}, err
+	}
+	booting := m.withBooting(snap, insts)
 	reqs := make([]coordinator.Request, len(cs))
 	for i, c := range cs {
 		reqs[i] = c.Request()
 	}
 	decisions := coordinator.PlaceAll(snap, reqs, m.cfg.Placement)
 	var failed []coordinator.Decision
+	held := 0
 	for i, d := range decisions {
-		if !d.Placed() {
-			failed = append(failed, d)
-			continue
+		switch {
+		case d.Placed() && booting[d.Worker] == nil:
+			cs[i].Node = d.Worker
+			cs[i].Reason = d.Reason
+		case d.Placed():
+			// Fits on an instance already on its way: wait for it.
+			cs[i].State, cs[i].Reason, cs[i].WaitingFor = StatePending, waitReason(booting[d.Worker]), d.Worker
+			decisions[i].Reason = cs[i].Reason
+			held++
+		default:
+			if why := m.canScaleFor(d.Request); why != "" {
+				decisions[i].Reason = d.Reason + "; " + why
+				failed = append(failed, decisions[i])
+				continue
+			}
+			// Held until a new instance joins; placePending asks for it.
+			cs[i].State, cs[i].Reason = StatePending, d.Reason+"; asking the cloud for an instance"
+			decisions[i].Reason = cs[i].Reason
+			held++
 		}
-		cs[i].Node = d.Worker
-		cs[i].Reason = d.Reason
 	}
 	if len(failed) > 0 {
 		m.placeMu.Unlock()
 		msg := failed[0].Reason
 		if len(cs) > 1 {
-			msg = fmt.Sprintf("%d of %d replicas of %s do not fit: %s", len(failed), len(cs), service, msg)
+			msg = fmt.Sprintf("%d of %d replicas of %s cannot be placed: %s", len(failed), len(cs), service, msg)
 		}
 		if hint := tagHint(snap, cs[0].Tags); hint != "" {
 			msg += " " + hint
@@ -258,8 +279,15 @@ func (m *Manager) Launch(ctx context.Context, req LaunchRequest) (LaunchResponse
 		return LaunchResponse{}, err
 	}
 	for i, c := range cs {
+		if c.State == StatePending {
+			m.log.Info("held", "container", c.Name, "reason", decisions[i].Reason)
+			continue
+		}
 		m.log.Info("placed", "container", c.Name, "worker", c.Node, "reason", decisions[i].Reason)
 		go m.start(context.WithoutCancel(ctx), c.Name)
+	}
+	if held > 0 {
+		go m.placePending(context.WithoutCancel(ctx))
 	}
 	resp := LaunchResponse{Service: service, Decisions: decisions}
 	for _, c := range cs {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 	"github.com/hashicorp/memberlist"
+	"github.com/micado-scale/micado/cloudapi"
 	"github.com/micado-scale/micado/coordinator"
 	"github.com/micado-scale/micado/worker"
 )
@@ -36,6 +37,25 @@ type Config struct {
 	ConsulToken string // Consul ACL token used for every Consul call
 
 	Placement coordinator.Options // headroom and strategy (default 10%, spread)
+
+	// Provider creates worker instances when memory is short; nil turns
+	// scale-out off, and launches that do not fit are refused.
+	Provider cloudapi.Provider
+	// InstanceTypes the provider can create, with the memory they offer.
+	InstanceTypes []cloudapi.InstanceType
+	// ScaleRoles are the roles scale-out may create workers for (empty:
+	// any role).
+	ScaleRoles []string
+	// MaxInstances bounds the workers of the cluster, booting ones
+	// included (0 = no limit); MaxPerRole bounds each role.
+	MaxInstances, MaxPerRole int
+	// JoinTimeout is how long a new instance may take to join before it
+	// is terminated (default 5 min).
+	JoinTimeout time.Duration
+	// UserData renders cloud-init user data for new instances (real VMs).
+	UserData bool
+	// JoinAddr is the gossip address new workers join (default: ours).
+	JoinAddr string
 
 	// ReconcileInterval is how often desired state (KV), the workers'
 	// containers and Consul's registrations are compared and repaired.
@@ -79,6 +99,9 @@ func (c *Config) defaults() error {
 	if c.ReconcileInterval == 0 {
 		c.ReconcileInterval = 5 * time.Second
 	}
+	if c.JoinTimeout == 0 {
+		c.JoinTimeout = DefaultJoinTimeout
+	}
 	if c.ConsulWait == 0 {
 		c.ConsulWait = 60 * time.Second
 	}
@@ -103,6 +126,9 @@ type Manager struct {
 
 	kickCh chan struct{} // asks the loop for a reconciliation now
 
+	started  time.Time
+	onCreate func(instance string) // test and benchmark hook: a create call is about to be made
+
 	busyMu sync.Mutex
 	busy   map[string]bool // instances with an operation in flight
 }
@@ -112,7 +138,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err := cfg.defaults(); err != nil {
 		return err
 	}
-	m := &Manager{cfg: cfg, log: cfg.Logger, agents: worker.NewClient(cfg.ClusterKey), busy: map[string]bool{}, kickCh: make(chan struct{}, 1)}
+	m := &Manager{cfg: cfg, log: cfg.Logger, agents: worker.NewClient(cfg.ClusterKey), busy: map[string]bool{}, kickCh: make(chan struct{}, 1), started: time.Now()}
 	consul, err := api.NewClient(&api.Config{Address: cfg.ConsulAddr, Token: cfg.ConsulToken})
 	if err != nil {
 		return fmt.Errorf("consul client: %w", err)

@@ -2,11 +2,9 @@ package manager
 
 import (
 	"context"
-	"errors"
 	"sync"
 	"time"
 
-	"github.com/micado-scale/micado/coordinator"
 	"github.com/micado-scale/micado/worker"
 )
 
@@ -94,6 +92,7 @@ func (m *Manager) reconcile(ctx context.Context) error {
 			}
 		}
 	}
+	m.reconcileInstances(ctx)
 	if len(pending) > 0 {
 		m.placePending(ctx)
 	}
@@ -198,49 +197,4 @@ func (m *Manager) requeue(ctx context.Context, c *Container, why string) {
 		c.UpdatedAt = time.Now().UTC()
 		return nil
 	})
-}
-
-// placePending places every pending container together on the current
-// snapshot; those that fit move to starting, the rest keep the reason.
-func (m *Manager) placePending(ctx context.Context) {
-	m.placeMu.Lock()
-	recs, err := m.store.list(ctx)
-	if err != nil {
-		m.placeMu.Unlock()
-		return
-	}
-	var pend []*Container
-	var reqs []coordinator.Request
-	for _, c := range recs {
-		if c.State == StatePending {
-			pend = append(pend, c)
-			reqs = append(reqs, c.Request())
-		}
-	}
-	ds := coordinator.PlaceAll(m.snapshot(recs), reqs, m.cfg.Placement)
-	var started []string
-	for i, d := range ds {
-		c := pend[i]
-		_, err := m.store.update(ctx, c.Name, func(c *Container) error {
-			if c.State != StatePending {
-				return ErrConflict
-			}
-			c.Reason = d.Reason
-			c.UpdatedAt = time.Now().UTC()
-			if d.Placed() {
-				c.State = StateStarting
-				c.Node = d.Worker
-			}
-			return nil
-		})
-		if err == nil && d.Placed() {
-			started = append(started, c.Name)
-		} else if err != nil && !errors.Is(err, ErrConflict) {
-			m.log.Warn("cannot record placement", "container", c.Name, "err", err)
-		}
-	}
-	m.placeMu.Unlock()
-	for _, n := range started {
-		go m.start(context.WithoutCancel(ctx), n)
-	}
 }

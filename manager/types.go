@@ -50,6 +50,10 @@ type Container struct {
 	Address     string           `json:"address,omitempty"`
 	Bindings    []worker.Binding `json:"bindings,omitempty"`
 	Generation  int              `json:"generation,omitempty"`
+	// WaitingFor names the booting instance a pending container waits for.
+	WaitingFor string `json:"waiting_for,omitempty"`
+	// ScaleAttempts counts instances asked for it that failed to join.
+	ScaleAttempts int `json:"scale_attempts,omitempty"`
 	CreatedAt   time.Time        `json:"created_at"`
 	UpdatedAt   time.Time        `json:"updated_at"`
 

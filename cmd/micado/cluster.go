@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/base64"
@@ -24,6 +25,7 @@ import (
 	dockerclient "github.com/docker/docker/client"
 	"github.com/docker/docker/errdefs"
 	"github.com/docker/go-connections/nat"
+	"github.com/micado-scale/micado/cloudapi"
 	"github.com/micado-scale/micado/definitions"
 	"github.com/micado-scale/micado/manager"
 	"github.com/micado-scale/micado/worker"
@@ -60,6 +62,12 @@ func upCmd(g *globals) *cobra.Command {
 		workerMem string
 		strategy  string
 		timeout   time.Duration
+		provider  string
+		types     string
+		maxTotal  int
+		maxRole   int
+		joinWait  time.Duration
+		scaleImg  string
 	)
 	cmd := &cobra.Command{
 		Use:   "up",
@@ -90,7 +98,14 @@ The manager's address, an API token and the cluster key are saved under
 			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
 			defer cancel()
-			return up(ctx, cmd, g, upOptions{workers: workers, roles: rs, memory: mem, strategy: strategy})
+			if provider != "docker" && provider != "none" {
+				return userErr("--provider %q: a local cluster scales out with docker, or not at all (none)", provider)
+			}
+			if _, err := cloudapi.ParseInstanceTypes(types); err != nil {
+				return userErr("--instance-types: %v", err)
+			}
+			return up(ctx, cmd, g, upOptions{workers: workers, roles: rs, memory: mem, strategy: strategy,
+				provider: provider, types: types, maxTotal: maxTotal, maxPerRole: maxRole, joinTimeout: joinWait, scaleImage: scaleImg})
 		},
 	}
 	cmd.Flags().IntVar(&workers, "workers", 2, "number of worker agents")
@@ -98,6 +113,12 @@ The manager's address, an API token and the cluster key are saved under
 	cmd.Flags().StringVar(&workerMem, "worker-memory", "1GiB", "memory each worker offers to containers")
 	cmd.Flags().StringVar(&strategy, "strategy", "spread", "placement ranking: spread or binpack")
 	cmd.Flags().DurationVar(&timeout, "timeout", 2*time.Minute, "how long to wait for the cluster to come up")
+	cmd.Flags().StringVar(&provider, "provider", "docker", "scale-out provider: docker (new workers are containers) or none")
+	cmd.Flags().StringVar(&types, "instance-types", DefaultInstanceTypes, "instance types scale-out may create, NAME=SIZE, comma-separated")
+	cmd.Flags().IntVar(&maxTotal, "max-instances", 10, "most workers in the cluster, booting ones included")
+	cmd.Flags().IntVar(&maxRole, "max-per-role", 5, "most workers of one role")
+	cmd.Flags().StringVar(&scaleImg, "scale-image", "", "image new workers run (default: the micado image)")
+	cmd.Flags().DurationVar(&joinWait, "join-timeout", manager.DefaultJoinTimeout, "how long a new worker may take to join before it is removed")
 	return cmd
 }
 
@@ -114,10 +135,16 @@ func clusterNameOK(s string) bool {
 }
 
 type upOptions struct {
-	workers  int
-	roles    []string
-	memory   int64
-	strategy string
+	workers     int
+	roles       []string
+	memory      int64
+	strategy    string
+	provider    string
+	types       string
+	maxTotal    int
+	maxPerRole  int
+	joinTimeout time.Duration
+	scaleImage  string
 }
 
 func up(ctx context.Context, cmd *cobra.Command, g *globals, o upOptions) (err error) {
@@ -238,8 +265,12 @@ func up(ctx context.Context, cmd *cobra.Command, g *globals, o upOptions) (err e
 	mi, err := run("manager", &container.Config{
 		Image: micadoImage, Labels: labels("manager"), ExposedPorts: exp, Hostname: "manager",
 		Env: append(env, "MICADO_API_TOKEN="+token),
-		Cmd: []string{"manager", "--cluster", g.cluster, "--consul", prefix + "consul:8500", "--api", ":8080", "--strategy", o.strategy},
-	}, &container.HostConfig{PortBindings: pm})
+		Cmd: []string{"manager", "--cluster", g.cluster, "--consul", prefix + "consul:8500", "--api", ":8080", "--strategy", o.strategy,
+			"--provider", o.provider, "--instance-types", o.types, "--scale-roles", strings.Join(o.roles, ","),
+			"--max-instances", strconv.Itoa(o.maxTotal), "--max-per-role", strconv.Itoa(o.maxPerRole),
+			"--join-timeout", o.joinTimeout.String(), "--docker-network", netName, "--docker-image", cmp.Or(o.scaleImage, micadoImage),
+			"--docker-publish-addr", gateway},
+	}, &container.HostConfig{PortBindings: pm, Mounts: []mount.Mount{dockerSocketMount}})
 	if err != nil {
 		return err
 	}
@@ -256,7 +287,7 @@ func up(ctx context.Context, cmd *cobra.Command, g *globals, o upOptions) (err e
 			Cmd: []string{"worker", "--cluster", g.cluster, "--name", name, "--tag", "role=" + role,
 				"--memory", strconv.FormatInt(o.memory, 10), "--join", prefix + "manager:7946",
 				"--publish-addr", gateway, "--pull=false"},
-		}, &container.HostConfig{Mounts: []mount.Mount{{Type: mount.TypeBind, Source: "/var/run/docker.sock", Target: "/var/run/docker.sock"}}}); err != nil {
+		}, &container.HostConfig{Mounts: []mount.Mount{dockerSocketMount}}); err != nil {
 			return err
 		}
 		fmt.Fprintf(out, "worker    %s (role=%s, %s)\n", name, role, definitions.FormatSize(o.memory))
@@ -314,6 +345,10 @@ func freePort(udp bool) string {
 	defer l.Close()
 	return strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
 }
+
+// dockerSocketMount gives a container this engine's API: workers run
+// containers with it, and the manager's docker provider creates workers.
+var dockerSocketMount = mount.Mount{Type: mount.TypeBind, Source: "/var/run/docker.sock", Target: "/var/run/docker.sock"}
 
 func hostPort(ci container.InspectResponse, port string) string {
 	if ci.NetworkSettings == nil {

@@ -143,6 +143,7 @@ func progress(cmd *cobra.Command, quiet bool) func(string) {
 func waitPassing(ctx context.Context, c *client, service string, want int, report func(string)) ([]manager.ContainerView, error) {
 	start := time.Now()
 	last := map[string]string{}
+	lastAt := map[string]time.Time{}
 	for {
 		var cs []manager.ContainerView
 		err := c.get(ctx, "/v1/containers/"+url.PathEscape(service), &cs)
@@ -161,9 +162,10 @@ func waitPassing(ctx context.Context, c *client, service string, want int, repor
 			if x.Reason != "" && x.State != manager.StateRunning {
 				st += ": " + x.Reason
 			}
-			if last[x.Name] != st {
-				report(fmt.Sprintf("%-20s %s (%s)", x.Name, st, time.Since(start).Round(100*time.Millisecond)))
-				last[x.Name] = st
+			// Report each change, and while held, how long it has waited.
+			if last[x.Name] != st || (x.State == manager.StatePending && time.Since(lastAt[x.Name]) >= 2*time.Second) {
+				report(fmt.Sprintf("%-20s %s: %s", x.Name, st, time.Since(start).Round(time.Second)))
+				last[x.Name], lastAt[x.Name] = st, time.Now()
 			}
 			if x.State == manager.StateFailed {
 				return nil, userErr("%s failed: %s", x.Name, x.Reason)

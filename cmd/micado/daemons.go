@@ -70,6 +70,7 @@ func managerCmd() *cobra.Command {
 		strategy  string
 		logLevel  string
 		reconcile time.Duration
+		prov      providerFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "manager",
@@ -106,6 +107,9 @@ MICADO_API_TOKEN, CONSUL_HTTP_TOKEN.`,
 			cfg.Logger = log.With("component", "manager")
 			ctx, cancel := signalContext()
 			defer cancel()
+			if err := prov.apply(ctx, &cfg, base64.StdEncoding.EncodeToString(key)); err != nil {
+				return err
+			}
 			return manager.Run(ctx, cfg)
 		},
 	}
@@ -123,6 +127,7 @@ MICADO_API_TOKEN, CONSUL_HTTP_TOKEN.`,
 	f.StringVar(&strategy, "strategy", string(coordinator.DefaultStrategy), "placement ranking: spread or binpack")
 	f.DurationVar(&reconcile, "reconcile-interval", 5*time.Second, "how often desired and actual state are compared")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	prov.register(cmd)
 	cmd.Flags().SortFlags = false
 	return cmd
 }

@@ -198,7 +198,7 @@ func passing(t *testing.T, cl *consul.Client, service string) []*consul.ServiceE
 }
 
 func TestClusterEndToEnd(t *testing.T) {
-	c := newTestCluster(t, "--workers", "2", "--roles", "proxy,app", "--worker-memory", "1GiB")
+	c := newTestCluster(t, "--workers", "2", "--roles", "proxy,app", "--worker-memory", "1GiB", "--provider", "none")
 	st := c.state()
 	cl := c.consul()
 
@@ -308,7 +308,7 @@ func TestClusterEndToEnd(t *testing.T) {
 		}{
 			{[]string{"launch", "micado/demo-web", "--role", "db", "--name", "db"}, "lack role=db"},
 			{[]string{"launch", "micado/demo-web", "--role", "proxy", "--name", "big", "--memory", "64GiB"}, "too little free memory"},
-			{[]string{"launch", "micado/demo-web", "--role", "app", "--name", "more", "--replicas", "2", "--memory", "200MiB"}, "do not fit"},
+			{[]string{"launch", "micado/demo-web", "--role", "app", "--name", "more", "--replicas", "2", "--memory", "200MiB"}, "cannot be placed"},
 			{[]string{"launch", "micado/demo-web", "--role", "proxy", "--memory", "12XB"}, `"12XB" is not a size`},
 			{[]string{"launch", "micado/demo-web", "--memory", "64MiB"}, "--role is required"},
 			{[]string{"launch", "micado/demo-web", "--role", "proxy", "--name", "Bad_Name"}, `name "Bad_Name" is not valid`},

@@ -1,0 +1,545 @@
+// Package docker is the default cloudapi.Provider: an "instance" is a
+// container running the micado worker agent on the cluster's Docker network,
+// the local stand-in for a cloud VM.
+//
+// Every worker container it creates is named micado-<cluster>-<node>, has
+// the node name as hostname and network alias, restarts unless stopped, gets
+// the host's Docker socket (so the agent runs application containers beside
+// it on the same engine) and the cluster key in MICADO_CLUSTER_KEY. It
+// carries the io.micado.* labels of package worker (cluster, component
+// "worker", node) plus LabelInstanceType, LabelTags and LabelProvider, and
+// the cloudapi.Tag* keys that every provider writes.
+//
+// List sees every worker container of the cluster, also those `micado up`
+// started (they lack the type and tags labels; their tags are read from the
+// worker's command line). Terminate removes only worker containers of the
+// provider's own cluster, and with each the application containers its agent
+// ran, as terminating a VM would.
+package docker
+
+import (
+	"cmp"
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"maps"
+	"net"
+	"path"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/filters"
+	"github.com/docker/docker/api/types/mount"
+	"github.com/docker/docker/api/types/network"
+	"github.com/docker/docker/client"
+	"github.com/docker/docker/errdefs"
+
+	"github.com/micado-scale/micado/cloudapi"
+	"github.com/micado-scale/micado/worker"
+)
+
+// ProviderName is what Provider.Name returns and the value of LabelProvider.
+const ProviderName = "docker"
+
+// Labels this provider adds to the worker labels of package worker.
+const (
+	// LabelInstanceType holds the micado instance type name.
+	LabelInstanceType = "io.micado.instance-type"
+	// LabelTags holds the worker's tags, comma separated.
+	LabelTags = "io.micado.tags"
+	// LabelProvider holds ProviderName.
+	LabelProvider = "io.micado.provider"
+)
+
+// Component values of worker.LabelComponent this package relies on.
+const (
+	componentWorker = "worker"
+	componentApp    = "app"
+)
+
+// DefaultDockerSocket is the host path of the Docker socket mounted into
+// workers when Config.DockerSocket is empty.
+const DefaultDockerSocket = "/var/run/docker.sock"
+
+// socketTarget is where workers find the Docker socket.
+const socketTarget = "/var/run/docker.sock"
+
+// Config configures the docker provider. Every field but DockerSocket is
+// required.
+type Config struct {
+	// Cluster is the cluster name; Create only accepts specs for it and
+	// Terminate only removes its workers.
+	Cluster string
+	// Network is the Docker network the workers join, e.g. "micado-<cluster>".
+	Network string
+	// Image is the micado image workers run, e.g. "micado/micado:dev". It is
+	// never pulled: it must exist on the engine.
+	Image string
+	// JoinAddr is the manager's gossip address (host:port), e.g.
+	// "micado-<cluster>-manager:7946".
+	JoinAddr string
+	// PublishAddr is where published container ports are reached: the
+	// network's gateway IP.
+	PublishAddr string
+	// ClusterKey is the base64 cluster key (16, 24 or 32 bytes), passed to
+	// workers as MICADO_CLUSTER_KEY.
+	ClusterKey string
+	// DockerSocket is the host path of the Docker socket mounted into
+	// workers at /var/run/docker.sock (default DefaultDockerSocket).
+	DockerSocket string
+	// Types are the instance types the manager may ask for.
+	Types []cloudapi.InstanceType
+}
+
+// Provider creates micado workers as containers on one Docker engine. It is
+// safe for concurrent use.
+type Provider struct {
+	cfg Config
+	dc  *client.Client
+}
+
+var _ cloudapi.Provider = (*Provider)(nil)
+
+var (
+	// nameRE accepts what Docker accepts in container names.
+	nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]*$`)
+	// hostRE is a DNS host name.
+	hostRE = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*$`)
+)
+
+// maxNodeName is the longest node name: it becomes the container's host
+// name, which Linux limits to 64 bytes and DNS labels to 63.
+const maxNodeName = 63
+
+// New checks cfg and returns a provider using dc. It makes no calls to the
+// engine.
+func New(cfg Config, dc *client.Client) (*Provider, error) {
+	if dc == nil {
+		return nil, errors.New("docker provider: no Docker client")
+	}
+	cfg.DockerSocket = cmp.Or(cfg.DockerSocket, DefaultDockerSocket)
+	if err := cfg.validate(); err != nil {
+		return nil, fmt.Errorf("docker provider: %w", err)
+	}
+	cfg.Types = slices.Clone(cfg.Types)
+	return &Provider{cfg: cfg, dc: dc}, nil
+}
+
+func (c Config) validate() error {
+	switch {
+	case c.Cluster == "":
+		return errors.New("Config.Cluster is empty: give the cluster name")
+	case len(c.Cluster) > 64 || !nameRE.MatchString(c.Cluster):
+		return fmt.Errorf("Config.Cluster %q is not valid: use at most 64 letters, digits, '-', '_' and '.', starting with a letter or digit", c.Cluster)
+	case c.Network == "":
+		return errors.New("Config.Network is empty: give the cluster's Docker network, e.g. micado-" + c.Cluster)
+	case c.Image == "":
+		return errors.New("Config.Image is empty: give the micado image workers run, e.g. micado/micado:dev")
+	}
+	host, port, err := net.SplitHostPort(c.JoinAddr)
+	if c.JoinAddr == "" {
+		return errors.New("Config.JoinAddr is empty: give the manager's gossip address host:port")
+	}
+	if err != nil || host == "" {
+		return fmt.Errorf("Config.JoinAddr %q is not host:port", c.JoinAddr)
+	}
+	if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 {
+		return fmt.Errorf("Config.JoinAddr %q: port %q is not a number from 1 to 65535", c.JoinAddr, port)
+	}
+	if c.PublishAddr == "" {
+		return errors.New("Config.PublishAddr is empty: give the address where published ports are reached (the network's gateway IP)")
+	}
+	if net.ParseIP(c.PublishAddr) == nil && !hostRE.MatchString(c.PublishAddr) {
+		return fmt.Errorf("Config.PublishAddr %q is neither an IP address nor a host name", c.PublishAddr)
+	}
+	if c.ClusterKey == "" {
+		return errors.New("Config.ClusterKey is empty: give the base64 cluster key")
+	}
+	if k, err := base64.StdEncoding.DecodeString(c.ClusterKey); err != nil || len(k) != 16 && len(k) != 24 && len(k) != 32 {
+		return errors.New("Config.ClusterKey is not base64 of 16, 24 or 32 bytes")
+	}
+	if !path.IsAbs(c.DockerSocket) {
+		return fmt.Errorf("Config.DockerSocket %q is not an absolute path", c.DockerSocket)
+	}
+	if len(c.Types) == 0 {
+		return errors.New("Config.Types is empty: give at least one instance type, e.g. small=512MiB")
+	}
+	seen := map[string]bool{}
+	for _, t := range c.Types {
+		if t.Name == "" {
+			return fmt.Errorf("Config.Types: type %s has no name", t)
+		}
+		if seen[t.Name] {
+			return fmt.Errorf("Config.Types: type %q is defined twice", t.Name)
+		}
+		seen[t.Name] = true
+		if t.Memory <= 0 {
+			return fmt.Errorf("Config.Types: type %q has no memory: it must be positive", t.Name)
+		}
+	}
+	return nil
+}
+
+// Name returns "docker".
+func (p *Provider) Name() string { return ProviderName }
+
+// Types returns the configured instance types.
+func (p *Provider) Types() []cloudapi.InstanceType { return slices.Clone(p.cfg.Types) }
+
+// containerName is the name of the worker container for node.
+func (p *Provider) containerName(node string) string {
+	return "micado-" + p.cfg.Cluster + "-" + node
+}
+
+// checkSpec validates spec for this provider.
+func (p *Provider) checkSpec(spec cloudapi.Spec) error {
+	if err := spec.Validate(); err != nil {
+		return err
+	}
+	if spec.Cluster != p.cfg.Cluster {
+		return fmt.Errorf("spec is for cluster %q but this provider creates workers of cluster %q", spec.Cluster, p.cfg.Cluster)
+	}
+	if len(spec.Name) > maxNodeName || !nameRE.MatchString(spec.Name) {
+		return fmt.Errorf("node name %q is not valid: use at most %d letters, digits, '-', '_' and '.', starting with a letter or digit", spec.Name, maxNodeName)
+	}
+	if spec.Type.Memory <= 0 {
+		return fmt.Errorf("instance type %q has no memory: it must be positive", spec.Type.Name)
+	}
+	for _, t := range spec.Tags {
+		if k, _, ok := strings.Cut(t, "="); !ok || k == "" {
+			return fmt.Errorf("tag %q is not key=value", t)
+		}
+	}
+	return nil
+}
+
+// labels returns every label of the worker container for spec.
+func (p *Provider) labels(spec cloudapi.Spec) (map[string]string, error) {
+	l, err := cloudapi.Labels(spec)
+	if err != nil {
+		return nil, err
+	}
+	maps.Copy(l, map[string]string{
+		worker.LabelCluster:   spec.Cluster,
+		worker.LabelComponent: componentWorker,
+		worker.LabelNode:      spec.Name,
+		LabelInstanceType:     spec.Type.Name,
+		LabelTags:             strings.Join(spec.Tags, ","),
+		LabelProvider:         ProviderName,
+	})
+	return l, nil
+}
+
+// command is the worker container's Cmd for spec.
+func (p *Provider) command(spec cloudapi.Spec) []string {
+	cmd := []string{"worker", "--cluster", spec.Cluster, "--name", spec.Name}
+	for _, t := range spec.Tags {
+		cmd = append(cmd, "--tag", t)
+	}
+	return append(cmd, "--memory", strconv.FormatInt(spec.Type.Memory, 10),
+		"--join", p.cfg.JoinAddr, "--publish-addr", p.cfg.PublishAddr, "--pull=false")
+}
+
+// Create creates and starts the worker container for spec and returns it
+// once started. If the container already exists as this cluster's worker
+// for the same node, type and tags (a retried Create), it is started if
+// need be and returned.
+func (p *Provider) Create(ctx context.Context, spec cloudapi.Spec) (cloudapi.Instance, error) {
+	if err := p.checkSpec(spec); err != nil {
+		return cloudapi.Instance{}, fmt.Errorf("docker: create: %w", err)
+	}
+	labels, err := p.labels(spec)
+	if err != nil {
+		return cloudapi.Instance{}, fmt.Errorf("docker: create %s: %w", spec.Name, err)
+	}
+	name := p.containerName(spec.Name)
+	cfg := &container.Config{
+		Image:    p.cfg.Image,
+		Hostname: spec.Name,
+		Env:      []string{"MICADO_CLUSTER_KEY=" + p.cfg.ClusterKey},
+		Cmd:      p.command(spec),
+		Labels:   labels,
+	}
+	host := &container.HostConfig{
+		RestartPolicy: container.RestartPolicy{Name: container.RestartPolicyUnlessStopped},
+		Mounts:        []mount.Mount{{Type: mount.TypeBind, Source: p.cfg.DockerSocket, Target: socketTarget}},
+	}
+	nc := &network.NetworkingConfig{EndpointsConfig: map[string]*network.EndpointSettings{
+		p.cfg.Network: {Aliases: []string{spec.Name}},
+	}}
+	created, err := p.dc.ContainerCreate(ctx, cfg, host, nc, nil, name)
+	switch {
+	case errdefs.IsConflict(err):
+		return p.existing(ctx, spec, name, labels)
+	case errdefs.IsNotFound(err):
+		if _, ierr := p.dc.ImageInspect(ctx, p.cfg.Image); errdefs.IsNotFound(ierr) {
+			return cloudapi.Instance{}, fmt.Errorf("docker: create %s: image %s is missing (this provider never pulls: build it with `make images`): %w", name, p.cfg.Image, err)
+		}
+		if _, nerr := p.dc.NetworkInspect(ctx, p.cfg.Network, network.InspectOptions{}); errdefs.IsNotFound(nerr) {
+			return cloudapi.Instance{}, fmt.Errorf("docker: create %s: network %s does not exist: %w", name, p.cfg.Network, err)
+		}
+		return cloudapi.Instance{}, fmt.Errorf("docker: create %s: %w", name, err)
+	case err != nil:
+		return cloudapi.Instance{}, fmt.Errorf("docker: create %s: %w", name, err)
+	}
+	if err := p.dc.ContainerStart(ctx, created.ID, container.StartOptions{}); err != nil {
+		// Leave nothing half made: a retry creates it afresh.
+		_ = p.dc.ContainerRemove(context.WithoutCancel(ctx), created.ID, container.RemoveOptions{Force: true, RemoveVolumes: true})
+		return cloudapi.Instance{}, fmt.Errorf("docker: start %s: %w", name, err)
+	}
+	return p.inspect(ctx, created.ID)
+}
+
+// existing handles a Create whose container name is taken.
+func (p *Provider) existing(ctx context.Context, spec cloudapi.Spec, name string, want map[string]string) (cloudapi.Instance, error) {
+	ci, err := p.dc.ContainerInspect(ctx, name)
+	if err != nil {
+		return cloudapi.Instance{}, fmt.Errorf("docker: create %s: the name is taken, and inspecting it failed: %w", name, err)
+	}
+	var got map[string]string
+	if ci.Config != nil {
+		got = ci.Config.Labels
+	}
+	if got[worker.LabelCluster] != p.cfg.Cluster || got[worker.LabelComponent] != componentWorker || got[worker.LabelNode] != spec.Name {
+		return cloudapi.Instance{}, fmt.Errorf("docker: create %s: a container of that name already exists and is not the worker %s of cluster %s", name, spec.Name, p.cfg.Cluster)
+	}
+	for _, k := range []string{LabelInstanceType, LabelTags} {
+		if got[k] != want[k] {
+			return cloudapi.Instance{}, fmt.Errorf("docker: create %s: worker %s already exists with %s=%q, not %q", name, spec.Name, k, got[k], want[k])
+		}
+	}
+	if ci.State == nil || !ci.State.Running {
+		if err := p.dc.ContainerStart(ctx, ci.ID, container.StartOptions{}); err != nil {
+			return cloudapi.Instance{}, fmt.Errorf("docker: start existing %s: %w", name, err)
+		}
+	}
+	return p.inspect(ctx, ci.ID)
+}
+
+// inspect reads one worker container as an Instance.
+func (p *Provider) inspect(ctx context.Context, id string) (cloudapi.Instance, error) {
+	ci, err := p.dc.ContainerInspect(ctx, id)
+	if err != nil {
+		return cloudapi.Instance{}, fmt.Errorf("docker: inspect %s: %w", id, err)
+	}
+	var (
+		labels map[string]string
+		cmd    []string
+		nets   map[string]*network.EndpointSettings
+		state  string
+	)
+	if ci.Config != nil {
+		labels, cmd = ci.Config.Labels, ci.Config.Cmd
+	}
+	if ci.NetworkSettings != nil {
+		nets = ci.NetworkSettings.Networks
+	}
+	if ci.State != nil {
+		state = ci.State.Status
+	}
+	inst := p.instance(ci.ID, strings.TrimPrefix(ci.Name, "/"), labels, cmd, nets, state)
+	if t, err := time.Parse(time.RFC3339Nano, ci.Created); err == nil {
+		inst.CreatedAt = t.UTC()
+	}
+	return inst, nil
+}
+
+// instance builds an Instance from what Docker reports of a container.
+func (p *Provider) instance(id, name string, labels map[string]string, cmd []string, nets map[string]*network.EndpointSettings, state string) cloudapi.Instance {
+	inst := cloudapi.Instance{
+		ID:      id,
+		Cluster: labels[worker.LabelCluster],
+		Name:    labels[worker.LabelNode],
+		Type:    labels[LabelInstanceType],
+		State:   normaliseState(state),
+		Address: p.address(nets),
+	}
+	argName, argTags := parseCmd(cmd)
+	if inst.Name == "" {
+		inst.Name = cmp.Or(argName, strings.TrimPrefix(name, "micado-"+inst.Cluster+"-"))
+	}
+	if v, ok := labels[LabelTags]; ok {
+		inst.Tags = cloudapi.SplitTags(v)
+	} else {
+		inst.Tags = argTags
+	}
+	return inst
+}
+
+// address returns the container's IP on the provider's network, or on its
+// only network.
+func (p *Provider) address(nets map[string]*network.EndpointSettings) string {
+	if ep := nets[p.cfg.Network]; ep != nil {
+		return ep.IPAddress
+	}
+	for _, ep := range nets {
+		if ep != nil && ep.NetworkID != "" && strings.HasPrefix(ep.NetworkID, p.cfg.Network) {
+			return ep.IPAddress
+		}
+	}
+	if len(nets) == 1 {
+		for _, ep := range nets {
+			if ep != nil {
+				return ep.IPAddress
+			}
+		}
+	}
+	return ""
+}
+
+// parseCmd reads --name and every --tag from a worker's command line.
+func parseCmd(cmd []string) (name string, tags []string) {
+	for i := 0; i < len(cmd); i++ {
+		flag, val, hasVal := strings.Cut(cmd[i], "=")
+		if flag != "--tag" && flag != "-tag" && flag != "--name" && flag != "-name" {
+			continue
+		}
+		if !hasVal {
+			if i+1 >= len(cmd) {
+				break
+			}
+			i++
+			val = cmd[i]
+		}
+		if strings.TrimLeft(flag, "-") == "tag" {
+			tags = append(tags, val)
+		} else {
+			name = val
+		}
+	}
+	return name, tags
+}
+
+// normaliseState maps Docker's container states onto cloudapi's.
+func normaliseState(s string) string {
+	switch s {
+	case container.StateCreated, container.StateRestarting:
+		return cloudapi.StatePending
+	case container.StateRunning:
+		return cloudapi.StateRunning
+	case container.StatePaused, container.StateExited:
+		return cloudapi.StateStopped
+	case container.StateRemoving:
+		return cloudapi.StateShuttingDown
+	case container.StateDead:
+		// A dead container is one Docker failed to remove; it still
+		// exists, so List reports it (as an error) for the manager to
+		// terminate rather than hiding it as terminated.
+		return cloudapi.StateError
+	}
+	return cloudapi.StateUnknown
+}
+
+// Terminate force-removes the worker container id (an ID or a name) and the
+// application containers its agent ran. Containers that are not workers of
+// this provider's cluster are left alone and reported as
+// cloudapi.ErrNotFound, like unknown ids.
+func (p *Provider) Terminate(ctx context.Context, id string) error {
+	if id == "" {
+		return errors.New("docker: terminate: empty instance id")
+	}
+	ci, err := p.dc.ContainerInspect(ctx, id)
+	if errdefs.IsNotFound(err) {
+		return fmt.Errorf("docker: terminate %s: %w", id, cloudapi.ErrNotFound)
+	}
+	if err != nil {
+		return fmt.Errorf("docker: terminate %s: %w", id, err)
+	}
+	var labels map[string]string
+	if ci.Config != nil {
+		labels = ci.Config.Labels
+	}
+	if labels[worker.LabelCluster] != p.cfg.Cluster || labels[worker.LabelComponent] != componentWorker {
+		return fmt.Errorf("docker: terminate %s: %w: it is not a worker of cluster %s", id, cloudapi.ErrNotFound, p.cfg.Cluster)
+	}
+	err = p.dc.ContainerRemove(ctx, ci.ID, container.RemoveOptions{Force: true, RemoveVolumes: true})
+	if errdefs.IsNotFound(err) {
+		return fmt.Errorf("docker: terminate %s: %w", id, cloudapi.ErrNotFound)
+	}
+	if err != nil {
+		return fmt.Errorf("docker: terminate %s: %w", id, err)
+	}
+	node := labels[worker.LabelNode]
+	if node == "" {
+		return nil
+	}
+	// The worker's application containers run beside it on this engine;
+	// on a cloud they would die with the VM.
+	apps, err := p.dc.ContainerList(ctx, container.ListOptions{All: true, Filters: filters.NewArgs(
+		filters.Arg("label", worker.LabelCluster+"="+p.cfg.Cluster),
+		filters.Arg("label", worker.LabelComponent+"="+componentApp),
+		filters.Arg("label", worker.LabelNode+"="+node),
+	)})
+	if err != nil {
+		return fmt.Errorf("docker: terminate %s: worker removed, but listing its containers failed: %w", id, err)
+	}
+	var errs []error
+	for _, a := range apps {
+		if a.Labels[worker.LabelCluster] != p.cfg.Cluster || a.Labels[worker.LabelNode] != node || a.Labels[worker.LabelComponent] != componentApp {
+			continue
+		}
+		if err := p.dc.ContainerRemove(ctx, a.ID, container.RemoveOptions{Force: true}); err != nil && !errdefs.IsNotFound(err) {
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("docker: terminate %s: worker removed, but not all of its containers: %w", id, errors.Join(errs...))
+	}
+	return nil
+}
+
+// List returns every worker container of cluster, whatever its state,
+// sorted by node name.
+func (p *Provider) List(ctx context.Context, cluster string) ([]cloudapi.Instance, error) {
+	if cluster == "" {
+		return nil, errors.New("docker: list: empty cluster name")
+	}
+	cs, err := p.dc.ContainerList(ctx, container.ListOptions{All: true, Filters: filters.NewArgs(
+		filters.Arg("label", worker.LabelCluster+"="+cluster),
+		filters.Arg("label", worker.LabelComponent+"="+componentWorker),
+	)})
+	if err != nil {
+		return nil, fmt.Errorf("docker: list cluster %s: %w", cluster, err)
+	}
+	res := make([]cloudapi.Instance, 0, len(cs))
+	for _, c := range cs {
+		if c.Labels[worker.LabelCluster] != cluster || c.Labels[worker.LabelComponent] != componentWorker {
+			continue
+		}
+		var cmd []string
+		if _, ok := c.Labels[LabelTags]; !ok || c.Labels[worker.LabelNode] == "" {
+			// A worker `micado up` started: its tags are only on its
+			// command line, which the list splits ambiguously.
+			ci, err := p.dc.ContainerInspect(ctx, c.ID)
+			if errdefs.IsNotFound(err) {
+				continue // removed meanwhile
+			}
+			if err != nil {
+				return nil, fmt.Errorf("docker: list cluster %s: inspect %s: %w", cluster, c.ID, err)
+			}
+			if ci.Config != nil {
+				cmd = ci.Config.Cmd
+			}
+		}
+		var nets map[string]*network.EndpointSettings
+		if c.NetworkSettings != nil {
+			nets = c.NetworkSettings.Networks
+		}
+		name := ""
+		if len(c.Names) > 0 {
+			name = strings.TrimPrefix(c.Names[0], "/")
+		}
+		inst := p.instance(c.ID, name, c.Labels, cmd, nets, c.State)
+		inst.CreatedAt = time.Unix(c.Created, 0).UTC()
+		res = append(res, inst)
+	}
+	slices.SortFunc(res, func(a, b cloudapi.Instance) int {
+		return cmp.Or(cmp.Compare(a.Name, b.Name), cmp.Compare(a.ID, b.ID))
+	})
+	return res, nil
+}
