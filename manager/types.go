@@ -53,9 +53,9 @@ type Container struct {
 	// WaitingFor names the booting instance a pending container waits for.
 	WaitingFor string `json:"waiting_for,omitempty"`
 	// ScaleAttempts counts instances asked for it that failed to join.
-	ScaleAttempts int `json:"scale_attempts,omitempty"`
-	CreatedAt   time.Time        `json:"created_at"`
-	UpdatedAt   time.Time        `json:"updated_at"`
+	ScaleAttempts int       `json:"scale_attempts,omitempty"`
+	CreatedAt     time.Time `json:"created_at"`
+	UpdatedAt     time.Time `json:"updated_at"`
 
 	index uint64 // Consul ModifyIndex, for check-and-set
 }

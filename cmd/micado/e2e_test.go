@@ -50,7 +50,7 @@ func TestMain(m *testing.M) {
 
 // requireDocker fails the test (never skips) when the engine or an image
 // is missing, and says what to do.
-func requireDocker(t *testing.T) *dockerclient.Client {
+func requireDocker(t testing.TB) *dockerclient.Client {
 	t.Helper()
 	dc, err := dockerclient.NewClientWithOpts(dockerclient.FromEnv, dockerclient.WithAPIVersionNegotiation())
 	if err != nil {
@@ -72,13 +72,13 @@ func requireDocker(t *testing.T) *dockerclient.Client {
 
 // testCluster is one local cluster made for one test.
 type testCluster struct {
-	t    *testing.T
+	t    testing.TB
 	name string
 	home string
 	dc   *dockerclient.Client
 }
 
-func newTestCluster(t *testing.T, upArgs ...string) *testCluster {
+func newTestCluster(t testing.TB, upArgs ...string) *testCluster {
 	dc := requireDocker(t)
 	b := make([]byte, 4)
 	_, _ = rand.Read(b)
@@ -130,7 +130,9 @@ func (c *testCluster) state() *clusterState {
 	return st
 }
 
-func (c *testCluster) consul() *consul.Client {
+func (c *testCluster) consul() *consul.Client { return c.consulClient(c.t) }
+
+func (c *testCluster) consulClient(tb testing.TB) *consul.Client {
 	c.t.Helper()
 	cl, err := consul.NewClient(&consul.Config{Address: strings.TrimPrefix(c.state().Consul, "http://")})
 	if err != nil {
@@ -427,4 +429,8 @@ func httpGet(t *testing.T, url string) string {
 		t.Fatalf("GET %s: %s", url, resp.Status)
 	}
 	return string(b)
+}
+
+func newBenchCluster(b *testing.B) *testCluster {
+	return newTestCluster(b, "--workers", "1", "--roles", "proxy", "--worker-memory", "256MiB", "--max-instances", "20", "--max-per-role", "20")
 }
