@@ -113,7 +113,8 @@ test: lint images ## Run every test: unit, property and end-to-end (needs Docker
 
 .PHONY: bench
 bench: ## Run the benchmarks (not part of the test command's pass/fail)
-	$(GO) test -run '^$$' -bench . -benchtime 1x ./coordinator
+	$(GO) test -run '^$$' -bench . -benchtime 1x ./coordinator ./manager
+	$(GO) test -run '^$$' -bench HeldLaunch -benchtime 5x ./cmd/micado
 
 .PHONY: clean
 clean: ## Remove build outputs (bin/, .build/); keeps the .cache/ Consul binary
