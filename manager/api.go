@@ -22,6 +22,7 @@ const MaxBodyBytes = 1 << 20
 //	GET    /v1/containers/{name} one instance, or every instance of a service
 //	POST   /v1/containers        launch (LaunchRequest)
 //	DELETE /v1/containers/{name} stop an instance or a whole service
+//	POST   /v1/consolidate       run a scale-in round now (ConsolidateRequest)
 func (m *Manager) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/status", m.handleStatus)
@@ -30,6 +31,7 @@ func (m *Manager) Handler() http.Handler {
 	mux.HandleFunc("GET /v1/containers/{name}", m.handleGet)
 	mux.HandleFunc("POST /v1/containers", m.handleLaunch)
 	mux.HandleFunc("DELETE /v1/containers/{name}", m.handleStop)
+	mux.HandleFunc("POST /v1/consolidate", m.handleConsolidate)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, &RequestError{Status: http.StatusNotFound, Msg: fmt.Sprintf("no API endpoint %s %s", r.Method, r.URL.Path)})
 	})
@@ -89,7 +91,7 @@ func (m *Manager) Nodes(ctx context.Context) []NodeView {
 		v := NodeView{
 			Name: wk.Name, Kind: wk.Load.Kind, Status: wk.Status, Address: wk.Addr, API: wk.Load.API,
 			Tags: wk.Load.Tags, Capacity: wk.Load.Capacity, Reserved: wk.Load.Reserved, Used: wk.Load.Used,
-			CPU: wk.Load.CPU, Containers: wk.Load.Containers, Draining: wk.Load.Draining, LastUpdate: wk.LastUpdate,
+			CPU: wk.Load.CPU, Containers: wk.Load.Containers, Draining: wk.Load.Draining || m.isDraining(wk.Name), LastUpdate: wk.LastUpdate,
 		}
 		if wk.Load.Started > 0 {
 			v.Started = time.Unix(wk.Load.Started, 0).UTC()
@@ -117,7 +119,7 @@ func (m *Manager) Containers(ctx context.Context) ([]ContainerView, error) {
 	}
 	out := make([]ContainerView, 0, len(recs))
 	for _, c := range recs {
-		v := ContainerView{Container: *c, Health: health[c.Name]}
+		v := ContainerView{Container: *c, Health: health[c.ServiceID()]}
 		if c.State == StateRunning && c.Check.Type == "none" && v.Health == "" {
 			v.Health = "passing"
 		}
@@ -180,6 +182,22 @@ func (m *Manager) handleStop(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string][]string{"stopped": names})
+}
+
+func (m *Manager) handleConsolidate(w http.ResponseWriter, r *http.Request) {
+	var req ConsolidateRequest
+	if r.ContentLength != 0 {
+		if err := decodeBody(w, r, &req); err != nil {
+			writeErr(w, err)
+			return
+		}
+	}
+	res := m.Consolidate(r.Context(), true, req.DryRun)
+	code := http.StatusOK
+	if res.Outcome == "failed" && res.Error != "" && len(res.Plan.Remove) == 0 {
+		code = http.StatusConflict
+	}
+	writeJSON(w, code, res)
 }
 
 // decodeBody reads one JSON value of at most MaxBodyBytes with no unknown

@@ -183,7 +183,7 @@ func (m *Manager) validate(req LaunchRequest, now time.Time) ([]*Container, erro
 	for i := range out {
 		out[i] = &Container{
 			Name: fmt.Sprintf("%s-%d", name, i+1), Service: name, App: req.App, Image: req.Image,
-			Tags: tags, Memory: mem, Ports: ports, Env: req.Env, Check: check,
+			Tags: tags, Memory: mem, Ports: ports, Env: req.Env, Check: check, Pinned: req.Pinned,
 			State: StateStarting, CreatedAt: now, UpdatedAt: now,
 		}
 	}
@@ -470,8 +470,14 @@ func (m *Manager) stopOne(ctx context.Context, name string) error {
 	if c.State != StateStopping {
 		return nil
 	}
-	if err := m.reg.deregister(ctx, name); err != nil {
+	if err := m.reg.deregister(ctx, c.ServiceID()); err != nil {
 		return err
+	}
+	if c.Move != nil {
+		_ = m.reg.deregister(ctx, serviceID(c.Name, c.Move.Generation))
+		if w, ok := m.members.get(c.Move.Node); ok && w.Status == "alive" && w.Load.API != "" {
+			_, _ = m.agents.Stop(ctx, w.Load.API, name, c.Move.Generation)
+		}
 	}
 	if c.Node != "" {
 		if w, ok := m.members.get(c.Node); ok && w.Status == "alive" && w.Load.API != "" {

@@ -57,6 +57,16 @@ type Config struct {
 	// JoinAddr is the gossip address new workers join (default: ours).
 	JoinAddr string
 
+	// ConsolidateSchedule is the cron schedule of unattended scale-in
+	// rounds (default every minute; "off" disables them).
+	ConsolidateSchedule string
+	// Consolidate tunes scale-in (threshold, delays, minimum per role).
+	Consolidate coordinator.ConsolidateOptions
+	// MoveTimeout bounds one make-before-break move (default 2 min).
+	MoveTimeout time.Duration
+	// RevalidateDelay separates the two plans of an unattended round.
+	RevalidateDelay time.Duration
+
 	// ReconcileInterval is how often desired state (KV), the workers'
 	// containers and Consul's registrations are compared and repaired.
 	ReconcileInterval time.Duration // default 5 s
@@ -99,6 +109,23 @@ func (c *Config) defaults() error {
 	if c.ReconcileInterval == 0 {
 		c.ReconcileInterval = 5 * time.Second
 	}
+	if c.ConsolidateSchedule == "" {
+		c.ConsolidateSchedule = DefaultConsolidateSchedule
+	}
+	if c.Consolidate.Threshold == 0 {
+		d := coordinator.DefaultConsolidateOptions()
+		d.MinPerRole = c.Consolidate.MinPerRole
+		if c.Consolidate.MaxNonEmpty > 0 {
+			d.MaxNonEmpty = c.Consolidate.MaxNonEmpty
+		}
+		c.Consolidate = d
+	}
+	if c.MoveTimeout == 0 {
+		c.MoveTimeout = DefaultMoveTimeout
+	}
+	if c.RevalidateDelay == 0 {
+		c.RevalidateDelay = DefaultRevalidateDelay
+	}
 	if c.JoinTimeout == 0 {
 		c.JoinTimeout = DefaultJoinTimeout
 	}
@@ -126,6 +153,7 @@ type Manager struct {
 
 	kickCh chan struct{} // asks the loop for a reconciliation now
 
+	cons     consolidator
 	started  time.Time
 	onCreate func(instance string) // test and benchmark hook: a create call is about to be made
 
@@ -138,7 +166,8 @@ func Run(ctx context.Context, cfg Config) error {
 	if err := cfg.defaults(); err != nil {
 		return err
 	}
-	m := &Manager{cfg: cfg, log: cfg.Logger, agents: worker.NewClient(cfg.ClusterKey), busy: map[string]bool{}, kickCh: make(chan struct{}, 1), started: time.Now()}
+	m := &Manager{cfg: cfg, log: cfg.Logger, agents: worker.NewClient(cfg.ClusterKey), busy: map[string]bool{}, kickCh: make(chan struct{}, 1), started: time.Now(),
+		cons: consolidator{unneededSince: map[string]time.Time{}, draining: map[string]string{}, moving: map[string]bool{}}}
 	consul, err := api.NewClient(&api.Config{Address: cfg.ConsulAddr, Token: cfg.ConsulToken})
 	if err != nil {
 		return fmt.Errorf("consul client: %w", err)
@@ -216,6 +245,11 @@ func Run(ctx context.Context, cfg Config) error {
 	case <-ctx.Done():
 	case <-time.After(2 * time.Second):
 	}
+	stopCron, err := m.startCron(ctx)
+	if err != nil {
+		return err
+	}
+	defer stopCron()
 	return m.loop(ctx)
 }
 
@@ -303,7 +337,7 @@ func (m *Manager) snapshot(recs []*Container) *coordinator.Snapshot {
 		s.Workers = append(s.Workers, coordinator.Worker{
 			Name: w.Name, Tags: w.Load.Tags, Capacity: w.Load.Capacity,
 			Reserved: max(w.Load.Reserved, ledger[w.Name]), Used: w.Load.Used,
-			Containers: max(w.Load.Containers, count[w.Name]), Draining: w.Load.Draining,
+			Containers: max(w.Load.Containers, count[w.Name]), Draining: w.Load.Draining || m.isDraining(w.Name),
 		})
 	}
 	return s

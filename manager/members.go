@@ -16,6 +16,7 @@ type member struct {
 	Status     string // alive, dead, left
 	Load       worker.Load
 	LastUpdate time.Time
+	FirstSeen  time.Time
 	DiedAt     time.Time
 }
 
@@ -40,7 +41,7 @@ func (m *members) upsert(n *memberlist.Node, status string) {
 	m.mu.Lock()
 	mem, ok := m.byName[n.Name]
 	if !ok {
-		mem = &member{Name: n.Name}
+		mem = &member{Name: n.Name, FirstSeen: m.now()}
 		m.byName[n.Name] = mem
 	}
 	prev := mem.Status
@@ -69,11 +70,19 @@ func (m *members) NotifyUpdate(n *memberlist.Node) { m.upsert(n, "alive") }
 
 // NotifyLeave implements memberlist.EventDelegate: a member left or died.
 func (m *members) NotifyLeave(n *memberlist.Node) {
-	status := "dead"
 	if n.State == memberlist.StateLeft {
-		status = "left"
+		// A worker that left on purpose (scale-in) is gone, not failed.
+		m.forget(n.Name)
+		return
 	}
-	m.upsert(n, status)
+	m.upsert(n, "dead")
+}
+
+// forget drops a member that left for good (scaled in).
+func (m *members) forget(name string) {
+	m.mu.Lock()
+	delete(m.byName, name)
+	m.mu.Unlock()
 }
 
 // workers returns a copy of every worker, alive or not, sorted by name.

@@ -47,6 +47,14 @@ func (m *Manager) reconcile(ctx context.Context) error {
 		case StatePending:
 			pending = append(pending, c)
 		case StateStarting, StateRunning:
+			if c.Move != nil {
+				if !m.isMoving(c.Name) {
+					// A move interrupted by a manager restart: roll it back;
+					// the old copy never stopped.
+					go m.rollbackMove(context.WithoutCancel(ctx), c.Name, "the manager restarted during the move")
+				}
+				continue
+			}
 			w, known := m.members.get(c.Node)
 			if !known || w.Status != "alive" {
 				if known && w.Status != "alive" {
@@ -83,7 +91,7 @@ func (m *Manager) reconcile(ctx context.Context) error {
 			case c.State == StateStarting || c.ContainerID != mine.ID:
 				m.adoptRunning(ctx, c.Name, *mine)
 			default:
-				if _, ok := regs[c.Name]; !ok {
+				if _, ok := regs[c.ServiceID()]; !ok {
 					m.log.Info("registration missing; registering again", "container", c.Name)
 					if err := m.reg.register(ctx, c); err != nil {
 						m.log.Warn("register failed", "container", c.Name, "err", err)
@@ -103,6 +111,9 @@ func (m *Manager) reconcile(ctx context.Context) error {
 			if c != nil && cp.Node == c.Node && (c.State == StateRunning || c.State == StateStarting || c.State == StateStopping) {
 				continue
 			}
+			if c != nil && c.Move != nil && cp.Node == c.Move.Node && cp.Generation == c.Move.Generation {
+				continue // the new copy of a move in progress
+			}
 			if c != nil && c.State == StatePending {
 				continue
 			}
@@ -118,14 +129,22 @@ func (m *Manager) reconcile(ctx context.Context) error {
 		}
 	}
 	// Registrations with no running container behind them.
-	for id := range regs {
-		if c := byName[id]; c == nil || c.State != StateRunning {
-			if c != nil && c.State == StateStarting {
-				continue
+	valid := map[string]bool{}
+	for _, c := range recs {
+		switch c.State {
+		case StateRunning, StateStarting:
+			valid[c.ServiceID()] = true
+			if c.Move != nil {
+				valid[serviceID(c.Name, c.Move.Generation)] = true
 			}
-			m.log.Info("removing a stale registration", "service_id", id)
-			_ = m.reg.deregister(ctx, id)
 		}
+	}
+	for id, svc := range regs {
+		if valid[id] || m.isMoving(svc.Meta[MetaInstance]) {
+			continue
+		}
+		m.log.Info("removing a stale registration", "service_id", id)
+		_ = m.reg.deregister(ctx, id)
 	}
 	return nil
 }
@@ -186,7 +205,7 @@ func (m *Manager) adoptRunning(ctx context.Context, name string, info worker.Con
 
 // requeue puts a container whose worker is gone back to pending.
 func (m *Manager) requeue(ctx context.Context, c *Container, why string) {
-	_ = m.reg.deregister(ctx, c.Name)
+	_ = m.reg.deregister(ctx, c.ServiceID())
 	_, _ = m.store.update(ctx, c.Name, func(c *Container) error {
 		c.State = StatePending
 		c.Reason = why

@@ -32,7 +32,7 @@ func (r *registry) serviceFor(c *Container) *api.AgentServiceRegistration {
 	}
 	tags = append(tags, "node="+c.Node)
 	reg := &api.AgentServiceRegistration{
-		ID:      c.Name,
+		ID:      c.ServiceID(),
 		Name:    c.Service,
 		Address: c.Address,
 		Port:    c.HostPort(),
@@ -53,7 +53,7 @@ func (r *registry) serviceFor(c *Container) *api.AgentServiceRegistration {
 	}
 	target := net.JoinHostPort(c.Address, strconv.Itoa(c.HostPort()))
 	check := &api.AgentServiceCheck{
-		CheckID:  "micado:" + c.Name,
+		CheckID:  "micado:" + c.ServiceID(),
 		Name:     "micado " + c.Check.Type + " check of " + c.Name,
 		Interval: interval,
 		Timeout:  "2s",
@@ -77,7 +77,8 @@ func (r *registry) register(ctx context.Context, c *Container) error {
 	return nil
 }
 
-// deregister removes c's registration; a missing one is not an error.
+// deregister removes a registration by service ID; a missing one is not
+// an error.
 func (r *registry) deregister(ctx context.Context, name string) error {
 	if err := r.agent.ServiceDeregisterOpts(name, (&api.QueryOptions{}).WithContext(ctx)); err != nil {
 		if e, ok := err.(api.StatusError); ok && e.Code == 404 {

@@ -42,6 +42,9 @@ type Container struct {
 	Ports   []worker.Port     `json:"ports,omitempty"`
 	Env     map[string]string `json:"env,omitempty"`
 	Check   Check             `json:"check"`
+	// Pinned containers are never moved by consolidation (their worker
+	// is then never scaled in).
+	Pinned bool `json:"pinned,omitempty"`
 
 	State       string           `json:"state"`
 	Reason      string           `json:"reason,omitempty"`
@@ -53,11 +56,35 @@ type Container struct {
 	// WaitingFor names the booting instance a pending container waits for.
 	WaitingFor string `json:"waiting_for,omitempty"`
 	// ScaleAttempts counts instances asked for it that failed to join.
-	ScaleAttempts int       `json:"scale_attempts,omitempty"`
-	CreatedAt     time.Time `json:"created_at"`
-	UpdatedAt     time.Time `json:"updated_at"`
+	ScaleAttempts int `json:"scale_attempts,omitempty"`
+	// Move is set while consolidation starts a new copy elsewhere (make
+	// before break); the record keeps its old node until the new copy
+	// passes.
+	Move      *MoveState `json:"move,omitempty"`
+	CreatedAt time.Time  `json:"created_at"`
+	UpdatedAt time.Time  `json:"updated_at"`
 
 	index uint64 // Consul ModifyIndex, for check-and-set
+}
+
+// MoveState is a copy being started on another worker.
+type MoveState struct {
+	Node       string    `json:"node"`
+	Generation int       `json:"generation"`
+	Started    time.Time `json:"started"`
+}
+
+// ServiceID is the Consul service ID of the container's current copy.
+// Each generation of a container (a new copy after a move or after its
+// worker died) has its own ID, so that during a move both copies are
+// registered and checked side by side.
+func (c *Container) ServiceID() string { return serviceID(c.Name, c.Generation) }
+
+func serviceID(name string, gen int) string {
+	if gen == 0 {
+		return name
+	}
+	return name + ".g" + itoa(gen)
 }
 
 // HostPort returns the published host port of the first container port.
@@ -85,6 +112,8 @@ type LaunchRequest struct {
 	Replicas int               `json:"replicas,omitempty"`
 	Check    *Check            `json:"check,omitempty"`
 	App      string            `json:"app,omitempty"`
+	// Pinned marks the containers as not relocatable by consolidation.
+	Pinned bool `json:"pinned,omitempty"`
 }
 
 // LaunchResponse answers POST /v1/containers.

@@ -97,6 +97,7 @@ type Agent struct {
 	apiAddr string
 
 	mu    sync.Mutex
+	left  bool // left the cluster for scale-in; never rejoin
 	load  Load
 	meta  []byte
 	usage map[string]int64
@@ -170,7 +171,10 @@ func Run(ctx context.Context, cfg Config) error {
 		case <-usageT.C:
 			a.refreshUsage(ctx)
 		case <-joinT.C:
-			if !a.seesManager() {
+			a.mu.Lock()
+			left := a.left
+			a.mu.Unlock()
+			if !left && !a.seesManager() {
 				a.join()
 			}
 		}
@@ -323,6 +327,17 @@ func (a *Agent) routes() http.Handler {
 		a.log.Info("started container", "instance", req.Instance, "image", req.Image, "memory", req.Memory, "ports", info.Ports)
 		a.refreshLoad(r.Context())
 		writeJSON(w, http.StatusOK, info)
+	}))
+	mux.HandleFunc("POST /v1/leave", a.auth(func(w http.ResponseWriter, r *http.Request) {
+		a.mu.Lock()
+		a.left = true
+		a.mu.Unlock()
+		a.log.Info("leaving the cluster for scale-in")
+		if err := a.ml.Leave(3 * time.Second); err != nil {
+			writeError(w, http.StatusInternalServerError, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]bool{"left": true})
 	}))
 	mux.HandleFunc("DELETE /v1/containers/{instance}", a.auth(func(w http.ResponseWriter, r *http.Request) {
 		gen := -1

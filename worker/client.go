@@ -106,3 +106,9 @@ func (c *Client) List(ctx context.Context, addr string) ([]ContainerInfo, error)
 	err := c.do(ctx, http.MethodGet, addr, "/v1/containers", nil, &cs)
 	return cs, err
 }
+
+// Leave asks the agent at addr to leave the gossip cluster for good (it is
+// about to be terminated by scale-in) instead of being declared dead.
+func (c *Client) Leave(ctx context.Context, addr string) error {
+	return c.do(ctx, http.MethodPost, addr, "/v1/leave", nil, nil)
+}

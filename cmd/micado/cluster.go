@@ -26,9 +26,11 @@ import (
 	"github.com/docker/docker/errdefs"
 	"github.com/docker/go-connections/nat"
 	"github.com/micado-scale/micado/cloudapi"
+	"github.com/micado-scale/micado/coordinator"
 	"github.com/micado-scale/micado/definitions"
 	"github.com/micado-scale/micado/manager"
 	"github.com/micado-scale/micado/worker"
+	"github.com/robfig/cron/v3"
 	"github.com/spf13/cobra"
 )
 
@@ -68,6 +70,10 @@ func upCmd(g *globals) *cobra.Command {
 		maxRole   int
 		joinWait  time.Duration
 		scaleImg  string
+		schedule  string
+		siDelay   time.Duration
+		unneeded  time.Duration
+		minRole   string
 	)
 	cmd := &cobra.Command{
 		Use:   "up",
@@ -104,8 +110,20 @@ The manager's address, an API token and the cluster key are saved under
 			if _, err := cloudapi.ParseInstanceTypes(types); err != nil {
 				return userErr("--instance-types: %v", err)
 			}
+			if schedule != "off" {
+				if _, err := cron.ParseStandard(schedule); err != nil {
+					return userErr("--consolidate-schedule %q is not a cron schedule: %v", schedule, err)
+				}
+			}
+			if _, err := parseMinPerRole(minRole); err != nil {
+				return err
+			}
+			if siDelay < 0 || unneeded < 0 || joinWait < 10*time.Second {
+				return userErr("--scale-in-delay and --unneeded-time must not be negative, --join-timeout at least 10s")
+			}
 			return up(ctx, cmd, g, upOptions{workers: workers, roles: rs, memory: mem, strategy: strategy,
-				provider: provider, types: types, maxTotal: maxTotal, maxPerRole: maxRole, joinTimeout: joinWait, scaleImage: scaleImg})
+				provider: provider, types: types, maxTotal: maxTotal, maxPerRole: maxRole, joinTimeout: joinWait, scaleImage: scaleImg,
+				schedule: schedule, scaleInDelay: siDelay, unneeded: unneeded, minPerRole: minRole})
 		},
 	}
 	cmd.Flags().IntVar(&workers, "workers", 2, "number of worker agents")
@@ -117,6 +135,10 @@ The manager's address, an API token and the cluster key are saved under
 	cmd.Flags().StringVar(&types, "instance-types", DefaultInstanceTypes, "instance types scale-out may create, NAME=SIZE, comma-separated")
 	cmd.Flags().IntVar(&maxTotal, "max-instances", 10, "most workers in the cluster, booting ones included")
 	cmd.Flags().IntVar(&maxRole, "max-per-role", 5, "most workers of one role")
+	cmd.Flags().StringVar(&schedule, "consolidate-schedule", manager.DefaultConsolidateSchedule, `cron schedule of scale-in rounds ("off" disables them)`)
+	cmd.Flags().DurationVar(&siDelay, "scale-in-delay", coordinator.DefaultScaleDownDelayAfterAdd, "a worker is kept at least this long after it joined")
+	cmd.Flags().DurationVar(&unneeded, "unneeded-time", coordinator.DefaultScaleDownUnneededTime, "a worker must be removable this long before it is scaled in")
+	cmd.Flags().StringVar(&minRole, "min-per-role", "", "workers kept per role, e.g. proxy=1 (default: 1 for each of --roles)")
 	cmd.Flags().StringVar(&scaleImg, "scale-image", "", "image new workers run (default: the micado image)")
 	cmd.Flags().DurationVar(&joinWait, "join-timeout", manager.DefaultJoinTimeout, "how long a new worker may take to join before it is removed")
 	return cmd
@@ -135,16 +157,20 @@ func clusterNameOK(s string) bool {
 }
 
 type upOptions struct {
-	workers     int
-	roles       []string
-	memory      int64
-	strategy    string
-	provider    string
-	types       string
-	maxTotal    int
-	maxPerRole  int
-	joinTimeout time.Duration
-	scaleImage  string
+	workers      int
+	roles        []string
+	memory       int64
+	strategy     string
+	provider     string
+	types        string
+	maxTotal     int
+	maxPerRole   int
+	joinTimeout  time.Duration
+	scaleImage   string
+	schedule     string
+	scaleInDelay time.Duration
+	unneeded     time.Duration
+	minPerRole   string
 }
 
 func up(ctx context.Context, cmd *cobra.Command, g *globals, o upOptions) (err error) {
@@ -269,7 +295,9 @@ func up(ctx context.Context, cmd *cobra.Command, g *globals, o upOptions) (err e
 			"--provider", o.provider, "--instance-types", o.types, "--scale-roles", strings.Join(o.roles, ","),
 			"--max-instances", strconv.Itoa(o.maxTotal), "--max-per-role", strconv.Itoa(o.maxPerRole),
 			"--join-timeout", o.joinTimeout.String(), "--docker-network", netName, "--docker-image", cmp.Or(o.scaleImage, micadoImage),
-			"--docker-publish-addr", gateway},
+			"--docker-publish-addr", gateway,
+			"--consolidate-schedule", o.schedule, "--scale-in-delay", o.scaleInDelay.String(),
+			"--unneeded-time", o.unneeded.String(), "--min-per-role", o.minPerRoleFlag()},
 	}, &container.HostConfig{PortBindings: pm, Mounts: []mount.Mount{dockerSocketMount}})
 	if err != nil {
 		return err
@@ -344,6 +372,19 @@ func freePort(udp bool) string {
 	}
 	defer l.Close()
 	return strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
+}
+
+// minPerRoleFlag keeps one worker of each of the cluster's roles unless
+// told otherwise.
+func (o upOptions) minPerRoleFlag() string {
+	if o.minPerRole != "" {
+		return o.minPerRole
+	}
+	var parts []string
+	for _, r := range o.roles {
+		parts = append(parts, r+"=1")
+	}
+	return strings.Join(parts, ",")
 }
 
 // dockerSocketMount gives a container this engine's API: workers run

@@ -123,6 +123,7 @@ are NAME-1, NAME-2, ...`,
 	f.StringVar(&req.Name, "name", "", "service name (default: from the image)")
 	f.StringArrayVarP(&envs, "env", "e", nil, "environment variable KEY=VALUE (repeatable)")
 	f.IntVar(&req.Replicas, "replicas", 1, "number of containers")
+	f.BoolVar(&req.Pinned, "pinned", false, "never move these containers to scale in (their worker then stays)")
 	f.StringVar(&health, "health-path", "", "HTTP path Consul checks (default: a TCP check of the first port)")
 	f.BoolVarP(&detach, "detach", "d", false, "return once the request is accepted")
 	f.DurationVar(&wait, "wait", 3*time.Minute, "how long to wait for the containers to pass")

@@ -71,6 +71,7 @@ func managerCmd() *cobra.Command {
 		logLevel  string
 		reconcile time.Duration
 		prov      providerFlags
+		scaleIn   scaleInFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "manager",
@@ -110,6 +111,9 @@ MICADO_API_TOKEN, CONSUL_HTTP_TOKEN.`,
 			if err := prov.apply(ctx, &cfg, base64.StdEncoding.EncodeToString(key)); err != nil {
 				return err
 			}
+			if err := scaleIn.apply(&cfg); err != nil {
+				return err
+			}
 			return manager.Run(ctx, cfg)
 		},
 	}
@@ -128,6 +132,7 @@ MICADO_API_TOKEN, CONSUL_HTTP_TOKEN.`,
 	f.DurationVar(&reconcile, "reconcile-interval", 5*time.Second, "how often desired and actual state are compared")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	prov.register(cmd)
+	scaleIn.register(cmd)
 	cmd.Flags().SortFlags = false
 	return cmd
 }

@@ -1,0 +1,145 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/micado-scale/micado/coordinator"
+	"github.com/micado-scale/micado/manager"
+	"github.com/robfig/cron/v3"
+	"github.com/spf13/cobra"
+)
+
+// scaleInFlags configure the manager's consolidator.
+type scaleInFlags struct {
+	schedule    string
+	threshold   float64
+	delay       time.Duration
+	unneeded    time.Duration
+	minPerRole  string
+	maxNonEmpty int
+	moveTimeout time.Duration
+	revalidate  time.Duration
+}
+
+func (s *scaleInFlags) register(cmd *cobra.Command) {
+	f := cmd.Flags()
+	f.StringVar(&s.schedule, "consolidate-schedule", manager.DefaultConsolidateSchedule, `cron schedule of scale-in rounds, e.g. "@every 1m" or "*/5 * * * *"; "off" disables them`)
+	f.Float64Var(&s.threshold, "scale-in-threshold", coordinator.DefaultScaleDownUtilizationThreshold, "only workers with less of their memory reserved are scaled in")
+	f.DurationVar(&s.delay, "scale-in-delay", coordinator.DefaultScaleDownDelayAfterAdd, "a worker is kept at least this long after it joined")
+	f.DurationVar(&s.unneeded, "unneeded-time", coordinator.DefaultScaleDownUnneededTime, "a worker must be removable this long before it is scaled in")
+	f.StringVar(&s.minPerRole, "min-per-role", "", "workers kept per role, e.g. proxy=1,app=2")
+	f.IntVar(&s.maxNonEmpty, "max-drain-per-round", coordinator.DefaultMaxNonEmptyPerRound, "workers with containers drained per round (empty ones may all go)")
+	f.DurationVar(&s.moveTimeout, "move-timeout", manager.DefaultMoveTimeout, "how long one move may take to pass its check")
+	f.DurationVar(&s.revalidate, "revalidate-delay", manager.DefaultRevalidateDelay, "an unattended round re-plans after this delay and acts only if the plan holds")
+}
+
+func (s *scaleInFlags) apply(cfg *manager.Config) error {
+	if s.schedule != "off" {
+		if _, err := cron.ParseStandard(s.schedule); err != nil {
+			return userErr("--consolidate-schedule %q is not a cron schedule: %v", s.schedule, err)
+		}
+	}
+	if s.threshold <= 0 || s.threshold > 1 {
+		return userErr("--scale-in-threshold %.2f must be above 0 and at most 1", s.threshold)
+	}
+	if s.delay < 0 || s.unneeded < 0 || s.moveTimeout <= 0 || s.revalidate < 0 {
+		return userErr("scale-in durations must not be negative")
+	}
+	if s.maxNonEmpty < 1 {
+		return userErr("--max-drain-per-round must be at least 1")
+	}
+	mins, err := parseMinPerRole(s.minPerRole)
+	if err != nil {
+		return err
+	}
+	cfg.ConsolidateSchedule = s.schedule
+	cfg.Consolidate = coordinator.ConsolidateOptions{Threshold: s.threshold, DelayAfterAdd: s.delay, UnneededTime: s.unneeded,
+		MinPerRole: mins, MaxNonEmpty: s.maxNonEmpty}
+	cfg.MoveTimeout = s.moveTimeout
+	cfg.RevalidateDelay = s.revalidate
+	if s.revalidate == 0 {
+		cfg.RevalidateDelay = time.Nanosecond
+	}
+	return nil
+}
+
+func parseMinPerRole(s string) (map[string]int, error) {
+	out := map[string]int{}
+	for _, p := range splitList(s) {
+		role, n, ok := strings.Cut(p, "=")
+		v, err := strconv.Atoi(n)
+		if !ok || role == "" || err != nil || v < 0 {
+			return nil, userErr("--min-per-role %q is not ROLE=N", p)
+		}
+		out[role] = v
+	}
+	return out, nil
+}
+
+func consolidateCmd(g *globals) *cobra.Command {
+	var dryRun, jsonOut bool
+	cmd := &cobra.Command{
+		Use:   "consolidate",
+		Short: "Run one scale-in round now: move containers off the least-utilized worker and terminate it",
+		Long: `Consolidate runs one scale-in round now and prints the plan and its reasons.
+The manager also runs rounds on its own schedule (--consolidate-schedule).
+Run by hand, a round skips the waiting rules (delay after scale-out, unneeded
+for a while) because you asked for it now, but never the safety rules
+(threshold, pinned containers, minimum workers per role, everything must fit
+elsewhere). Moves are make before break: the new copy passes its Consul check
+before the old one stops.`,
+		Example: "  micado consolidate --dry-run\n  micado consolidate",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := newClient(g)
+			if err != nil {
+				return err
+			}
+			c.http = &http.Client{Timeout: 15 * time.Minute}
+			if !jsonOut && !dryRun {
+				fmt.Fprintln(cmd.ErrOrStderr(), "consolidating (moves wait for each new copy to pass its check)...")
+			}
+			var res manager.ConsolidateResult
+			ctx, cancel := context.WithTimeout(cmd.Context(), 15*time.Minute)
+			defer cancel()
+			if err := c.do(ctx, http.MethodPost, "/v1/consolidate", manager.ConsolidateRequest{DryRun: dryRun}, &res); err != nil {
+				return err
+			}
+			if jsonOut {
+				return printJSON(cmd.OutOrStdout(), res)
+			}
+			out := cmd.OutOrStdout()
+			for _, sk := range res.Plan.Skipped {
+				fmt.Fprintf(out, "skip %s: %s\n", sk.Worker, sk.Reason)
+			}
+			for _, mv := range res.Plan.Moves {
+				fmt.Fprintf(out, "move %s (%s) from %s to %s: %s\n", mv.Container, coordinator.FormatBytes(mv.Memory), mv.From, mv.To, mv.Reason)
+			}
+			for _, w := range res.Plan.Remove {
+				fmt.Fprintf(out, "remove %s\n", w)
+			}
+			for _, a := range res.Actions {
+				fmt.Fprintln(out, a)
+			}
+			switch res.Outcome {
+			case "nothing-to-do":
+				fmt.Fprintln(out, "nothing to scale in")
+			case "planned":
+				fmt.Fprintln(out, "dry run: nothing was changed")
+			case "removed":
+				fmt.Fprintf(out, "scaled in: %s\n", strings.Join(res.Plan.Remove, ", "))
+			default:
+				return userErr("consolidation %s: %s", res.Outcome, res.Error)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "print the plan and change nothing")
+	cmd.Flags().BoolVar(&jsonOut, "json", false, "print the round as JSON")
+	return cmd
+}
