@@ -8,6 +8,7 @@ VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 MICADO_IMAGE ?= micado/micado:dev
 CONSUL_IMAGE ?= micado/consul:1.20.1
 DEMO_IMAGE   ?= micado/demo-web:latest
+PROXY_IMAGE  ?= micado/demo-proxy:latest
 # Label put on every image built here so that tests can find them.
 IMAGE_LABEL  ?= io.micado.project=micado
 
@@ -41,6 +42,9 @@ $(BIN_DIR)/micado: FORCE
 $(BIN_DIR)/demo-web: FORCE
 	$(GO_BUILD) -o $@ ./images/demo-web
 
+$(BIN_DIR)/demo-proxy: FORCE
+	$(GO_BUILD) -o $@ ./images/demo-proxy
+
 .PHONY: consul
 consul: $(CONSUL_BIN) ## Build the Consul agent into .cache/bin/consul (only if missing or its module changed)
 
@@ -66,7 +70,7 @@ ctx-file = mkdir -p $(1) && { ln -f $(2) $(1)/ 2>/dev/null || cp -f $(2) $(1)/; 
 docker-build = $(DOCKER) build --label $(IMAGE_LABEL) -t $(2) $(1)
 
 .PHONY: images
-images: image-micado image-consul image-demo-web ## Build all container images
+images: image-micado image-consul image-demo-web image-demo-proxy ## Build all container images
 
 .PHONY: image-micado
 image-micado: $(BIN_DIR)/micado ## Build the micado image (MICADO_IMAGE)
@@ -88,6 +92,12 @@ image-demo-web: $(BIN_DIR)/demo-web ## Build the demo web server image (DEMO_IMA
 	@$(call ctx-file,$(CTX_DIR)/demo-web,$(BIN_DIR)/demo-web)
 	@$(call ctx-file,$(CTX_DIR)/demo-web,images/demo-web/Dockerfile)
 	$(call docker-build,$(CTX_DIR)/demo-web,$(DEMO_IMAGE))
+
+.PHONY: image-demo-proxy
+image-demo-proxy: $(BIN_DIR)/demo-proxy ## Build the demo reverse proxy image (PROXY_IMAGE)
+	@$(call ctx-file,$(CTX_DIR)/demo-proxy,$(BIN_DIR)/demo-proxy)
+	@$(call ctx-file,$(CTX_DIR)/demo-proxy,images/demo-proxy/Dockerfile)
+	$(call docker-build,$(CTX_DIR)/demo-proxy,$(PROXY_IMAGE))
 
 # ---------------------------------------------------------------------------
 

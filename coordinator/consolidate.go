@@ -258,8 +258,10 @@ func simulate(base []Worker, n *Node, removed map[string]bool, o Options) ([]Mov
 	for _, i := range idx {
 		d := p.Place(reqs[i])
 		if !d.Placed() {
+			// One container that cannot move is enough to keep the
+			// worker; stop here rather than explain every other one.
 			fails = append(fails, d.Reason)
-			continue
+			break
 		}
 		p.Commit(d)
 		moves = append(moves, Move{Container: reqs[i].Name, Memory: reqs[i].Memory, From: n.Name, To: d.Worker, Reason: d.Reason})

@@ -1,0 +1,285 @@
+package coordinator
+
+import (
+	"fmt"
+	"maps"
+	"slices"
+	"testing"
+	"time"
+
+	"pgregory.net/rapid"
+)
+
+var consRoles = []string{"app", "db", "proxy", ""}
+
+// genConsCluster draws a small cluster where consolidation has choices to
+// make: mixed roles and zones, workers from empty to full (reservations
+// are the sum of their residents and never above capacity less headroom),
+// some draining, some with a container that may not move, some young, some
+// not unneeded for long.
+func genConsCluster(t *rapid.T, headroom float64) []Node {
+	n := rapid.IntRange(0, 14).Draw(t, "nodes")
+	names := rapid.Permutation([]int{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13}).Draw(t, "names")
+	nodes := make([]Node, 0, n)
+	c := 0
+	for i := 0; i < n; i++ {
+		role := rapid.SampledFrom(consRoles).Draw(t, "role")
+		var tags []string
+		if role != "" {
+			tags = append(tags, "role="+role)
+		}
+		if rapid.Bool().Draw(t, "zoned") {
+			tags = append(tags, "zone="+rapid.SampledFrom([]string{"a", "b"}).Draw(t, "zone"))
+		}
+		capMiB := rapid.SampledFrom([]int64{512, 1024, 2048, 4096}).Draw(t, "capacity")
+		w := Worker{Name: fmt.Sprintf("w%02d", names[i]), Tags: tags, Capacity: capMiB * mib}
+		usable := w.Capacity - int64(float64(w.Capacity)*headroom)
+		// Fill to a drawn share of the usable memory.
+		fill := rapid.SampledFrom([]float64{0, 0, 0.1, 0.2, 0.3, 0.45, 0.5, 0.7, 0.9, 1}).Draw(t, "fill")
+		var rs []Resident
+		for k := 0; k < 8 && float64(w.Reserved) < fill*float64(usable); k++ {
+			m := rapid.Int64Range(1, 16).Draw(t, "memory") * 32 * mib
+			if w.Reserved+m > usable {
+				break
+			}
+			// A resident needs a subset of its worker's tags.
+			var rt []string
+			for _, tg := range tags {
+				if rapid.IntRange(0, 3).Draw(t, "needs-tag") > 0 {
+					rt = append(rt, tg)
+				}
+			}
+			rs = append(rs, Resident{
+				Name:        fmt.Sprintf("c%03d", c),
+				Tags:        rt,
+				Memory:      m,
+				Relocatable: rapid.IntRange(0, 9).Draw(t, "relocatable") > 0,
+			})
+			c++
+			w.Reserved += m
+		}
+		w.Containers = len(rs)
+		w.Used = rapid.Int64Range(0, w.Reserved).Draw(t, "used")
+		w.Draining = rapid.IntRange(0, 9).Draw(t, "draining") == 0
+		nd := Node{
+			Worker:    w,
+			JoinedAt:  consNow.Add(-time.Duration(rapid.IntRange(0, 60).Draw(t, "age-min")) * time.Minute),
+			Residents: rs,
+		}
+		if rapid.IntRange(0, 3).Draw(t, "unneeded") > 0 {
+			nd.UnneededSince = consNow.Add(-time.Duration(rapid.IntRange(0, 300).Draw(t, "unneeded-s")) * time.Second)
+		}
+		nodes = append(nodes, nd)
+	}
+	return nodes
+}
+
+func genConsOptions(t *rapid.T) ConsolidateOptions {
+	o := DefaultConsolidateOptions()
+	o.Placement = Options{
+		Headroom: rapid.SampledFrom([]float64{0, 0.1, 0.25}).Draw(t, "headroom"),
+		Strategy: rapid.SampledFrom([]Strategy{StrategySpread, StrategyBinpack}).Draw(t, "strategy"),
+	}
+	o.Threshold = rapid.SampledFrom([]float64{0.3, 0.5, 0.5, 0.7, 1.01}).Draw(t, "threshold")
+	o.MaxNonEmpty = rapid.IntRange(0, 4).Draw(t, "max-non-empty")
+	o.Manual = rapid.IntRange(0, 3).Draw(t, "manual") == 0
+	if rapid.Bool().Draw(t, "min-per-role") {
+		o.MinPerRole = map[string]int{}
+		for _, r := range consRoles {
+			if k := rapid.IntRange(0, 3).Draw(t, "min-"+r); k > 0 {
+				o.MinPerRole[r] = k
+			}
+		}
+	}
+	return o
+}
+
+// TestPlanConsolidationProperties checks, on random clusters:
+//
+//	(a) after the plan's moves, no worker that remains is over-committed
+//	    (reserved ≤ capacity − headroom for every target, the others
+//	    unchanged), and every moved container's tags are on its target,
+//	    which is not draining;
+//	(b) every removed worker's residents all move, each exactly once, and
+//	    no removed worker is a target;
+//	(c) no removed worker holds a container that may not move, is
+//	    draining, or takes its role under MinPerRole; removed workers are
+//	    under the threshold and, unless Manual, old and unneeded for long
+//	    enough; at most MaxNonEmpty of them hold containers.
+func TestPlanConsolidationProperties(t *testing.T) {
+	rapid.Check(t, func(t *rapid.T) {
+		o := genConsOptions(t)
+		nodes := genConsCluster(t, o.Placement.Headroom)
+		before := cloneNodes(nodes)
+		p := PlanConsolidation(nodes, consNow, o)
+		checkPlanShape(t, nodes, p)
+		if !slicesEqualNodes(nodes, before) {
+			t.Fatalf("PlanConsolidation changed its input")
+		}
+
+		byName := map[string]*Node{}
+		for i := range nodes {
+			byName[nodes[i].Name] = &nodes[i]
+		}
+		removed := map[string]bool{}
+		for _, w := range p.Remove {
+			removed[w] = true
+		}
+
+		// (a) Apply the moves.
+		reserved := map[string]int64{}
+		for _, nd := range nodes {
+			reserved[nd.Name] = nd.Reserved
+		}
+		targets := map[string]bool{}
+		for _, m := range p.Moves {
+			to := byName[m.To]
+			if to == nil {
+				t.Fatalf("move %s to unknown worker %q", m.Container, m.To)
+			}
+			if m.To == m.From {
+				t.Errorf("move %s from %s to itself", m.Container, m.From)
+			}
+			if to.Draining {
+				t.Errorf("move %s to draining %s", m.Container, m.To)
+			}
+			var tags []string
+			for _, r := range byName[m.From].Residents {
+				if r.Name == m.Container {
+					tags = r.Tags
+				}
+			}
+			if !to.HasTags(tags) {
+				t.Errorf("move %s (needs %v) to %s, which has %v", m.Container, tags, m.To, to.Tags)
+			}
+			reserved[m.To] += m.Memory
+			targets[m.To] = true
+		}
+		for _, nd := range nodes {
+			if removed[nd.Name] || !targets[nd.Name] {
+				continue
+			}
+			if limit := nd.Capacity - o.Placement.HeadroomBytes(&nd.Worker); reserved[nd.Name] > limit {
+				t.Errorf("%s over-committed after the moves: %d reserved, %d allowed", nd.Name, reserved[nd.Name], limit)
+			}
+		}
+
+		// (b) Removed workers are emptied and take nothing.
+		for _, w := range p.Remove {
+			if targets[w] {
+				t.Errorf("removed %s is also a move target", w)
+			}
+		}
+		// (checkPlanShape checked that each resident moves exactly once.)
+
+		// (c) Safety and the rules of a round.
+		nonEmpty := 0
+		removedOfRole := map[string]int{}
+		for _, w := range p.Remove {
+			nd := byName[w]
+			if nd.Draining {
+				t.Errorf("removed %s is draining", w)
+			}
+			if r := pinned(nd.Residents); r != "" {
+				t.Errorf("removed %s holds %s, which may not move", w, r)
+			}
+			if u := Utilization(&nd.Worker); u >= o.Threshold {
+				t.Errorf("removed %s has utilization %.2f, not under %.2f", w, u, o.Threshold)
+			}
+			if !o.Manual {
+				if consNow.Sub(nd.JoinedAt) < o.DelayAfterAdd {
+					t.Errorf("removed %s joined %s ago", w, consNow.Sub(nd.JoinedAt))
+				}
+				if nd.UnneededSince.IsZero() || consNow.Sub(nd.UnneededSince) < o.UnneededTime {
+					t.Errorf("removed %s unneeded since %v only", w, nd.UnneededSince)
+				}
+			}
+			if len(nd.Residents) > 0 {
+				nonEmpty++
+			}
+			removedOfRole[RoleOf(nd.Tags)]++
+		}
+		if maxNE := max(o.MaxNonEmpty, 0); o.MaxNonEmpty == 0 {
+			maxNE = DefaultMaxNonEmptyPerRound
+			if nonEmpty > maxNE {
+				t.Errorf("%d non-empty workers removed, at most %d", nonEmpty, maxNE)
+			}
+		} else if nonEmpty > maxNE {
+			t.Errorf("%d non-empty workers removed, at most %d", nonEmpty, maxNE)
+		}
+		serving := map[string]int{}
+		for _, nd := range nodes {
+			if !nd.Draining {
+				serving[RoleOf(nd.Tags)]++
+			}
+		}
+		for role, min := range o.MinPerRole {
+			if left := serving[role] - removedOfRole[role]; removedOfRole[role] > 0 && left < min {
+				t.Errorf("role %q: %d of %d workers removed, %d left, minimum %d", role, removedOfRole[role], serving[role], left, min)
+			}
+		}
+
+		// Unneeded: every removed worker, and only workers that pass the
+		// safety rules and the threshold.
+		unneeded := map[string]bool{}
+		for _, w := range p.Unneeded {
+			if unneeded[w] {
+				t.Errorf("%s twice in Unneeded", w)
+			}
+			unneeded[w] = true
+			nd := byName[w]
+			if nd.Draining || pinned(nd.Residents) != "" || Utilization(&nd.Worker) >= o.Threshold {
+				t.Errorf("%s is unneeded but fails a safety rule or the threshold", w)
+			}
+		}
+		for _, w := range p.Remove {
+			if !unneeded[w] {
+				t.Errorf("removed %s is not in Unneeded", w)
+			}
+		}
+	})
+}
+
+// TestPlanConsolidationPropertyOrder checks that shuffling the nodes does
+// not change what is removed or moved.
+func TestPlanConsolidationPropertyOrder(t *testing.T) {
+	rapid.Check(t, func(t *rapid.T) {
+		o := genConsOptions(t)
+		nodes := genConsCluster(t, o.Placement.Headroom)
+		want := PlanConsolidation(nodes, consNow, o)
+		idx := make([]int, len(nodes))
+		for i := range idx {
+			idx[i] = i
+		}
+		perm := rapid.Permutation(idx).Draw(t, "perm")
+		shuffled := make([]Node, len(nodes))
+		for i, j := range perm {
+			shuffled[i] = nodes[j]
+		}
+		got := PlanConsolidation(shuffled, consNow, o)
+		if !slices.Equal(got.Remove, want.Remove) || !slices.Equal(got.Unneeded, want.Unneeded) || !slices.Equal(got.Moves, want.Moves) {
+			t.Fatalf("shuffled plan differs:\n%+v\nwant\n%+v", got, want)
+		}
+		reasons := func(p ConsolidationPlan) map[string]string {
+			m := map[string]string{}
+			for _, s := range p.Skipped {
+				m[s.Worker] = s.Reason
+			}
+			return m
+		}
+		if g, w := reasons(got), reasons(want); !maps.Equal(g, w) {
+			t.Fatalf("shuffled skip reasons differ:\n%v\nwant\n%v", g, w)
+		}
+	})
+}
+
+func slicesEqualNodes(a, b []Node) bool {
+	return slices.EqualFunc(a, b, func(x, y Node) bool {
+		return x.Name == y.Name && x.Reserved == y.Reserved && x.Used == y.Used && x.Capacity == y.Capacity &&
+			x.Draining == y.Draining && slices.Equal(x.Tags, y.Tags) && x.JoinedAt.Equal(y.JoinedAt) &&
+			x.UnneededSince.Equal(y.UnneededSince) &&
+			slices.EqualFunc(x.Residents, y.Residents, func(r, s Resident) bool {
+				return r.Name == s.Name && r.Memory == s.Memory && r.Relocatable == s.Relocatable && slices.Equal(r.Tags, s.Tags)
+			})
+	})
+}

@@ -1,0 +1,623 @@
+package coordinator
+
+import (
+	"reflect"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+// consNow is the fixed "now" of the consolidation tests.
+var consNow = time.Date(2025, 3, 10, 12, 0, 0, 0, time.UTC)
+
+// res is a relocatable resident of memMiB MiB.
+func res(name string, memMiB int64, tags ...string) Resident {
+	return Resident{Name: name, Tags: tags, Memory: memMiB * mib, Relocatable: true}
+}
+
+// pinnedRes is a resident consolidation may not move.
+func pinnedRes(name string, memMiB int64, tags ...string) Resident {
+	r := res(name, memMiB, tags...)
+	r.Relocatable = false
+	return r
+}
+
+// cn is a node of capMiB MiB holding rs, tagged tags, that joined an hour
+// ago and has been unneeded for five minutes: every waiting rule passes.
+// Reserved (and Used) are the sum of its residents.
+func cn(name string, capMiB int64, tags []string, rs ...Resident) Node {
+	n := Node{
+		Worker:        Worker{Name: name, Tags: tags, Capacity: capMiB * mib, Containers: len(rs)},
+		JoinedAt:      consNow.Add(-time.Hour),
+		UnneededSince: consNow.Add(-5 * time.Minute),
+		Residents:     rs,
+	}
+	for _, r := range rs {
+		n.Reserved += r.Memory
+	}
+	n.Used = n.Reserved
+	return n
+}
+
+// filler is a node whose reservation (reservedMiB) is not broken down into
+// residents: it is above any threshold used here, so it is only ever a
+// target for moves.
+func filler(name string, capMiB, reservedMiB int64, tags ...string) Node {
+	n := cn(name, capMiB, tags)
+	n.Reserved, n.Used = reservedMiB*mib, reservedMiB*mib
+	return n
+}
+
+func with(n Node, f func(*Node)) Node { f(&n); return n }
+
+// noHeadroomCons is the default scale-in with no headroom, so that the
+// memory figures of the cases stay round.
+func noHeadroomCons() ConsolidateOptions {
+	o := DefaultConsolidateOptions()
+	o.Placement.Headroom = 0
+	return o
+}
+
+// errorHelper is what checkPlanShape needs of *testing.T and *rapid.T.
+type errorHelper interface {
+	Helper()
+	Errorf(format string, args ...any)
+}
+
+type mv struct{ c, from, to string }
+
+func movesOf(p ConsolidationPlan) []mv {
+	var out []mv
+	for _, m := range p.Moves {
+		out = append(out, mv{m.Container, m.From, m.To})
+	}
+	return out
+}
+
+// checkPlanShape checks what holds for every plan: each worker appears
+// exactly once in Remove or Skipped, moves come only from removed workers
+// and carry the resident's memory, every resident of a removed worker
+// moves exactly once, and no removed worker is a target.
+func checkPlanShape(t errorHelper, nodes []Node, p ConsolidationPlan) {
+	t.Helper()
+	seen := map[string]int{}
+	for _, w := range p.Remove {
+		seen[w]++
+	}
+	for _, s := range p.Skipped {
+		seen[s.Worker]++
+		if s.Reason == "" {
+			t.Errorf("worker %s skipped without a reason", s.Worker)
+		}
+	}
+	byName := map[string]*Node{}
+	for i := range nodes {
+		byName[nodes[i].Name] = &nodes[i]
+		if seen[nodes[i].Name] != 1 {
+			t.Errorf("worker %s appears %d times in Remove and Skipped, want once", nodes[i].Name, seen[nodes[i].Name])
+		}
+	}
+	if len(seen) != len(nodes) {
+		t.Errorf("Remove and Skipped name %d workers, the cluster has %d", len(seen), len(nodes))
+	}
+	removed := map[string]bool{}
+	for _, w := range p.Remove {
+		removed[w] = true
+	}
+	moved := map[string]int{}
+	for _, m := range p.Moves {
+		if !removed[m.From] {
+			t.Errorf("move %s from %s, which is not removed", m.Container, m.From)
+		}
+		if removed[m.To] {
+			t.Errorf("move %s to %s, which is removed", m.Container, m.To)
+		}
+		if m.Reason == "" {
+			t.Errorf("move %s has no reason", m.Container)
+		}
+		moved[m.From+"/"+m.Container]++
+		var found bool
+		if n := byName[m.From]; n != nil {
+			for _, r := range n.Residents {
+				if r.Name == m.Container {
+					found = true
+					if r.Memory != m.Memory {
+						t.Errorf("move %s carries %d bytes, resident has %d", m.Container, m.Memory, r.Memory)
+					}
+				}
+			}
+		}
+		if !found {
+			t.Errorf("move %s: no such resident on %s", m.Container, m.From)
+		}
+	}
+	for _, w := range p.Remove {
+		for _, r := range byName[w].Residents {
+			if moved[w+"/"+r.Name] != 1 {
+				t.Errorf("%s on removed %s moves %d times, want once", r.Name, w, moved[w+"/"+r.Name])
+			}
+		}
+	}
+}
+
+func TestPlanConsolidation(t *testing.T) {
+	app, db := []string{"role=app"}, []string{"role=db"}
+	cases := []struct {
+		name  string
+		nodes []Node
+		opts  func(*ConsolidateOptions)
+		// remove is the exact Remove list (nil and empty are the same).
+		remove []string
+		// moves, when not nil, is the exact list of moves.
+		moves []mv
+		// skipped maps a worker to a part of its skip reason.
+		skipped map[string]string
+		// unneeded, when not nil, is the exact Unneeded list.
+		unneeded []string
+	}{
+		{
+			name: "candidate: least reserved memory first",
+			nodes: []Node{
+				cn("c", 1000, app, res("c1", 300, app...)),
+				cn("a", 1000, app, res("a1", 200, app...)),
+				cn("b", 1000, app, res("b1", 100, app...)),
+				filler("big", 10000, 6000, app...),
+			},
+			remove:   []string{"b"},
+			moves:    []mv{{"b1", "b", "big"}},
+			skipped:  map[string]string{"a": "only 1 worker with containers is drained per round", "c": "only 1 worker", "big": "receives moved containers this round"},
+			unneeded: []string{"b", "a", "c"},
+		},
+		{
+			name: "candidate: equal reservation, less actual use first",
+			nodes: []Node{
+				with(cn("a", 1000, app, res("a1", 200, app...)), func(n *Node) { n.Used = 150 * mib }),
+				with(cn("b", 1000, app, res("b1", 200, app...)), func(n *Node) { n.Used = 50 * mib }),
+				filler("big", 10000, 6000, app...),
+			},
+			remove:  []string{"b"},
+			moves:   []mv{{"b1", "b", "big"}},
+			skipped: map[string]string{"a": "only 1 worker"},
+		},
+		{
+			name: "candidate: equal reservation and use, the younger worker first",
+			nodes: []Node{
+				with(cn("a", 1000, app, res("a1", 200, app...)), func(n *Node) { n.JoinedAt = consNow.Add(-30 * time.Minute) }),
+				with(cn("b", 1000, app, res("b1", 200, app...)), func(n *Node) { n.JoinedAt = consNow.Add(-3 * time.Hour) }),
+				filler("big", 10000, 6000, app...),
+			},
+			remove:  []string{"a"},
+			moves:   []mv{{"a1", "a", "big"}},
+			skipped: map[string]string{"b": "only 1 worker"},
+		},
+		{
+			name: "candidate: all equal, the smaller name first",
+			nodes: []Node{
+				cn("n2", 1000, app, res("x", 200, app...)),
+				cn("n1", 1000, app, res("y", 200, app...)),
+				filler("big", 10000, 6000, app...),
+			},
+			remove:  []string{"n1"},
+			moves:   []mv{{"y", "n1", "big"}},
+			skipped: map[string]string{"n2": "only 1 worker"},
+		},
+		{
+			name: "threshold: exactly at 0.5 stays, just below goes",
+			nodes: []Node{
+				cn("at", 1000, app, res("at1", 500, app...)),
+				cn("below", 1000, app, res("below1", 490, app...)),
+				filler("big", 10000, 5000, app...),
+			},
+			opts:     func(o *ConsolidateOptions) { o.MaxNonEmpty = 5 },
+			remove:   []string{"below"},
+			moves:    []mv{{"below1", "below", "big"}},
+			skipped:  map[string]string{"at": "utilization 0.50 is not under 0.50", "big": "receives moved containers this round"},
+			unneeded: []string{"below"},
+		},
+		{
+			name: "threshold: a lower threshold keeps a worker the default would drain",
+			nodes: []Node{
+				cn("w", 1000, app, res("w1", 300, app...)),
+				filler("big", 10000, 6000, app...),
+			},
+			opts:     func(o *ConsolidateOptions) { o.Threshold = 0.25 },
+			skipped:  map[string]string{"w": "utilization 0.30 is not under 0.25"},
+			unneeded: []string{},
+		},
+		{
+			name: "waiting: a worker younger than DelayAfterAdd stays but is unneeded",
+			nodes: []Node{
+				with(cn("young", 1000, app), func(n *Node) { n.JoinedAt = consNow.Add(-5 * time.Minute) }),
+				cn("old", 1000, app),
+			},
+			remove:   []string{"old"},
+			skipped:  map[string]string{"young": "joined 5m0s ago; scale-in waits 10m0s after scale-out"},
+			unneeded: []string{"young", "old"},
+		},
+		{
+			name: "waiting: Manual ignores DelayAfterAdd",
+			nodes: []Node{
+				with(cn("young", 1000, app, res("y1", 100, app...)), func(n *Node) { n.JoinedAt = consNow.Add(-time.Minute) }),
+				filler("big", 10000, 6000, app...),
+			},
+			opts:   func(o *ConsolidateOptions) { o.Manual = true },
+			remove: []string{"young"},
+			moves:  []mv{{"y1", "young", "big"}},
+		},
+		{
+			name: "waiting: never seen unneeded, or not for long enough",
+			nodes: []Node{
+				with(cn("zero", 1000, app), func(n *Node) { n.UnneededSince = time.Time{} }),
+				with(cn("recent", 1000, app), func(n *Node) { n.UnneededSince = consNow.Add(-time.Minute) }),
+				with(cn("exact", 1000, app), func(n *Node) { n.UnneededSince = consNow.Add(-2 * time.Minute) }),
+			},
+			remove: []string{"exact"},
+			skipped: map[string]string{
+				"zero":   "unneeded for 0s; must be for 2m0s",
+				"recent": "unneeded for 1m0s; must be for 2m0s",
+			},
+			unneeded: []string{"exact", "recent", "zero"},
+		},
+		{
+			name: "waiting: Manual ignores UnneededSince",
+			nodes: []Node{
+				with(cn("zero", 1000, app), func(n *Node) { n.UnneededSince = time.Time{} }),
+				with(cn("recent", 1000, app), func(n *Node) { n.UnneededSince = consNow.Add(-time.Second) }),
+			},
+			opts:   func(o *ConsolidateOptions) { o.Manual = true },
+			remove: []string{"recent", "zero"},
+		},
+		{
+			name: "safety: a draining worker is skipped, even when Manual",
+			nodes: []Node{
+				with(cn("d", 1000, app), func(n *Node) { n.Draining = true }),
+				cn("e", 1000, app),
+			},
+			opts:     func(o *ConsolidateOptions) { o.Manual = true },
+			remove:   []string{"e"},
+			skipped:  map[string]string{"d": "already draining"},
+			unneeded: []string{"e"},
+		},
+		{
+			name: "safety: a non-relocatable resident keeps its worker, even when Manual",
+			nodes: []Node{
+				cn("p", 1000, db, res("db-cache", 50, db...), pinnedRes("db-primary", 100, db...)),
+				filler("big", 10000, 6000, db...),
+			},
+			opts:     func(o *ConsolidateOptions) { o.Manual = true },
+			skipped:  map[string]string{"p": "db-primary is not relocatable"},
+			unneeded: []string{},
+		},
+		{
+			name: "safety: MinPerRole keeps the last workers of a role",
+			nodes: []Node{
+				cn("db1", 1000, db),
+				cn("db2", 1000, db),
+			},
+			opts: func(o *ConsolidateOptions) { o.MinPerRole = map[string]int{"db": 2}; o.Manual = true },
+			skipped: map[string]string{
+				"db1": "one of the last 2 workers of role=db (minimum 2)",
+				"db2": "one of the last 2 workers of role=db (minimum 2)",
+			},
+			unneeded: []string{},
+		},
+		{
+			name: "safety: two empty workers of a role with minimum 1, only one goes",
+			nodes: []Node{
+				cn("app2", 1000, app),
+				cn("app1", 1000, app),
+				cn("db1", 1000, db),
+			},
+			opts:     func(o *ConsolidateOptions) { o.MinPerRole = map[string]int{"app": 1} },
+			remove:   []string{"app1", "db1"},
+			skipped:  map[string]string{"app2": "one of the last 1 workers of role=app (minimum 1)"},
+			unneeded: []string{"app1", "db1"},
+		},
+		{
+			name: "safety: MinPerRole counts the workers removed earlier in the round",
+			nodes: []Node{
+				cn("a1", 1000, app), cn("a2", 1000, app), cn("a3", 1000, app), cn("a4", 1000, app),
+			},
+			opts:    func(o *ConsolidateOptions) { o.MinPerRole = map[string]int{"app": 2} },
+			remove:  []string{"a1", "a2"},
+			skipped: map[string]string{"a3": "one of the last 2 workers", "a4": "one of the last 2 workers"},
+		},
+		{
+			name: "safety: MinPerRole does not count workers already draining away",
+			nodes: []Node{
+				with(cn("db1", 1000, db), func(n *Node) { n.Draining = true }),
+				cn("db2", 1000, db),
+			},
+			opts:     func(o *ConsolidateOptions) { o.MinPerRole = map[string]int{"db": 1} },
+			skipped:  map[string]string{"db1": "already draining", "db2": "one of the last 1 workers of role=db (minimum 1)"},
+			unneeded: []string{},
+		},
+		{
+			name: "fit: residents need role=db and the only other free worker is role=app",
+			nodes: []Node{
+				cn("db1", 1000, db, res("pg", 200, db...)),
+				filler("db2", 1000, 950, db...),
+				filler("app1", 10000, 6000, app...),
+			},
+			skipped: map[string]string{
+				"db1": "its containers cannot all move: no worker fits pg (role=db, 200 MiB): 1 worker lacks role=db; 1 worker has too little free memory (most: 50 MiB on db2)",
+			},
+			unneeded: []string{"db1"},
+		},
+		{
+			name: "fit: enough free memory in total, but no single worker holds the largest container",
+			nodes: []Node{
+				cn("x", 2000, app, res("big", 600, app...), res("small", 100, app...)),
+				filler("y", 1000, 600, app...),
+				filler("z", 1000, 600, app...),
+			},
+			skipped:  map[string]string{"x": "its containers cannot all move: no worker fits big"},
+			unneeded: []string{"x"},
+		},
+		{
+			name: "fit: two residents never count on the same free memory",
+			nodes: []Node{
+				cn("x", 2000, app, res("r1", 300, app...), res("r2", 300, app...)),
+				filler("y", 1000, 600, app...),
+				filler("z", 1000, 600, app...),
+			},
+			remove: []string{"x"},
+			moves:  []mv{{"r1", "x", "y"}, {"r2", "x", "z"}},
+		},
+		{
+			name: "fit: one worker with room for one of two residents",
+			nodes: []Node{
+				cn("x", 2000, app, res("r1", 300, app...), res("r2", 300, app...)),
+				filler("y", 1000, 500, app...),
+			},
+			skipped: map[string]string{"x": "its containers cannot all move: no worker fits r2 (role=app, 300 MiB): 1 worker has too little free memory (most: 200 MiB on y)"},
+		},
+		{
+			name: "fit: headroom is not free memory",
+			nodes: []Node{
+				cn("x", 1000, app, res("r", 400, app...)),
+				filler("y", 1000, 550, app...),
+			},
+			opts:    func(o *ConsolidateOptions) { o.Placement.Headroom = 0.10 },
+			skipped: map[string]string{"x": "its containers cannot all move"},
+		},
+		{
+			name: "fit: draining workers take no moved containers",
+			nodes: []Node{
+				cn("x", 1000, app, res("r", 100, app...)),
+				with(filler("d", 10000, 6000, app...), func(n *Node) { n.Draining = true }),
+			},
+			skipped: map[string]string{"x": "its containers cannot all move: no worker fits r (role=app, 100 MiB): 1 worker is draining", "d": "already draining"},
+		},
+		{
+			name: "fit: spread moves to the most free memory, largest container first",
+			nodes: []Node{
+				cn("x", 4000, app, res("s", 100, app...), res("l", 300, app...)),
+				filler("y", 1000, 600, app...),
+				filler("z", 2000, 1500, app...),
+			},
+			remove: []string{"x"},
+			moves:  []mv{{"l", "x", "z"}, {"s", "x", "y"}},
+		},
+		{
+			name: "fit: binpack moves to the least free memory that fits",
+			nodes: []Node{
+				cn("x", 4000, app, res("s", 100, app...), res("l", 300, app...)),
+				filler("y", 1000, 600, app...),
+				filler("z", 2000, 1500, app...),
+			},
+			opts:   func(o *ConsolidateOptions) { o.Placement.Strategy = StrategyBinpack },
+			remove: []string{"x"},
+			moves:  []mv{{"l", "x", "y"}, {"s", "x", "y"}},
+		},
+		{
+			name: "round: one non-empty worker, all empty ones, least utilized first",
+			nodes: []Node{
+				cn("n2", 1000, app, res("n2a", 200, app...)),
+				cn("n1", 1000, app, res("n1a", 100, app...)),
+				cn("e2", 1000, app),
+				cn("e1", 2000, app),
+				filler("big", 10000, 6000, app...),
+			},
+			remove:   []string{"e1", "e2", "n1"},
+			moves:    []mv{{"n1a", "n1", "big"}},
+			skipped:  map[string]string{"n2": "only 1 worker with containers is drained per round"},
+			unneeded: []string{"e1", "e2", "n1", "n2"},
+		},
+		{
+			name: "round: MaxNonEmpty 0 means the default, 1",
+			nodes: []Node{
+				cn("n1", 1000, app, res("n1a", 100, app...)),
+				cn("n2", 1000, app, res("n2a", 200, app...)),
+				filler("big", 10000, 6000, app...),
+			},
+			opts:    func(o *ConsolidateOptions) { o.MaxNonEmpty = 0 },
+			remove:  []string{"n1"},
+			moves:   []mv{{"n1a", "n1", "big"}},
+			skipped: map[string]string{"n2": "only 1 worker"},
+		},
+		{
+			// The residents need zone=b, which only y and z have.
+			name: "round: MaxNonEmpty 2 drains two, on memory the first did not take",
+			nodes: []Node{
+				cn("n1", 1000, app, res("n1a", 300, "role=app", "zone=b")),
+				cn("n2", 1000, app, res("n2a", 350, "role=app", "zone=b")),
+				filler("y", 1000, 600, "role=app", "zone=b"),
+				filler("z", 1000, 600, "role=app", "zone=b"),
+			},
+			opts:   func(o *ConsolidateOptions) { o.MaxNonEmpty = 2 },
+			remove: []string{"n1", "n2"},
+			moves:  []mv{{"n1a", "n1", "y"}, {"n2a", "n2", "z"}},
+		},
+		{
+			name: "round: a candidate that cannot move does not use up the round",
+			nodes: []Node{
+				cn("n1", 1000, db, res("pg", 100, db...)),
+				cn("n2", 1000, app, res("web", 200, app...)),
+				filler("big", 10000, 6000, app...),
+			},
+			remove:   []string{"n2"},
+			moves:    []mv{{"web", "n2", "big"}},
+			skipped:  map[string]string{"n1": "cannot all move"},
+			unneeded: []string{"n1", "n2"},
+		},
+		{
+			name: "round: a worker receiving moved containers is not removed in the same round",
+			nodes: []Node{
+				cn("n1", 1000, db, res("pg", 100, db...)),
+				cn("n2", 4000, db, res("pg2", 1200, db...)),
+				filler("f", 1000, 900, db...),
+			},
+			opts:     func(o *ConsolidateOptions) { o.MaxNonEmpty = 5 },
+			remove:   []string{"n1"},
+			moves:    []mv{{"pg", "n1", "n2"}},
+			skipped:  map[string]string{"n2": "receives moved containers this round", "f": "utilization 0.90"},
+			unneeded: []string{"n1"},
+		},
+		{
+			name: "round: an empty worker removed this round takes no moved containers",
+			nodes: []Node{
+				cn("e", 8000, app),
+				cn("n", 1000, app, res("web", 300, app...)),
+			},
+			remove: []string{"e"},
+			skipped: map[string]string{
+				"n": "its containers cannot all move: no worker fits web (role=app, 300 MiB): the cluster has no workers",
+			},
+		},
+		{
+			name:  "no workers",
+			nodes: nil,
+		},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			o := noHeadroomCons()
+			if tc.opts != nil {
+				tc.opts(&o)
+			}
+			p := PlanConsolidation(tc.nodes, consNow, o)
+			checkPlanShape(t, tc.nodes, p)
+			if len(p.Remove)+len(tc.remove) > 0 && !reflect.DeepEqual(p.Remove, tc.remove) {
+				t.Errorf("Remove = %q, want %q", p.Remove, tc.remove)
+			}
+			if tc.moves != nil && !reflect.DeepEqual(movesOf(p), tc.moves) {
+				t.Errorf("Moves = %v, want %v", movesOf(p), tc.moves)
+			}
+			if tc.moves == nil && len(tc.remove) > 0 {
+				// Only empty workers were meant to go.
+				if len(p.Moves) > 0 {
+					t.Errorf("Moves = %v, want none", movesOf(p))
+				}
+			}
+			reasons := map[string]string{}
+			for _, s := range p.Skipped {
+				reasons[s.Worker] = s.Reason
+			}
+			for w, want := range tc.skipped {
+				got, ok := reasons[w]
+				if !ok {
+					t.Errorf("%s not skipped; want a reason containing %q", w, want)
+					continue
+				}
+				if !strings.Contains(got, want) {
+					t.Errorf("%s skipped with %q, want it to contain %q", w, got, want)
+				}
+			}
+			if tc.unneeded != nil && (len(p.Unneeded)+len(tc.unneeded) > 0) && !reflect.DeepEqual(p.Unneeded, tc.unneeded) {
+				t.Errorf("Unneeded = %q, want %q", p.Unneeded, tc.unneeded)
+			}
+			if t.Failed() {
+				t.Logf("plan: %+v", p)
+			}
+		})
+	}
+}
+
+// TestPlanConsolidationMoveReason checks a move's full record.
+func TestPlanConsolidationMoveReason(t *testing.T) {
+	nodes := []Node{
+		cn("x", 1000, []string{"role=app"}, res("web.1", 100, "role=app")),
+		filler("y", 2000, 1200, "role=app"),
+	}
+	p := PlanConsolidation(nodes, consNow, noHeadroomCons())
+	want := []Move{{Container: "web.1", Memory: 100 * mib, From: "x", To: "y", Reason: "placed web.1 on y: role=app, 800 MiB free"}}
+	if !reflect.DeepEqual(p.Moves, want) {
+		t.Errorf("Moves = %+v\nwant    %+v", p.Moves, want)
+	}
+}
+
+// TestPlanConsolidationDoesNotChangeInput checks that the nodes passed in
+// are left as they were.
+func TestPlanConsolidationDoesNotChangeInput(t *testing.T) {
+	app := []string{"role=app"}
+	nodes := []Node{
+		cn("e", 1000, app),
+		cn("x", 2000, app, res("r1", 300, app...), res("r2", 300, app...)),
+		filler("y", 1000, 600, app...),
+		filler("z", 1000, 600, app...),
+	}
+	before := cloneNodes(nodes)
+	o := noHeadroomCons()
+	o.MaxNonEmpty = 3
+	p := PlanConsolidation(nodes, consNow, o)
+	if len(p.Moves) != 2 {
+		t.Fatalf("want 2 moves, got %+v", p)
+	}
+	if !reflect.DeepEqual(nodes, before) {
+		t.Errorf("PlanConsolidation changed its input:\n%+v\nwas\n%+v", nodes, before)
+	}
+}
+
+// TestPlanConsolidationOrderIndependent checks that the plan does not
+// depend on the order of the nodes.
+func TestPlanConsolidationOrderIndependent(t *testing.T) {
+	app, db := []string{"role=app"}, []string{"role=db"}
+	nodes := []Node{
+		cn("e1", 1000, app),
+		cn("e2", 1000, db),
+		cn("n1", 1000, app, res("a", 200, app...)),
+		cn("n2", 1000, app, res("b", 200, app...)),
+		cn("n3", 1000, db, res("c", 300, db...)),
+		filler("f1", 2000, 1200, app...),
+		filler("f2", 2000, 1200, db...),
+	}
+	o := noHeadroomCons()
+	o.MaxNonEmpty = 2
+	o.MinPerRole = map[string]int{"db": 1}
+	want := PlanConsolidation(nodes, consNow, o)
+	if len(want.Remove) == 0 {
+		t.Fatalf("nothing removed: %+v", want)
+	}
+	for k := 0; k < 20; k++ {
+		perm := slices.Clone(nodes)
+		// A fixed sequence of rotations and swaps.
+		perm = append(perm[k%len(perm):], perm[:k%len(perm)]...)
+		i, j := k%len(perm), (k*3+1)%len(perm)
+		perm[i], perm[j] = perm[j], perm[i]
+		got := PlanConsolidation(perm, consNow, o)
+		if !reflect.DeepEqual(got.Remove, want.Remove) || !reflect.DeepEqual(got.Moves, want.Moves) || !reflect.DeepEqual(got.Unneeded, want.Unneeded) {
+			t.Fatalf("order %d: plan %+v\nwant %+v", k, got, want)
+		}
+		gs, ws := slices.Clone(got.Skipped), slices.Clone(want.Skipped)
+		cmp := func(a, b Skip) int { return strings.Compare(a.Worker, b.Worker) }
+		slices.SortFunc(gs, cmp)
+		slices.SortFunc(ws, cmp)
+		if !reflect.DeepEqual(gs, ws) {
+			t.Fatalf("order %d: skipped %+v\nwant %+v", k, gs, ws)
+		}
+	}
+}
+
+func cloneNodes(ns []Node) []Node {
+	out := slices.Clone(ns)
+	for i := range out {
+		out[i].Tags = slices.Clone(out[i].Tags)
+		out[i].Residents = slices.Clone(out[i].Residents)
+		for j := range out[i].Residents {
+			out[i].Residents[j].Tags = slices.Clone(out[i].Residents[j].Tags)
+		}
+	}
+	return out
+}
