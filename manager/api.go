@@ -32,6 +32,10 @@ func (m *Manager) Handler() http.Handler {
 	mux.HandleFunc("POST /v1/containers", m.handleLaunch)
 	mux.HandleFunc("DELETE /v1/containers/{name}", m.handleStop)
 	mux.HandleFunc("POST /v1/consolidate", m.handleConsolidate)
+	mux.HandleFunc("GET /v1/apps", m.handleApps)
+	mux.HandleFunc("GET /v1/apps/{name}", m.handleApp)
+	mux.HandleFunc("POST /v1/apps", m.handleDeploy)
+	mux.HandleFunc("DELETE /v1/apps/{name}", m.handleUndeploy)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, &RequestError{Status: http.StatusNotFound, Msg: fmt.Sprintf("no API endpoint %s %s", r.Method, r.URL.Path)})
 	})
@@ -182,6 +186,46 @@ func (m *Manager) handleStop(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string][]string{"stopped": names})
+}
+
+func (m *Manager) handleApps(w http.ResponseWriter, r *http.Request) {
+	as, err := m.Apps(r.Context())
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, as)
+}
+
+func (m *Manager) handleApp(w http.ResponseWriter, r *http.Request) {
+	st, err := m.AppStatus(r.Context(), r.PathValue("name"))
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, st)
+}
+
+func (m *Manager) handleDeploy(w http.ResponseWriter, r *http.Request) {
+	var req DeployRequest
+	if err := decodeBody(w, r, &req); err != nil {
+		writeErr(w, err)
+		return
+	}
+	st, err := m.Deploy(r.Context(), req)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	writeJSON(w, http.StatusAccepted, st)
+}
+
+func (m *Manager) handleUndeploy(w http.ResponseWriter, r *http.Request) {
+	if err := m.Undeploy(r.Context(), r.PathValue("name")); err != nil {
+		writeErr(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"undeployed": r.PathValue("name")})
 }
 
 func (m *Manager) handleConsolidate(w http.ResponseWriter, r *http.Request) {

@@ -209,18 +209,33 @@ func (m *Manager) Launch(ctx context.Context, req LaunchRequest) (LaunchResponse
 		return LaunchResponse{}, err
 	}
 	service := cs[0].Service
+	return m.admit(ctx, cs, func(recs []*Container) error {
+		for _, r := range recs {
+			if r.Service == service || r.Name == service {
+				return &RequestError{Status: http.StatusConflict,
+					Msg: fmt.Sprintf("a service named %s already exists: stop it first (micado stop %s) or choose another --name", service, service)}
+			}
+		}
+		return nil
+	})
+}
 
+// admit places new container records of one service together, holds
+// those that wait for scale-out, refuses the whole set if any can never be
+// placed, writes them to Consul KV in one transaction, and only then
+// starts them. check may refuse the set given the current records.
+func (m *Manager) admit(ctx context.Context, cs []*Container, check func([]*Container) error) (LaunchResponse, error) {
+	service := cs[0].Service
 	m.placeMu.Lock()
 	recs, err := m.store.list(ctx)
 	if err != nil {
 		m.placeMu.Unlock()
 		return LaunchResponse{}, err
 	}
-	for _, r := range recs {
-		if r.Service == service || r.Name == service {
+	if check != nil {
+		if err := check(recs); err != nil {
 			m.placeMu.Unlock()
-			return LaunchResponse{}, &RequestError{Status: http.StatusConflict,
-				Msg: fmt.Sprintf("a service named %s already exists: stop it first (micado stop %s) or choose another --name", service, service)}
+			return LaunchResponse{}, err
 		}
 	}
 	snap := m.snapshot(recs)

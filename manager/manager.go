@@ -67,6 +67,9 @@ type Config struct {
 	// RevalidateDelay separates the two plans of an unattended round.
 	RevalidateDelay time.Duration
 
+	// ServiceWait bounds a deploy's wait for one service (default 10 min).
+	ServiceWait time.Duration
+
 	// ReconcileInterval is how often desired state (KV), the workers'
 	// containers and Consul's registrations are compared and repaired.
 	ReconcileInterval time.Duration // default 5 s
@@ -120,6 +123,9 @@ func (c *Config) defaults() error {
 		}
 		c.Consolidate = d
 	}
+	if c.ServiceWait == 0 {
+		c.ServiceWait = DefaultServiceWait
+	}
 	if c.MoveTimeout == 0 {
 		c.MoveTimeout = DefaultMoveTimeout
 	}
@@ -153,9 +159,12 @@ type Manager struct {
 
 	kickCh chan struct{} // asks the loop for a reconciliation now
 
-	cons     consolidator
-	started  time.Time
-	onCreate func(instance string) // test and benchmark hook: a create call is about to be made
+	cons consolidator
+
+	appsMu    sync.Mutex
+	deploying map[string]context.CancelFunc // applications being deployed
+	started   time.Time
+	onCreate  func(instance string) // test and benchmark hook: a create call is about to be made
 
 	busyMu sync.Mutex
 	busy   map[string]bool // instances with an operation in flight
@@ -166,7 +175,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err := cfg.defaults(); err != nil {
 		return err
 	}
-	m := &Manager{cfg: cfg, log: cfg.Logger, agents: worker.NewClient(cfg.ClusterKey), busy: map[string]bool{}, kickCh: make(chan struct{}, 1), started: time.Now(),
+	m := &Manager{cfg: cfg, log: cfg.Logger, agents: worker.NewClient(cfg.ClusterKey), busy: map[string]bool{}, kickCh: make(chan struct{}, 1), started: time.Now(), deploying: map[string]context.CancelFunc{},
 		cons: consolidator{unneededSince: map[string]time.Time{}, draining: map[string]string{}, moving: map[string]bool{}}}
 	consul, err := api.NewClient(&api.Config{Address: cfg.ConsulAddr, Token: cfg.ConsulToken})
 	if err != nil {

@@ -101,6 +101,7 @@ func (m *Manager) reconcile(ctx context.Context) error {
 		}
 	}
 	m.reconcileInstances(ctx)
+	m.reconcileApps(ctx)
 	if len(pending) > 0 {
 		m.placePending(ctx)
 	}

@@ -45,6 +45,9 @@ type Container struct {
 	// Pinned containers are never moved by consolidation (their worker
 	// is then never scaled in).
 	Pinned bool `json:"pinned,omitempty"`
+	// SpecHash identifies an application service's definition, so a
+	// changed image or setting replaces the container.
+	SpecHash string `json:"spec_hash,omitempty"`
 
 	State       string           `json:"state"`
 	Reason      string           `json:"reason,omitempty"`

@@ -36,6 +36,10 @@ type Config struct {
 	APIAddr     string // agent API listen address (default ":7070")
 	PublishAddr string // address where published container ports are reached (default AdvertiseAddr)
 	Pull        bool   // pull images that are missing (off for local clusters: no registry)
+	// ContainerNetwork attaches containers to this Docker network instead
+	// of the default bridge (local clusters: the cluster's network, where
+	// Consul is reachable by name).
+	ContainerNetwork string
 
 	// LoadInterval is how often the load report is recomputed; a change
 	// is gossiped at once, so the manager sees it within ~LoadInterval +
@@ -145,7 +149,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	_, apiPort, _ := net.SplitHostPort(ln.Addr().String())
 	a.apiAddr = net.JoinHostPort(self.Addr.String(), apiPort)
-	a.eng = &engine{docker: docker, cluster: cfg.Cluster, node: cfg.Name, publishAddr: cfg.PublishAddr, pull: cfg.Pull}
+	a.eng = &engine{docker: docker, cluster: cfg.Cluster, node: cfg.Name, publishAddr: cfg.PublishAddr, pull: cfg.Pull, network: cfg.ContainerNetwork}
 
 	srv := &http.Server{Handler: a.routes(), ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = srv.Serve(ln) }()

@@ -14,6 +14,7 @@ import (
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/api/types/image"
+	"github.com/docker/docker/api/types/network"
 	"github.com/docker/docker/client"
 	"github.com/docker/docker/errdefs"
 	"github.com/docker/go-connections/nat"
@@ -28,6 +29,7 @@ type engine struct {
 	node        string
 	publishAddr string
 	pull        bool
+	network     string
 }
 
 // ErrImageMissing is returned when the image is not on the engine and
@@ -162,7 +164,11 @@ func (e *engine) start(ctx context.Context, r StartRequest) (ContainerInfo, erro
 		RestartPolicy: container.RestartPolicy{Name: container.RestartPolicyOnFailure, MaximumRetryCount: 3},
 		Resources:     container.Resources{Memory: r.Memory, MemorySwap: r.Memory},
 	}
-	created, err := e.docker.ContainerCreate(ctx, cfg, host, nil, nil, name)
+	var nc *network.NetworkingConfig
+	if e.network != "" {
+		nc = &network.NetworkingConfig{EndpointsConfig: map[string]*network.EndpointSettings{e.network: {}}}
+	}
+	created, err := e.docker.ContainerCreate(ctx, cfg, host, nc, nil, name)
 	if err != nil {
 		return ContainerInfo{}, fmt.Errorf("create container %s: %w", name, err)
 	}

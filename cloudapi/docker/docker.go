@@ -242,7 +242,7 @@ func (p *Provider) command(spec cloudapi.Spec) []string {
 		cmd = append(cmd, "--tag", t)
 	}
 	return append(cmd, "--memory", strconv.FormatInt(spec.Type.Memory, 10),
-		"--join", p.cfg.JoinAddr, "--publish-addr", p.cfg.PublishAddr, "--pull=false")
+		"--join", p.cfg.JoinAddr, "--publish-addr", p.cfg.PublishAddr, "--container-network", p.cfg.Network, "--pull=false")
 }
 
 // Create creates and starts the worker container for spec and returns it

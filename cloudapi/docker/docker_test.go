@@ -266,7 +266,7 @@ func TestProviderOnDocker(t *testing.T) {
 			wantCmd = append(wantCmd, "--tag", tag)
 		}
 		wantCmd = append(wantCmd, "--memory", strconv.FormatInt(s.Type.Memory, 10), "--join", cfg.JoinAddr,
-			"--publish-addr", gateway, "--pull=false")
+			"--publish-addr", gateway, "--container-network", cfg.Network, "--pull=false")
 		if !slices.Equal(ci.Config.Cmd, wantCmd) {
 			t.Errorf("%s: Cmd\n got %q\nwant %q", s.Name, ci.Config.Cmd, wantCmd)
 		}

@@ -314,7 +314,7 @@ func up(ctx context.Context, cmd *cobra.Command, g *globals, o upOptions) (err e
 			Image: micadoImage, Labels: wl, Hostname: name, Env: env,
 			Cmd: []string{"worker", "--cluster", g.cluster, "--name", name, "--tag", "role=" + role,
 				"--memory", strconv.FormatInt(o.memory, 10), "--join", prefix + "manager:7946",
-				"--publish-addr", gateway, "--pull=false"},
+				"--publish-addr", gateway, "--container-network", netName, "--pull=false"},
 		}, &container.HostConfig{Mounts: []mount.Mount{dockerSocketMount}}); err != nil {
 			return err
 		}

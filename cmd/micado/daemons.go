@@ -198,6 +198,7 @@ The cluster key comes from MICADO_CLUSTER_KEY or --key-file.`,
 	f.IntVar(&cfg.BindPort, "port", 7946, "gossip port")
 	f.StringVar(&cfg.AdvertiseAddr, "advertise", "", "gossip address to advertise (default: first private IP)")
 	f.StringVar(&cfg.PublishAddr, "publish-addr", "", "address where published container ports are reached (default: the gossip address)")
+	f.StringVar(&cfg.ContainerNetwork, "container-network", "", "Docker network to attach containers to (local clusters: the cluster's network, so they reach Consul)")
 	f.BoolVar(&cfg.Pull, "pull", true, "pull images that are missing from the engine")
 	f.StringVar(&keyFile, "key-file", "", "file with the base64 cluster key (default: env MICADO_CLUSTER_KEY)")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")

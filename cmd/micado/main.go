@@ -62,7 +62,8 @@ in Consul so services find each other.`,
 	root.PersistentFlags().StringVar(&g.cluster, "cluster", envOr("MICADO_CLUSTER", "micado"), "cluster name (env MICADO_CLUSTER)")
 	root.PersistentFlags().StringVar(&g.home, "home", envOr("MICADO_HOME", defaultHome()), "where `micado up` keeps cluster state (env MICADO_HOME)")
 	root.AddCommand(
-		upCmd(g), downCmd(g), launchCmd(g), psCmd(g), nodesCmd(g), stopCmd(g), consolidateCmd(g), versionCmd(g),
+		upCmd(g), downCmd(g), launchCmd(g), psCmd(g), nodesCmd(g), stopCmd(g), consolidateCmd(g),
+		deployCmd(g), appsCmd(g), statusCmd(g), undeployCmd(g), validateCmd(), versionCmd(g),
 		managerCmd(), workerCmd(),
 	)
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
