@@ -572,4 +572,3 @@ func (m *Manager) Apps(ctx context.Context) ([]AppStatus, error) {
 	}
 	return out, nil
 }
-
