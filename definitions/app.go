@@ -55,8 +55,9 @@ const (
 //     `<<: *defaults` in a service.
 //
 // Any other field, at any level of the file, is an error. YAML anchors,
-// aliases and merge keys (<<) may be used anywhere. A file holds exactly one
-// YAML document and at most [MaxFileSize] bytes.
+// aliases and merge keys (<<) may be used anywhere, but a file whose aliases
+// make it stand for more than about two million values is refused. A file
+// holds exactly one YAML document and at most [MaxFileSize] bytes.
 //
 // Values must have the YAML type the field asks for: strings for names,
 // images, paths and env values (quote numbers and booleans: "8080",

@@ -58,7 +58,7 @@ func ParseFile(path string) (*App, error) {
 // as [Problems], sorted by line; it never panics, whatever data holds.
 func Parse(file string, data []byte) (*App, error) {
 	p := &parser{file: file, merged: map[*yaml.Node][]entry{}, active: map[*yaml.Node]bool{}}
-	app := p.parse(data)
+	app := p.parseAll(data)
 	if len(p.probs) > 0 {
 		sortProblems(p.probs)
 		return nil, p.probs
@@ -66,9 +66,18 @@ func Parse(file string, data []byte) (*App, error) {
 	return app, nil
 }
 
+// maxSteps bounds the values Parse reads. A file without aliases has far
+// fewer (at most one per two bytes); aliases can make a small file stand for
+// a huge one, and Parse gives up on those.
+const maxSteps = 2 << 20
+
+// tooManySteps is what the parser panics with when it reaches maxSteps.
+type tooManySteps struct{}
+
 type parser struct {
 	file  string
 	probs Problems
+	steps int // values read so far
 	// merged memoizes the entries of mappings (with merge keys applied),
 	// so that a mapping merged many times is read once.
 	merged map[*yaml.Node][]entry
@@ -86,6 +95,27 @@ type entry struct {
 
 func (p *parser) report(line int, path, format string, args ...any) {
 	p.probs = append(p.probs, Problem{File: p.file, Line: line, Path: path, Msg: fmt.Sprintf(format, args...)})
+}
+
+// step counts n values read and gives up past maxSteps.
+func (p *parser) step(n int) {
+	p.steps += n
+	if p.steps > maxSteps {
+		panic(tooManySteps{})
+	}
+}
+
+func (p *parser) parseAll(data []byte) (app *App) {
+	defer func() {
+		if r := recover(); r != nil {
+			if _, ok := r.(tooManySteps); !ok {
+				panic(r)
+			}
+			p.report(0, "", "the file uses aliases too heavily: it stands for more than %d values", maxSteps)
+			app = nil
+		}
+	}()
+	return p.parse(data)
 }
 
 func (p *parser) parse(data []byte) *App {
@@ -135,8 +165,8 @@ func (p *parser) decode(data []byte) (root *yaml.Node) {
 		}
 	}()
 	dec := yaml.NewDecoder(bytes.NewReader(data))
-	var docs []*yaml.Node
-	for {
+	var first, second *yaml.Node
+	for second == nil {
 		var doc yaml.Node
 		err := dec.Decode(&doc)
 		if errors.Is(err, io.EOF) {
@@ -146,18 +176,24 @@ func (p *parser) decode(data []byte) (root *yaml.Node) {
 			p.yamlError(err, data)
 			return nil
 		}
-		docs = append(docs, &doc)
-		if len(docs) > 1 && !emptyDoc(&doc) {
-			// Check the first document all the same.
-			p.report(docLine(&doc), "", "the file holds more than one YAML document (---): keep one application per file")
-			break
+		switch {
+		case first == nil:
+			first = &doc
+		case !emptyDoc(&doc):
+			second = &doc
 		}
 	}
-	if len(docs) == 0 || emptyDoc(docs[0]) {
+	if second != nil {
+		p.report(docLine(second), "", "the file holds more than one YAML document (---): keep one application per file")
+		if emptyDoc(first) {
+			return nil
+		}
+		// Check the first document all the same.
+	} else if first == nil || emptyDoc(first) {
 		p.report(1, "", "the file is empty: it needs application and services")
 		return nil
 	}
-	return docs[0].Content[0]
+	return first.Content[0]
 }
 
 func emptyDoc(doc *yaml.Node) bool {
@@ -268,6 +304,7 @@ func (p *parser) entries(m *yaml.Node, path string) []entry {
 	}
 	p.active[m] = true
 	defer delete(p.active, m)
+	p.step(len(m.Content)/2 + 1)
 	var out []entry
 	first := map[string]int{}
 	var merges []*yaml.Node
@@ -333,7 +370,9 @@ func (p *parser) fields(raw *yaml.Node, path string, known []string, what string
 		return nil, false
 	}
 	out := map[string]entry{}
-	for _, e := range p.entries(n, path) {
+	es := p.entries(n, path)
+	p.step(len(es) + 1)
+	for _, e := range es {
 		switch {
 		case slices.Contains(known, e.name):
 			out[e.name] = e
@@ -481,6 +520,7 @@ func (p *parser) list(raw *yaml.Node, path string) ([]*yaml.Node, bool) {
 		p.report(raw.Line, path, "must be a list")
 		return nil, false
 	}
+	p.step(len(n.Content) + 1)
 	return n.Content, true
 }
 
@@ -780,7 +820,9 @@ func (p *parser) env(raw *yaml.Node, path string) map[string]string {
 		return nil
 	}
 	var out map[string]string
-	for _, e := range p.entries(n, path) {
+	es := p.entries(n, path)
+	p.step(len(es) + 1)
+	for _, e := range es {
 		ep := join(path, e.name)
 		switch {
 		case !envNameRe.MatchString(e.name):

@@ -391,3 +391,22 @@ func TestParseFileErrors(t *testing.T) {
 		t.Errorf("Parse of a big file: %v", err)
 	}
 }
+
+// A small file can stand for a huge one through aliases; Parse gives up
+// on it instead of reading millions of values.
+func TestParseGivesUpOnAliasBombs(t *testing.T) {
+	var b strings.Builder
+	b.WriteString("application: a\nx-ports: &p\n")
+	for i := range 10000 {
+		fmt.Fprintf(&b, "  - {port: %d}\n", i+1)
+	}
+	b.WriteString("services:\n")
+	for i := range 300 {
+		fmt.Fprintf(&b, "  s%d: {image: i, role: r, ports: *p}\n", i)
+	}
+	_, err := Parse("bomb.yaml", []byte(b.String()))
+	const want = "bomb.yaml: the file uses aliases too heavily: it stands for more than 2097152 values"
+	if err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("Parse of an alias bomb: %v", err)
+	}
+}
