@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -141,9 +142,16 @@ func TestDeployThreeTierApplication(t *testing.T) {
 		if len(now) != 1 || now[0].ID == old[0].ID {
 			t.Fatalf("app containers after the change: %d, same as before: %v", len(now), len(now) == 1 && now[0].ID == old[0].ID)
 		}
+		// The proxy follows Consul once a second: until then it may still
+		// try the old, stopped copy.
 		eventually(t, 30*time.Second, "the proxy answers with the new setting", func() (bool, string) {
-			body := httpGet(t, proxyURL(t))
-			return strings.Contains(body, "webshop v2"), body
+			resp, err := (&http.Client{Timeout: 5 * time.Second}).Get(proxyURL(t))
+			if err != nil {
+				return false, err.Error()
+			}
+			defer resp.Body.Close()
+			b, _ := io.ReadAll(resp.Body)
+			return resp.StatusCode == 200 && strings.Contains(string(b), "webshop v2"), resp.Status + " " + string(b)
 		})
 	})
 
