@@ -17,7 +17,7 @@ const modulePath = "github.com/micado-scale/micado"
 func TestPurity(t *testing.T) {
 	goTool, err := exec.LookPath("go")
 	if err != nil {
-		t.Skip("go tool not found:", err)
+		t.Fatal("TestPurity needs the go tool on PATH:", err)
 	}
 	root := moduleRoot(t)
 

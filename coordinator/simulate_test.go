@@ -393,9 +393,6 @@ func defaultSimConfig(s Strategy) simConfig {
 // what must hold whatever the cost: no service below its desired count,
 // and no invariant broken (see simulateDay).
 func TestConsolidationDay(t *testing.T) {
-	if testing.Short() {
-		t.Skip("simulates a day")
-	}
 	svcs := simServices()
 	demand := simDemand(svcs, simSeed)
 	for _, s := range []Strategy{StrategySpread, StrategyBinpack} {
