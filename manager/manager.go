@@ -206,15 +206,8 @@ func Run(ctx context.Context, cfg Config) error {
 		m.log.Warn("member left or failed", "member", name)
 		m.kick()
 	}
-	mlc := memberlist.DefaultLANConfig()
-	mlc.Name = cfg.NodeName
-	mlc.BindAddr = cfg.BindAddr
-	mlc.BindPort = cfg.BindPort
-	mlc.AdvertisePort = cfg.BindPort
-	mlc.AdvertiseAddr = cfg.AdvertiseAddr
-	mlc.SecretKey = cfg.ClusterKey
+	mlc := worker.GossipConfig(cfg.NodeName, cfg.BindAddr, cfg.BindPort, cfg.AdvertiseAddr, cfg.ClusterKey, m.log)
 	mlc.Events = m.members
-	mlc.Logger = worker.SlogWriter(m.log)
 	del := &managerDelegate{}
 	mlc.Delegate = del
 	// The API address goes into our metadata before memberlist starts.

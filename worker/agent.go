@@ -128,15 +128,8 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	defer ln.Close()
 
-	mlc := memberlist.DefaultLANConfig()
-	mlc.Name = cfg.Name
-	mlc.BindAddr = cfg.BindAddr
-	mlc.BindPort = cfg.BindPort
-	mlc.AdvertisePort = cfg.BindPort
-	mlc.AdvertiseAddr = cfg.AdvertiseAddr
-	mlc.SecretKey = cfg.ClusterKey
+	mlc := GossipConfig(cfg.Name, cfg.BindAddr, cfg.BindPort, cfg.AdvertiseAddr, cfg.ClusterKey, a.log)
 	mlc.Delegate = a
-	mlc.Logger = log.New(slogWriter{a.log}, "", 0)
 	ml, err := memberlist.Create(mlc)
 	if err != nil {
 		return fmt.Errorf("start gossip: %w", err)
@@ -421,6 +414,22 @@ func (s slogWriter) Write(p []byte) (int, error) {
 	}
 	s.l.Log(context.Background(), lvl, msg, "component", "memberlist")
 	return len(p), nil
+}
+
+// GossipConfig is the memberlist configuration every member of a cluster
+// uses: LAN defaults, one port for binding and advertising, gossip
+// encrypted with the cluster key, and memberlist's log lines turned into
+// structured records.
+func GossipConfig(name, bindAddr string, port int, advertise string, key []byte, logger *slog.Logger) *memberlist.Config {
+	c := memberlist.DefaultLANConfig()
+	c.Name = name
+	c.BindAddr = bindAddr
+	c.BindPort = port
+	c.AdvertisePort = port
+	c.AdvertiseAddr = advertise
+	c.SecretKey = key
+	c.Logger = SlogWriter(logger)
+	return c
 }
 
 // SlogWriter adapts a slog.Logger for libraries that log through log.Logger.
