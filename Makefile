@@ -100,6 +100,20 @@ image-demo-proxy: $(BIN_DIR)/demo-proxy ## Build the demo reverse proxy image (P
 	$(call docker-build,$(CTX_DIR)/demo-proxy,$(PROXY_IMAGE))
 
 # ---------------------------------------------------------------------------
+# Test tools from Debian: Prometheus (and promtool) scrape a running cluster
+# in the metrics test; headless Chromium opens the dashboard in its test.
+# Installed only when missing; needs root or sudo for apt-get.
+
+TOOLS_PKGS := prometheus chromium
+APT_GET    := $(shell [ "$$(id -u)" = 0 ] || echo sudo) env DEBIAN_FRONTEND=noninteractive apt-get
+
+.PHONY: tools
+tools: ## Install the test tools (prometheus, promtool, chromium) with apt-get if missing
+	@if command -v prometheus >/dev/null && command -v promtool >/dev/null && command -v chromium >/dev/null; then \
+		echo "tools: prometheus, promtool and chromium are installed"; \
+	else \
+		$(APT_GET) update && $(APT_GET) install -y --no-install-recommends $(TOOLS_PKGS); \
+	fi
 
 # ---------------------------------------------------------------------------
 # Running and testing.
@@ -118,13 +132,20 @@ lint: ## gofmt and go vet
 	$(GO) vet ./...
 
 .PHONY: test
-test: lint images ## Run every test: unit, property and end-to-end (needs Docker; builds Consul and the images first)
+test: lint tools images ## Run every test: unit, property and end-to-end (needs Docker; installs the test tools, builds Consul and the images first)
 	$(GO) test -count=1 -timeout 20m ./...
 
+BENCH_OUT := $(BUILD_DIR)/bench.txt
+
 .PHONY: bench
-bench: ## Run the benchmarks (not part of the test command's pass/fail)
-	$(GO) test -run '^$$' -bench . -benchtime 1x ./coordinator ./manager
-	$(GO) test -run '^$$' -bench HeldLaunch -benchtime 5x ./cmd/micado
+bench: consul images ## Run the benchmarks and print one table of figures against targets (not part of pass/fail)
+	@mkdir -p $(BUILD_DIR)
+	@: > $(BENCH_OUT)
+	$(GO) test -run '^$$' -bench 'Place1000x100k$$|Place5000x1M$$|ConsolidationDay$$' -benchtime 1x ./coordinator | tee -a $(BENCH_OUT)
+	$(GO) test -run '^$$' -bench 'UnplaceableToCreateCall|Gossip100$$|Gossip500$$|ManagerMemory' -benchtime 1x -timeout 30m ./manager | tee -a $(BENCH_OUT)
+	$(GO) test -run '^$$' -bench 'HeldLaunchDocker|WorkerLossRecovery|LaunchVsDockerRun' -benchtime 5x -timeout 30m ./cmd/micado | tee -a $(BENCH_OUT)
+	@echo
+	@$(GO) run ./internal/benchtable $(BENCH_OUT)
 
 .PHONY: clean
 clean: ## Remove build outputs (bin/, .build/); keeps the .cache/ Consul binary

@@ -1,12 +1,16 @@
 package manager
 
 import (
+	"bufio"
 	"context"
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
+	"net/url"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -22,13 +26,21 @@ const MaxBodyBytes = 1 << 20
 //	GET    /v1/containers/{name} one instance, or every instance of a service
 //	POST   /v1/containers        launch (LaunchRequest)
 //	DELETE /v1/containers/{name} stop an instance or a whole service
+//	GET    /v1/containers/{name}/explain  why it is where it is, or still pending
+//	GET    /v1/events?since=SEQ&limit=N&wait=30s  recent decisions; wait long-polls
 //	POST   /v1/consolidate       run a scale-in round now (ConsolidateRequest)
+//	GET    /metrics              Prometheus metrics (metrics.go); needs the API token too
+//
+// Every /v1 call needs the API token; GET /ui/ (the dashboard's static
+// files, see ui.go) and the redirect of / to it do not.
 func (m *Manager) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/status", m.handleStatus)
 	mux.HandleFunc("GET /v1/nodes", m.handleNodes)
 	mux.HandleFunc("GET /v1/containers", m.handleList)
 	mux.HandleFunc("GET /v1/containers/{name}", m.handleGet)
+	mux.HandleFunc("GET /v1/containers/{name}/explain", m.handleExplain)
+	mux.HandleFunc("GET /v1/events", m.handleEvents)
 	mux.HandleFunc("POST /v1/containers", m.handleLaunch)
 	mux.HandleFunc("DELETE /v1/containers/{name}", m.handleStop)
 	mux.HandleFunc("POST /v1/consolidate", m.handleConsolidate)
@@ -36,10 +48,11 @@ func (m *Manager) Handler() http.Handler {
 	mux.HandleFunc("GET /v1/apps/{name}", m.handleApp)
 	mux.HandleFunc("POST /v1/apps", m.handleDeploy)
 	mux.HandleFunc("DELETE /v1/apps/{name}", m.handleUndeploy)
+	mux.Handle("GET /metrics", m.metricsHandler())
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, &RequestError{Status: http.StatusNotFound, Msg: fmt.Sprintf("no API endpoint %s %s", r.Method, r.URL.Path)})
 	})
-	return m.auth(mux)
+	return m.withUI(m.auth(mux))
 }
 
 // auth admits requests bearing the API token, when one is configured.
@@ -165,6 +178,67 @@ func (m *Manager) handleGet(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, out)
 }
 
+func (m *Manager) handleExplain(w http.ResponseWriter, r *http.Request) {
+	out, err := m.Explain(r.Context(), r.PathValue("name"))
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// EventQuery is the query of GET /v1/events.
+type EventQuery struct {
+	Since uint64        // events after this sequence number
+	Limit int           // at most this many, the newest (0 = all kept)
+	Wait  time.Duration // long poll: wait up to this for a new event
+}
+
+// ParseEventQuery reads and checks the query of GET /v1/events.
+func ParseEventQuery(q url.Values) (EventQuery, error) {
+	var eq EventQuery
+	for k := range q {
+		if k != "since" && k != "limit" && k != "wait" {
+			return eq, fmt.Errorf("unknown query parameter %q: use since, limit and wait", k)
+		}
+	}
+	if v := q.Get("since"); v != "" {
+		n, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			return eq, fmt.Errorf("since=%q is not a sequence number", v)
+		}
+		eq.Since = n
+	}
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 {
+			return eq, fmt.Errorf("limit=%q is not a non-negative number", v)
+		}
+		eq.Limit = n
+	}
+	if v := q.Get("wait"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < 0 || d > maxEventWait {
+			return eq, fmt.Errorf("wait=%q must be a duration between 0s and %s", v, maxEventWait)
+		}
+		eq.Wait = d
+	}
+	return eq, nil
+}
+
+func (m *Manager) handleEvents(w http.ResponseWriter, r *http.Request) {
+	q, err := ParseEventQuery(r.URL.Query())
+	if err != nil {
+		writeErr(w, &RequestError{Status: http.StatusBadRequest, Msg: err.Error()})
+		return
+	}
+	evs := m.events.wait(r.Context(), q.Since, q.Limit, q.Wait)
+	if evs == nil {
+		evs = []Event{}
+	}
+	writeJSON(w, http.StatusOK, evs)
+}
+
 func (m *Manager) handleLaunch(w http.ResponseWriter, r *http.Request) {
 	var req LaunchRequest
 	if err := decodeBody(w, r, &req); err != nil {
@@ -230,11 +304,9 @@ func (m *Manager) handleUndeploy(w http.ResponseWriter, r *http.Request) {
 
 func (m *Manager) handleConsolidate(w http.ResponseWriter, r *http.Request) {
 	var req ConsolidateRequest
-	if r.ContentLength != 0 {
-		if err := decodeBody(w, r, &req); err != nil {
-			writeErr(w, err)
-			return
-		}
+	if err := decodeOptionalBody(w, r, &req); err != nil {
+		writeErr(w, err)
+		return
 	}
 	res := m.Consolidate(r.Context(), true, req.DryRun)
 	code := http.StatusOK
@@ -253,17 +325,47 @@ func decodeBody(w http.ResponseWriter, r *http.Request, v any) error {
 	r.Body = http.MaxBytesReader(w, r.Body, MaxBodyBytes)
 	dec := json.NewDecoder(r.Body)
 	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
+	tooLarge := func(err error) bool {
 		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
+		return errors.As(err, &mbe)
+	}
+	if err := dec.Decode(v); err != nil {
+		switch {
+		case tooLarge(err):
 			return &RequestError{Status: http.StatusRequestEntityTooLarge, Msg: fmt.Sprintf("request body is larger than %d bytes", MaxBodyBytes)}
+		case errors.Is(err, io.EOF):
+			return badRequest("request body is not valid JSON for this endpoint: the body is empty")
+		case errors.Is(err, io.ErrUnexpectedEOF):
+			return badRequest("request body is not valid JSON for this endpoint: it ends inside the JSON value")
 		}
 		return badRequest("request body is not valid JSON for this endpoint: %v", err)
 	}
-	if dec.More() {
+	// Only white space may follow (dec.More would let a stray ] or } by).
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		if tooLarge(err) {
+			return &RequestError{Status: http.StatusRequestEntityTooLarge, Msg: fmt.Sprintf("request body is larger than %d bytes", MaxBodyBytes)}
+		}
 		return badRequest("request body has data after the JSON value")
 	}
 	return nil
+}
+
+// decodeOptionalBody is decodeBody for an endpoint whose body may be left
+// out: an empty body, with a zero Content-Length or sent chunked, leaves v
+// as it is.
+func decodeOptionalBody(w http.ResponseWriter, r *http.Request, v any) error {
+	if r.ContentLength == 0 || r.Body == nil {
+		return nil
+	}
+	br := bufio.NewReader(r.Body)
+	if _, err := br.Peek(1); errors.Is(err, io.EOF) {
+		return nil
+	}
+	r.Body = struct {
+		io.Reader
+		io.Closer
+	}{br, r.Body}
+	return decodeBody(w, r, v)
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {

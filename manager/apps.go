@@ -81,6 +81,18 @@ func envName(svc string) string {
 
 func (s *store) appKey(name string) string { return s.prefix + "apps/" + name }
 
+// checkAppName refuses a name no application can have before it becomes
+// part of a Consul key: a name taken from a URL may hold "/" and ".."
+// segments, which Consul resolves, so "x/../../containers/web-1" would
+// name another record.
+func checkAppName(name string) error {
+	if !nameRe.MatchString(name) {
+		return &RequestError{Status: http.StatusBadRequest,
+			Msg: fmt.Sprintf("application name %q is not valid: use 1 to 48 lowercase letters, digits and '-', starting and ending with a letter or digit", name)}
+	}
+	return nil
+}
+
 func (s *store) apps(ctx context.Context) ([]*AppRecord, error) {
 	pairs, _, err := s.kv.List(s.prefix+"apps/", (&api.QueryOptions{RequireConsistent: true}).WithContext(ctx))
 	if err != nil {
@@ -168,10 +180,14 @@ func (m *Manager) restartDeploy(name string) {
 	go func() {
 		m.deployApp(ctx, name)
 		m.appsMu.Lock()
-		if m.deploying[name] != nil {
+		// A cancelled deployment no longer owns the entry: a newer
+		// deployment or an undeploy does, and reconcileApps must keep
+		// seeing it busy.
+		if ctx.Err() == nil {
 			delete(m.deploying, name)
 		}
 		m.appsMu.Unlock()
+		cancel()
 	}()
 }
 
@@ -459,6 +475,9 @@ func (m *Manager) waitService(ctx context.Context, service, hash string, want in
 // Undeploy stops every container of an application and forgets it. The
 // record is marked first, so a restart finishes the job.
 func (m *Manager) Undeploy(ctx context.Context, name string) error {
+	if err := checkAppName(name); err != nil {
+		return err
+	}
 	rec, err := m.store.app(ctx, name)
 	if errors.Is(err, ErrNotFound) {
 		return &RequestError{Status: http.StatusNotFound, Msg: fmt.Sprintf("no application named %s (see micado apps)", name)}
@@ -466,12 +485,25 @@ func (m *Manager) Undeploy(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
+	// Mark the application busy while it is undeployed, so that
+	// reconcileApps does not start a second undeploy that would write the
+	// record again after this one deleted it. A deploy that starts
+	// meanwhile cancels the mark and owns the entry.
+	mark, unmark := context.WithCancel(context.Background())
 	m.appsMu.Lock()
 	if cancel, ok := m.deploying[name]; ok {
 		cancel()
-		delete(m.deploying, name)
 	}
+	m.deploying[name] = unmark
 	m.appsMu.Unlock()
+	defer func() {
+		m.appsMu.Lock()
+		if mark.Err() == nil {
+			delete(m.deploying, name)
+		}
+		m.appsMu.Unlock()
+		unmark()
+	}()
 	rec.State = AppUndeploying
 	if err := m.store.putApp(ctx, rec); err != nil {
 		return err
@@ -497,6 +529,9 @@ func (m *Manager) Undeploy(ctx context.Context, name string) error {
 
 // AppStatus reports an application service by service.
 func (m *Manager) AppStatus(ctx context.Context, name string) (AppStatus, error) {
+	if err := checkAppName(name); err != nil {
+		return AppStatus{}, err
+	}
 	rec, err := m.store.app(ctx, name)
 	if errors.Is(err, ErrNotFound) {
 		return AppStatus{}, &RequestError{Status: http.StatusNotFound, Msg: fmt.Sprintf("no application named %s (see micado apps)", name)}

@@ -51,6 +51,7 @@ type consolidator struct {
 	unneededSince map[string]time.Time
 	draining      map[string]string // worker → why
 	moving        map[string]bool   // containers being moved now
+	lastSkip      map[string]string // worker → the reason last recorded for keeping it
 }
 
 func (m *Manager) isMoving(name string) bool {
@@ -155,6 +156,7 @@ func (m *Manager) consolidateOptions(manual bool) coordinator.ConsolidateOptions
 // rules; dry runs only plan.
 func (m *Manager) Consolidate(ctx context.Context, manual, dryRun bool) ConsolidateResult {
 	res := ConsolidateResult{Manual: manual, DryRun: dryRun}
+	defer func() { m.metrics.round(res.Outcome) }()
 	if m.cfg.Provider == nil {
 		res.Outcome, res.Error = "failed", "scale-in needs a cloud provider to terminate workers (--provider)"
 		return res
@@ -169,6 +171,9 @@ func (m *Manager) Consolidate(ctx context.Context, manual, dryRun bool) Consolid
 	if err != nil {
 		res.Outcome, res.Error = "failed", err.Error()
 		return res
+	}
+	if !dryRun {
+		m.skipEvents(plan.Skipped)
 	}
 	if len(plan.Remove) == 0 {
 		res.Outcome = "nothing-to-do"
@@ -205,7 +210,9 @@ func (m *Manager) Consolidate(ctx context.Context, manual, dryRun bool) Consolid
 				moves = append(moves, mv)
 			}
 		}
+		drainStart := time.Now()
 		acts, err := m.drain(ctx, w, moves)
+		m.metrics.scaledIn(err, time.Since(drainStart))
 		res.Actions = append(res.Actions, acts...)
 		if err != nil {
 			res.Outcome, res.Error = "failed", err.Error()
@@ -261,11 +268,13 @@ func (m *Manager) drain(ctx context.Context, node string, moves []coordinator.Mo
 	var acts []string
 	m.setDraining(node, "scale-in")
 	m.log.Info("draining for scale-in", "worker", node, "moves", len(moves))
+	m.event(EventScaleIn, node, "draining for scale-in: %d containers to move", len(moves))
 	for _, mv := range moves {
 		if err := m.move(ctx, mv); err != nil {
 			m.setDraining(node, "")
 			err = fmt.Errorf("moving %s from %s to %s failed, so %s stays: %w", mv.Container, mv.From, mv.To, node, err)
 			m.log.Warn("scale-in aborted", "worker", node, "err", err)
+			m.event(EventSkipped, node, "scale-in aborted: %v", err)
 			return acts, err
 		}
 		acts = append(acts, fmt.Sprintf("moved %s from %s to %s", mv.Container, mv.From, mv.To))
@@ -292,19 +301,39 @@ func (m *Manager) drain(ctx context.Context, node string, moves []coordinator.Mo
 	m.cons.stateMu.Unlock()
 	acts = append(acts, "terminated "+node)
 	m.log.Info("scaled in", "worker", node)
+	m.event(EventTerminated, node, "scaled in: drained and terminated")
 	return acts, nil
 }
 
 // terminate lets the worker leave the gossip cluster, then has the cloud
 // terminate its instance and forgets it.
 func (m *Manager) terminate(ctx context.Context, node string) error {
+	if !m.claim("instance:" + node) {
+		return fmt.Errorf("%s is busy with another operation", node)
+	}
+	defer m.release("instance:" + node)
+	// Mark it first: a manager that crashes from here on finishes the
+	// termination when it restarts (the worker may already have left).
+	insts, err := m.store.instances(ctx)
+	if err != nil {
+		return err
+	}
+	wasMarked := false
+	for _, in := range insts {
+		wasMarked = wasMarked || (in.Name == node && in.State == InstanceTerminating)
+		if in.Name == node && in.State != InstanceTerminating {
+			in.State = InstanceTerminating
+			if err := m.store.putInstance(ctx, in); err != nil {
+				return fmt.Errorf("record the termination of %s: %w", node, err)
+			}
+		}
+	}
 	if w, ok := m.members.get(node); ok && w.Load.API != "" {
 		if err := m.agents.Leave(ctx, w.Load.API); err != nil {
 			m.log.Warn("worker did not leave cleanly", "worker", node, "err", err)
 		}
 	}
 	id := ""
-	insts, _ := m.store.instances(ctx)
 	for _, in := range insts {
 		if in.Name == node {
 			id = in.ID
@@ -321,6 +350,12 @@ func (m *Manager) terminate(ctx context.Context, node string) error {
 			}
 		}
 	}
+	if id == "" && wasMarked {
+		// An earlier manager terminated it and crashed before forgetting it.
+		_ = m.store.deleteInstance(ctx, node)
+		m.members.forget(node)
+		return nil
+	}
 	if id == "" {
 		return fmt.Errorf("no instance of the cloud is named %s; cannot terminate it", node)
 	}
@@ -330,6 +365,27 @@ func (m *Manager) terminate(ctx context.Context, node string) error {
 	_ = m.store.deleteInstance(ctx, node)
 	m.members.forget(node)
 	return nil
+}
+
+// finishTermination terminates an instance marked terminating by a
+// manager that did not finish, or one whose worker is lost, once no
+// container is recorded on it.
+func (m *Manager) finishTermination(ctx context.Context, node string) {
+	recs, err := m.store.list(ctx)
+	if err != nil {
+		return
+	}
+	for _, c := range recs {
+		if c.Node == node && (c.State == StateStarting || c.State == StateRunning || c.State == StateStopping) {
+			m.log.Info("not terminating yet: a container is still recorded on it", "instance", node, "container", c.Name)
+			return
+		}
+	}
+	if err := m.terminate(ctx, node); err != nil {
+		m.log.Warn("termination incomplete; will retry", "instance", node, "err", err)
+		return
+	}
+	m.log.Info("terminated", "instance", node)
 }
 
 // move relocates one running container make-before-break: start the new
@@ -384,6 +440,7 @@ func (m *Manager) move(ctx context.Context, mv coordinator.Move) error {
 	next.Move = nil
 	adopt(&next, info)
 	next.Generation = c.Move.Generation
+	next.Placement = "moved from " + mv.From + " for scale-in: " + mv.Reason
 	if err := m.reg.register(mctx, &next); err != nil {
 		return fail(err)
 	}
@@ -414,6 +471,7 @@ func (m *Manager) move(ctx context.Context, mv coordinator.Move) error {
 		}
 	}
 	m.log.Info("moved", "container", name, "from", old.Node, "to", next.Node)
+	m.event(EventMoved, name, "moved from %s to %s: the new copy passed before the old one stopped", old.Node, next.Node)
 	return nil
 }
 

@@ -31,6 +31,8 @@ var (
 	roleRe  = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$`)
 	envRe   = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,127}$`)
 	imageRe = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9._/:@-]{0,254}$`)
+	// checkPathRe is what a definition file accepts as an http check path.
+	checkPathRe = regexp.MustCompile(`^/[!-~]*$`)
 )
 
 // RequestError is a launch or stop request the manager refuses; it maps to
@@ -138,7 +140,12 @@ func (m *Manager) validate(req LaunchRequest, now time.Time) ([]*Container, erro
 		seen[key] = true
 		ports = append(ports, worker.Port{Container: n, Protocol: proto})
 	}
+	envKeys := make([]string, 0, len(req.Env))
 	for k := range req.Env {
+		envKeys = append(envKeys, k)
+	}
+	sort.Strings(envKeys) // the same request always gets the same answer
+	for _, k := range envKeys {
 		if !envRe.MatchString(k) {
 			bad("environment variable name %q is not valid", k)
 		} else if strings.HasPrefix(k, "MICADO_") {
@@ -161,13 +168,13 @@ func (m *Manager) validate(req LaunchRequest, now time.Time) ([]*Container, erro
 		switch check.Type {
 		case "tcp", "none":
 		case "http":
-			if !strings.HasPrefix(check.Path, "/") {
-				bad("check path %q must start with /", check.Path)
+			if !checkPathRe.MatchString(check.Path) {
+				bad("check path %q is not valid: use a URL path starting with / and without spaces or control characters (as in a definition file)", check.Path)
 			}
 		default:
 			bad("check type %q is not valid: use tcp, http or none", check.Type)
 		}
-		if check.Type != "none" && (len(ports) == 0 || ports[0].Protocol != "tcp") {
+		if (check.Type == "tcp" || check.Type == "http") && (len(ports) == 0 || ports[0].Protocol != "tcp") {
 			bad("a %s check needs a published TCP port (--port)", check.Type)
 		}
 		if check.Interval != "" {
@@ -249,7 +256,9 @@ func (m *Manager) admit(ctx context.Context, cs []*Container, check func([]*Cont
 	for i, c := range cs {
 		reqs[i] = c.Request()
 	}
+	placeStart := time.Now()
 	decisions := coordinator.PlaceAll(snap, reqs, m.cfg.Placement)
+	m.metrics.placed("launch", time.Since(placeStart))
 	var failed []coordinator.Decision
 	held := 0
 	for i, d := range decisions {
@@ -257,9 +266,11 @@ func (m *Manager) admit(ctx context.Context, cs []*Container, check func([]*Cont
 		case d.Placed() && booting[d.Worker] == nil:
 			cs[i].Node = d.Worker
 			cs[i].Reason = d.Reason
+			cs[i].Placement = d.Reason
 		case d.Placed():
 			// Fits on an instance already on its way: wait for it.
 			cs[i].State, cs[i].Reason, cs[i].WaitingFor = StatePending, waitReason(booting[d.Worker]), d.Worker
+			cs[i].PendingSince = cs[i].CreatedAt
 			decisions[i].Reason = cs[i].Reason
 			held++
 		default:
@@ -270,6 +281,7 @@ func (m *Manager) admit(ctx context.Context, cs []*Container, check func([]*Cont
 			}
 			// Held until a new instance joins; placePending asks for it.
 			cs[i].State, cs[i].Reason = StatePending, d.Reason+"; asking the cloud for an instance"
+			cs[i].PendingSince = cs[i].CreatedAt
 			decisions[i].Reason = cs[i].Reason
 			held++
 		}
@@ -296,9 +308,11 @@ func (m *Manager) admit(ctx context.Context, cs []*Container, check func([]*Cont
 	for i, c := range cs {
 		if c.State == StatePending {
 			m.log.Info("held", "container", c.Name, "reason", decisions[i].Reason)
+			m.event(EventPending, c.Name, "%s", decisions[i].Reason)
 			continue
 		}
 		m.log.Info("placed", "container", c.Name, "worker", c.Node, "reason", decisions[i].Reason)
+		m.event(EventPlaced, c.Name, "%s", decisions[i].Reason)
 		go m.start(context.WithoutCancel(ctx), c.Name)
 	}
 	if held > 0 {
@@ -379,6 +393,11 @@ func (m *Manager) start(ctx context.Context, name string) {
 	if err != nil {
 		permanent := worker.IsNotFound(err)
 		m.log.Warn("start failed", "container", c.Name, "worker", c.Node, "permanent", permanent, "err", err)
+		if permanent {
+			m.event(EventFailed, c.Name, "cannot start on %s: %v", c.Node, err)
+		} else {
+			m.event(EventFailed, c.Name, "start on %s failed, will retry: %v", c.Node, err)
+		}
 		_, _ = m.store.update(ctx, name, func(c *Container) error {
 			if c.State != StateStarting {
 				return ErrConflict
@@ -410,6 +429,7 @@ func (m *Manager) start(ctx context.Context, name string) {
 		return
 	}
 	m.log.Info("running", "container", name, "worker", c.Node, "address", c.Address, "port", c.HostPort())
+	m.event(EventRunning, name, "running on %s at %s:%d, registered in Consul as %s", c.Node, c.Address, c.HostPort(), c.ServiceID())
 }
 
 // adopt records what a worker reports about a running copy.
@@ -505,5 +525,6 @@ func (m *Manager) stopOne(ctx context.Context, name string) error {
 		return err
 	}
 	m.log.Info("stopped", "container", name, "worker", c.Node)
+	m.event(EventStopped, name, "stopped on %s and deregistered", cmpOr(c.Node, "no worker"))
 	return nil
 }

@@ -32,6 +32,9 @@ type Config struct {
 
 	APIAddr  string // API listen address (default ":8080")
 	APIToken string // bearer token required on every API call ("" = none)
+	// TLSCert and TLSKey are PEM files of the API's certificate and key;
+	// when set, the API is served over HTTPS only (TLS 1.2 or newer).
+	TLSCert, TLSKey string
 
 	ConsulAddr  string // Consul HTTP address (default 127.0.0.1:8500)
 	ConsulToken string // Consul ACL token used for every Consul call
@@ -52,6 +55,12 @@ type Config struct {
 	// JoinTimeout is how long a new instance may take to join before it
 	// is terminated (default 5 min).
 	JoinTimeout time.Duration
+	// LostTimeout is how long the worker of a joined instance may be gone
+	// before the instance is terminated (default DefaultLostTimeout).
+	LostTimeout time.Duration
+	// EventsKept is how many recent events are kept (default
+	// DefaultEventsKept), in memory and in Consul KV.
+	EventsKept int
 	// UserData renders cloud-init user data for new instances (real VMs).
 	UserData bool
 	// JoinAddr is the gossip address new workers join (default: ours).
@@ -132,6 +141,9 @@ func (c *Config) defaults() error {
 	if c.RevalidateDelay == 0 {
 		c.RevalidateDelay = DefaultRevalidateDelay
 	}
+	if c.LostTimeout == 0 {
+		c.LostTimeout = DefaultLostTimeout
+	}
 	if c.JoinTimeout == 0 {
 		c.JoinTimeout = DefaultJoinTimeout
 	}
@@ -166,8 +178,13 @@ type Manager struct {
 	started   time.Time
 	onCreate  func(instance string) // test and benchmark hook: a create call is about to be made
 
+	events *eventLog
+
+	metrics *metrics // Prometheus metrics, served at GET /metrics
+
 	busyMu sync.Mutex
-	busy   map[string]bool // instances with an operation in flight
+	busy   map[string]bool      // instances with an operation in flight
+	absent map[string]time.Time // instances whose worker is away, since when
 }
 
 // Run starts the manager and blocks until ctx ends.
@@ -175,17 +192,31 @@ func Run(ctx context.Context, cfg Config) error {
 	if err := cfg.defaults(); err != nil {
 		return err
 	}
-	m := &Manager{cfg: cfg, log: cfg.Logger, agents: worker.NewClient(cfg.ClusterKey), busy: map[string]bool{}, kickCh: make(chan struct{}, 1), started: time.Now(), deploying: map[string]context.CancelFunc{},
+	tlsCfg, err := LoadServerTLS(cfg.TLSCert, cfg.TLSKey)
+	if err != nil {
+		return err
+	}
+	m := &Manager{cfg: cfg, log: cfg.Logger, agents: worker.NewClient(cfg.ClusterKey), busy: map[string]bool{}, absent: map[string]time.Time{}, kickCh: make(chan struct{}, 1), started: time.Now(), deploying: map[string]context.CancelFunc{},
 		cons: consolidator{unneededSince: map[string]time.Time{}, draining: map[string]string{}, moving: map[string]bool{}}}
 	consul, err := api.NewClient(&api.Config{Address: cfg.ConsulAddr, Token: cfg.ConsulToken})
 	if err != nil {
 		return fmt.Errorf("consul client: %w", err)
 	}
 	m.consul = consul
+	m.metrics = newMetrics(m)
 	if err := m.waitForConsul(ctx); err != nil {
 		return err
 	}
+	if err := m.checkConsulAccess(ctx); err != nil {
+		return err
+	}
 	m.store = newStore(consul, cfg.Cluster)
+	m.events = newEventLog(consul.KV(), cfg.Cluster, cfg.EventsKept, m.log)
+	m.events.onAdd = m.metrics.event
+	if err := m.events.load(ctx); err != nil {
+		return err
+	}
+	go m.events.persist(ctx)
 	m.reg = &registry{agent: consul.Agent(), catalog: consul.Health(), cluster: cfg.Cluster}
 
 	ln, err := net.Listen("tcp", cfg.APIAddr)
@@ -195,15 +226,18 @@ func Run(ctx context.Context, cfg Config) error {
 	defer ln.Close()
 
 	m.members = newMembers(cfg.NodeName)
+	m.agents.OnLoad = m.members.applyLoad
 	m.members.onJoin = func(name, addr string) {
 		if err := m.store.saveMember(context.Background(), name, addr); err != nil {
 			m.log.Warn("cannot remember member", "member", name, "err", err)
 		}
 		m.log.Info("member joined", "member", name, "addr", addr)
+		m.event(EventJoined, name, "joined the cluster from %s", addr)
 		m.kick()
 	}
 	m.members.onDead = func(name string) {
 		m.log.Warn("member left or failed", "member", name)
+		m.event(EventWorkerLost, name, "memberlist declared it dead")
 		m.kick()
 	}
 	mlc := worker.GossipConfig(cfg.NodeName, cfg.BindAddr, cfg.BindPort, cfg.AdvertiseAddr, cfg.ClusterKey, m.log)
@@ -235,10 +269,17 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 	}
 
-	srv := &http.Server{Handler: m.Handler(), ReadHeaderTimeout: 5 * time.Second}
-	go func() { _ = srv.Serve(ln) }()
+	srv := &http.Server{Handler: m.Handler(), ReadHeaderTimeout: 5 * time.Second, TLSConfig: tlsCfg,
+		ErrorLog: slog.NewLogLogger(m.log.Handler(), slog.LevelDebug)}
+	scheme := "http"
+	if tlsCfg != nil {
+		scheme = "https"
+		go func() { _ = srv.ServeTLS(ln, "", "") }()
+	} else {
+		go func() { _ = srv.Serve(ln) }()
+	}
 	defer srv.Close()
-	m.log.Info("manager started", "cluster", cfg.Cluster, "api", ln.Addr().String(), "gossip", ml.LocalNode().Address(), "consul", cfg.ConsulAddr)
+	m.log.Info("manager started", "cluster", cfg.Cluster, "api", scheme+"://"+ln.Addr().String(), "gossip", ml.LocalNode().Address(), "consul", cfg.ConsulAddr)
 
 	// Give workers one gossip round to reappear before the first
 	// reconciliation, so a restarted manager does not mistake a worker it

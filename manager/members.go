@@ -47,7 +47,11 @@ func (m *members) upsert(n *memberlist.Node, status string) {
 	prev := mem.Status
 	mem.Addr = n.Address()
 	mem.Status = status
-	mem.Load = l
+	// Gossip can deliver a report older than one the agent's API already
+	// handed over with a start or stop answer: keep the newer one.
+	if !ok || l.Newer(mem.Load) {
+		mem.Load = l
+	}
 	mem.LastUpdate = m.now()
 	if status != "alive" && prev == "alive" {
 		mem.DiedAt = m.now()
@@ -78,6 +82,19 @@ func (m *members) NotifyLeave(n *memberlist.Node) {
 	m.upsert(n, "dead")
 }
 
+// applyLoad takes a load report an agent returned with an API answer
+// (api is the agent API address it came from).
+func (m *members) applyLoad(api string, l worker.Load) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, mem := range m.byName {
+		if mem.Load.API == api && l.API == api && mem.Status == "alive" && l.Newer(mem.Load) {
+			mem.Load = l
+			return
+		}
+	}
+}
+
 // forget drops a member that left for good (scaled in).
 func (m *members) forget(name string) {
 	m.mu.Lock()
@@ -96,6 +113,18 @@ func (m *members) workers() []member {
 		}
 	}
 	sort.Slice(out, func(i, j int) bool { return naturalLess(out[i].Name, out[j].Name) })
+	return out
+}
+
+// all returns a copy of every member, workers and managers, alive or
+// not (the metrics count them).
+func (m *members) all() []member {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	out := make([]member, 0, len(m.byName))
+	for _, mem := range m.byName {
+		out = append(out, *mem)
+	}
 	return out
 }
 

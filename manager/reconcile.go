@@ -8,6 +8,13 @@ import (
 	"github.com/micado-scale/micado/worker"
 )
 
+// unknownWorkerGrace is how long after its start the manager waits for a
+// worker that holds containers to show up in gossip before it places them
+// elsewhere: long enough for live workers to rejoin (they retry every few
+// seconds), short enough that a worker lost during a manager outage does
+// not hold its containers for long.
+const unknownWorkerGrace = 20 * time.Second
+
 // reconcile compares the desired state (Consul KV) with what the workers
 // run and what Consul has registered, and repairs the difference:
 //   - a container that should run but does not is started again, or placed
@@ -57,9 +64,19 @@ func (m *Manager) reconcile(ctx context.Context) error {
 			}
 			w, known := m.members.get(c.Node)
 			if !known || w.Status != "alive" {
-				if known && w.Status != "alive" {
+				switch {
+				case known:
 					m.log.Warn("worker is gone; placing its container again", "container", c.Name, "worker", c.Node)
+					m.event(EventRequeued, c.Name, "worker %s is %s; placing it again", c.Node, w.Status)
 					m.requeue(ctx, c, "worker "+c.Node+" is "+w.Status)
+					pending = append(pending, c)
+				case time.Since(m.started) > unknownWorkerGrace:
+					// The worker died while no manager was watching: gossip
+					// will never report it, so it would hold the container
+					// for ever.
+					m.log.Warn("worker not seen since the manager started; placing its container again", "container", c.Name, "worker", c.Node)
+					m.event(EventRequeued, c.Name, "worker %s has not been seen since the manager started; placing it again", c.Node)
+					m.requeue(ctx, c, "worker "+c.Node+" has not been seen since the manager started")
 					pending = append(pending, c)
 				}
 				continue
@@ -70,7 +87,7 @@ func (m *Manager) reconcile(ctx context.Context) error {
 			copies := actual[c.Name]
 			var mine *worker.ContainerInfo
 			for i := range copies {
-				if copies[i].Node == c.Node && copies[i].State == "running" {
+				if copies[i].Node == c.Node && copies[i].Generation == c.Generation && copies[i].State == "running" {
 					mine = &copies[i]
 				}
 			}
@@ -78,6 +95,7 @@ func (m *Manager) reconcile(ctx context.Context) error {
 			case mine == nil:
 				if c.State == StateRunning {
 					m.log.Warn("container is missing from its worker; starting it again", "container", c.Name, "worker", c.Node)
+					m.event(EventRecovered, c.Name, "missing from %s; starting it again", c.Node)
 					_, _ = m.store.update(ctx, c.Name, func(c *Container) error {
 						if c.State != StateRunning {
 							return ErrConflict
@@ -93,6 +111,7 @@ func (m *Manager) reconcile(ctx context.Context) error {
 			default:
 				if _, ok := regs[c.ServiceID()]; !ok {
 					m.log.Info("registration missing; registering again", "container", c.Name)
+					m.event(EventRecovered, c.Name, "its Consul registration was missing; registered again")
 					if err := m.reg.register(ctx, c); err != nil {
 						m.log.Warn("register failed", "container", c.Name, "err", err)
 					}
@@ -109,7 +128,11 @@ func (m *Manager) reconcile(ctx context.Context) error {
 	for name, copies := range actual {
 		c := byName[name]
 		for _, cp := range copies {
-			if c != nil && cp.Node == c.Node && (c.State == StateRunning || c.State == StateStarting || c.State == StateStopping) {
+			// A copy of an older generation on the same worker is stale too:
+			// the worker was cut off, its container placed again, and the
+			// new copy landed on the same worker once it came back.
+			if c != nil && cp.Node == c.Node && (cp.Generation == c.Generation || c.State == StateStopping) &&
+				(c.State == StateRunning || c.State == StateStarting || c.State == StateStopping) {
 				continue
 			}
 			if c != nil && c.Move != nil && cp.Node == c.Move.Node && cp.Generation == c.Move.Generation {
@@ -123,6 +146,7 @@ func (m *Manager) reconcile(ctx context.Context) error {
 				continue
 			}
 			m.log.Warn("stopping a copy that is not desired", "container", name, "worker", cp.Node)
+			m.event(EventRecovered, name, "stopped a copy on %s (generation %d) that is not desired", cp.Node, cp.Generation)
 			if _, err := m.agents.Stop(ctx, w.Load.API, name, cp.Generation); err != nil {
 				m.log.Warn("stop orphan failed", "container", name, "err", err)
 			}
@@ -215,6 +239,7 @@ func (m *Manager) requeue(ctx context.Context, c *Container, why string) {
 		c.Bindings = nil
 		c.Generation++
 		c.UpdatedAt = time.Now().UTC()
+		c.PendingSince = c.UpdatedAt
 		return nil
 	})
 }

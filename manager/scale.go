@@ -22,6 +22,9 @@ import (
 const (
 	InstanceRequested = "requested" // asked of the cloud; its worker has not joined
 	InstanceJoined    = "joined"    // its worker agent joined the cluster
+	// InstanceTerminating: scale-in emptied it and is terminating it. A
+	// manager that restarts finds the mark and finishes the job.
+	InstanceTerminating = "terminating"
 )
 
 // Defaults for scale-out.
@@ -35,6 +38,11 @@ const (
 	// sweepGrace keeps a freshly (re)started manager from terminating
 	// instances whose workers have not re-joined yet.
 	sweepGrace = 30 * time.Second
+	// DefaultLostTimeout is how long the worker of an instance that had
+	// joined may stay away (dead, or never seen since the manager started)
+	// before the instance is terminated: its containers were placed
+	// elsewhere long before, and a lost instance still costs money.
+	DefaultLostTimeout = 5 * time.Minute
 )
 
 // Instance is a cloud instance the manager asked for. The record is
@@ -191,7 +199,9 @@ func (m *Manager) placePending(ctx context.Context) {
 	}
 	snap := m.snapshot(recs)
 	booting := m.withBooting(snap, insts)
+	placeStart := time.Now()
 	ds := coordinator.PlaceAll(snap, reqs, m.cfg.Placement)
+	m.metrics.placed("pending", time.Since(placeStart))
 
 	type change struct {
 		state, node, reason, waiting string
@@ -257,6 +267,7 @@ func (m *Manager) placePending(ctx context.Context) {
 				continue
 			}
 			create = append(create, in)
+			m.metrics.scaleOutInstance("requested")
 			for _, n := range ni.Requests {
 				changes[n] = change{state: StatePending, reason: waitReason(in), waiting: in.Name}
 			}
@@ -276,17 +287,29 @@ func (m *Manager) placePending(ctx context.Context) {
 				return ErrConflict
 			}
 			c.State, c.Reason, c.WaitingFor = ch.state, ch.reason, ch.waiting
+			if ch.state != StatePending {
+				c.PendingSince = time.Time{}
+			} else if c.PendingSince.IsZero() {
+				c.PendingSince = c.CreatedAt
+			}
 			if ch.node != "" {
 				c.Node = ch.node
+				c.Placement = ch.reason
 			}
 			c.UpdatedAt = time.Now().UTC()
 			return nil
 		})
 		if err == nil && ch.state == StateStarting {
+			m.metrics.waitedForPlacement(time.Since(pendingSince(c)))
 			started = append(started, c.Name)
+			m.event(EventPlaced, c.Name, "%s", ch.reason)
 		}
 		if err == nil && ch.failed {
 			m.log.Warn("cannot ever place", "container", c.Name, "reason", ch.reason)
+			m.event(EventFailed, c.Name, "%s", ch.reason)
+		}
+		if err == nil && ch.state == StatePending && ch.reason != c.Reason {
+			m.event(EventPending, c.Name, "%s", ch.reason)
 		}
 	}
 	m.placeMu.Unlock()
@@ -300,6 +323,10 @@ func (m *Manager) placePending(ctx context.Context) {
 
 // createInstance asks the cloud for one instance recorded as requested.
 func (m *Manager) createInstance(ctx context.Context, in *Instance) {
+	if !m.claim("instance:" + in.Name) {
+		return
+	}
+	defer m.release("instance:" + in.Name)
 	t, _ := cloudapi.FindType(m.cfg.InstanceTypes, in.Type)
 	spec := cloudapi.Spec{Cluster: m.cfg.Cluster, Name: in.Name, Type: t, Tags: in.Tags}
 	if m.cfg.UserData {
@@ -308,6 +335,7 @@ func (m *Manager) createInstance(ctx context.Context, in *Instance) {
 			ClusterKey: base64.StdEncoding.EncodeToString(m.cfg.ClusterKey),
 		})
 		if err != nil {
+			m.metrics.scaleOutInstance("create_failed")
 			m.instanceFailed(ctx, in, fmt.Errorf("render user data: %w", err))
 			return
 		}
@@ -316,11 +344,13 @@ func (m *Manager) createInstance(ctx context.Context, in *Instance) {
 	cctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	m.log.Info("asking the cloud for an instance", "instance", in.Name, "type", in.Type, "tags", in.Tags, "provider", in.Provider)
+	m.event(EventScaleOut, in.Name, "asked %s for one %s instance (%s, %s)", in.Provider, in.Type, tagsText(in.Tags), coordinator.FormatBytes(in.Memory))
 	if m.onCreate != nil {
 		m.onCreate(in.Name)
 	}
 	got, err := m.cfg.Provider.Create(cctx, spec)
 	if err != nil {
+		m.metrics.scaleOutInstance("create_failed")
 		m.instanceFailed(ctx, in, err)
 		return
 	}
@@ -337,6 +367,7 @@ func (m *Manager) createInstance(ctx context.Context, in *Instance) {
 // MaxScaleAttempts.
 func (m *Manager) instanceFailed(ctx context.Context, in *Instance, err error) {
 	m.log.Warn("instance failed", "instance", in.Name, "err", err)
+	m.event(EventInstanceErr, in.Name, "%v", err)
 	if in.ID != "" {
 		if terr := m.cfg.Provider.Terminate(ctx, in.ID); terr != nil && !errors.Is(terr, cloudapi.ErrNotFound) {
 			m.log.Warn("terminate failed; the sweep will retry", "instance", in.Name, "err", terr)
@@ -399,18 +430,41 @@ func (m *Manager) reconcileInstances(ctx context.Context) {
 			}
 		}
 	}
+	var resume []*Instance
 	for _, in := range insts {
 		known[in.Name] = in
+		alive := m.alive(in.Name)
+		if alive {
+			m.markPresent(in.Name)
+		}
 		switch {
-		case m.alive(in.Name) && in.State != InstanceJoined:
+		case in.State == InstanceTerminating:
+			if !m.busyWith("instance:" + in.Name) {
+				go m.finishTermination(context.WithoutCancel(ctx), in.Name)
+			}
+		case alive && in.State != InstanceJoined:
 			in.State, in.JoinedAt = InstanceJoined, now
 			_ = m.store.putInstance(ctx, in)
 			m.log.Info("instance joined", "instance", in.Name, "after", now.Sub(in.RequestedAt).Round(time.Millisecond))
+			m.metrics.instanceJoined(now.Sub(in.RequestedAt))
+			m.event(EventJoined, in.Name, "its worker joined %s after it was asked for", now.Sub(in.RequestedAt).Round(time.Millisecond))
 		case in.State == InstanceRequested && now.Sub(in.RequestedAt) > m.cfg.JoinTimeout:
+			m.metrics.scaleOutInstance("join_timeout")
 			m.instanceFailed(ctx, in, fmt.Errorf("its worker did not join within %s", m.cfg.JoinTimeout))
+		case in.State == InstanceRequested && in.ID == "" && in.Provider == m.cfg.Provider.Name() && !m.busyWith("instance:"+in.Name):
+			// Recorded, but the create call's answer never was: the
+			// manager crashed around the call. Find it or ask again.
+			resume = append(resume, in)
+		case in.State == InstanceJoined && !alive && in.Provider == m.cfg.Provider.Name():
+			if away := m.absentFor(in.Name, now); away > m.cfg.LostTimeout && !m.busyWith("instance:"+in.Name) {
+				m.log.Warn("terminating an instance whose worker is lost", "instance", in.Name, "away", away.Round(time.Second))
+				m.event(EventTerminated, in.Name, "its worker has been gone for %s (--lost-timeout %s)", away.Round(time.Second), m.cfg.LostTimeout)
+				go m.finishTermination(context.WithoutCancel(ctx), in.Name)
+			}
 		}
 	}
-	if time.Since(m.started) < sweepGrace {
+	sweep := time.Since(m.started) >= sweepGrace
+	if !sweep && len(resume) == 0 {
 		return
 	}
 	lctx, cancel := context.WithTimeout(ctx, time.Minute)
@@ -418,6 +472,24 @@ func (m *Manager) reconcileInstances(ctx context.Context) {
 	cloud, err := m.cfg.Provider.List(lctx, m.cfg.Cluster)
 	if err != nil {
 		m.log.Warn("cannot list the cloud's instances", "err", err)
+		return
+	}
+	for _, in := range resume {
+		found := false
+		for _, ci := range cloud {
+			if ci.Name == in.Name && ci.State != cloudapi.StateTerminated {
+				found = true
+				in.ID, in.CreatedAt = ci.ID, ci.CreatedAt
+				m.log.Info("found the instance an interrupted create call made", "instance", in.Name, "id", ci.ID)
+				_ = m.store.putInstance(ctx, in)
+			}
+		}
+		if !found {
+			m.log.Info("asking the cloud again for an instance whose create call was interrupted", "instance", in.Name)
+			go m.createInstance(context.WithoutCancel(ctx), in)
+		}
+	}
+	if !sweep {
 		return
 	}
 	for _, ci := range cloud {
@@ -428,6 +500,7 @@ func (m *Manager) reconcileInstances(ctx context.Context) {
 			continue
 		}
 		m.log.Warn("terminating an instance of this cluster that nobody knows", "instance", ci.Name, "id", ci.ID)
+		m.event(EventTerminated, ci.Name, "instance %s of this cluster is in no record and its worker is not alive", ci.ID)
 		if err := m.cfg.Provider.Terminate(lctx, ci.ID); err != nil && !errors.Is(err, cloudapi.ErrNotFound) {
 			m.log.Warn("terminate failed", "instance", ci.Name, "err", err)
 		}
@@ -445,4 +518,30 @@ func randHex(n int) string {
 	b := make([]byte, n)
 	_, _ = rand.Read(b)
 	return hex.EncodeToString(b)
+}
+
+// busyWith reports whether an operation on key is in flight.
+func (m *Manager) busyWith(key string) bool {
+	m.busyMu.Lock()
+	defer m.busyMu.Unlock()
+	return m.busy[key]
+}
+
+// absentFor returns how long the worker of instance name has been away,
+// counting from the first reconciliation that missed it.
+func (m *Manager) absentFor(name string, now time.Time) time.Duration {
+	m.busyMu.Lock()
+	defer m.busyMu.Unlock()
+	since, ok := m.absent[name]
+	if !ok {
+		m.absent[name] = now
+		return 0
+	}
+	return now.Sub(since)
+}
+
+func (m *Manager) markPresent(name string) {
+	m.busyMu.Lock()
+	delete(m.absent, name)
+	m.busyMu.Unlock()
 }

@@ -49,8 +49,11 @@ type Container struct {
 	// changed image or setting replaces the container.
 	SpecHash string `json:"spec_hash,omitempty"`
 
-	State       string           `json:"state"`
-	Reason      string           `json:"reason,omitempty"`
+	State  string `json:"state"`
+	Reason string `json:"reason,omitempty"`
+	// Placement says why the container is on its worker, as the
+	// coordinator decided it (kept while Reason is cleared on start).
+	Placement   string           `json:"placement,omitempty"`
 	Node        string           `json:"node,omitempty"`
 	ContainerID string           `json:"container_id,omitempty"`
 	Address     string           `json:"address,omitempty"`
@@ -60,6 +63,9 @@ type Container struct {
 	WaitingFor string `json:"waiting_for,omitempty"`
 	// ScaleAttempts counts instances asked for it that failed to join.
 	ScaleAttempts int `json:"scale_attempts,omitempty"`
+	// PendingSince is when it last became pending (held for scale-out, or
+	// requeued after its worker was lost); zero when it is not pending.
+	PendingSince time.Time `json:"pending_since,omitzero"`
 	// Move is set while consolidation starts a new copy elsewhere (make
 	// before break); the record keeps its old node until the new copy
 	// passes.

@@ -14,9 +14,11 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/docker/docker/client"
+	sockaddr "github.com/hashicorp/go-sockaddr"
 	"github.com/hashicorp/memberlist"
 )
 
@@ -95,10 +97,12 @@ type Agent struct {
 	cfg     Config
 	log     *slog.Logger
 	eng     *engine
-	ml      *memberlist.Memberlist
+	ml      atomic.Pointer[memberlist.Memberlist] // replaced when the address changes
+	apiPort string
 	token   string
 	started time.Time
 	apiAddr string
+	metrics *agentMetrics // Prometheus metrics, served at GET /metrics (metrics.go)
 
 	mu    sync.Mutex
 	left  bool // left the cluster for scale-in; never rejoin
@@ -134,14 +138,14 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return fmt.Errorf("start gossip: %w", err)
 	}
-	a.ml = ml
+	a.ml.Store(ml)
 	self := ml.LocalNode()
 	if cfg.PublishAddr == "" {
 		cfg.PublishAddr = self.Addr.String()
 		a.cfg.PublishAddr = cfg.PublishAddr
 	}
-	_, apiPort, _ := net.SplitHostPort(ln.Addr().String())
-	a.apiAddr = net.JoinHostPort(self.Addr.String(), apiPort)
+	_, a.apiPort, _ = net.SplitHostPort(ln.Addr().String())
+	a.apiAddr = net.JoinHostPort(self.Addr.String(), a.apiPort)
 	a.eng = &engine{docker: docker, cluster: cfg.Cluster, node: cfg.Name, publishAddr: cfg.PublishAddr, pull: cfg.Pull, network: cfg.ContainerNetwork}
 
 	srv := &http.Server{Handler: a.routes(), ReadHeaderTimeout: 5 * time.Second}
@@ -161,8 +165,8 @@ func Run(ctx context.Context, cfg Config) error {
 	for {
 		select {
 		case <-ctx.Done():
-			_ = ml.Leave(2 * time.Second)
-			return ml.Shutdown()
+			_ = a.gossip().Leave(2 * time.Second)
+			return a.gossip().Shutdown()
 		case <-loadT.C:
 			a.refreshLoad(ctx)
 		case <-usageT.C:
@@ -171,6 +175,9 @@ func Run(ctx context.Context, cfg Config) error {
 			a.mu.Lock()
 			left := a.left
 			a.mu.Unlock()
+			if !left {
+				a.followAddress(ctx)
+			}
 			if !left && !a.seesManager() {
 				a.join()
 			}
@@ -178,19 +185,61 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 }
 
+func (a *Agent) gossip() *memberlist.Memberlist { return a.ml.Load() }
+
+// followAddress restarts gossip on a new address when the agent's own
+// address changed under it (a network reconnect, a reboot with another
+// DHCP lease): memberlist cannot change the address it advertises, and
+// the manager would otherwise see a dead worker that still runs its
+// containers. Only when the address was not given.
+func (a *Agent) followAddress(ctx context.Context) {
+	if a.cfg.AdvertiseAddr != "" {
+		return
+	}
+	old := a.gossip()
+	cur := old.LocalNode().Addr.String()
+	ip, err := sockaddr.GetPrivateIP()
+	if err != nil || ip == "" || ip == cur {
+		return
+	}
+	a.log.Warn("this host's address changed; restarting gossip on the new one", "old", cur, "new", ip)
+	_ = old.Shutdown()
+	mlc := GossipConfig(a.cfg.Name, a.cfg.BindAddr, a.cfg.BindPort, "", a.cfg.ClusterKey, a.log)
+	mlc.Delegate = a
+	var ml *memberlist.Memberlist
+	for i := 0; ; i++ {
+		// The old transport may hold the port for a moment.
+		if ml, err = memberlist.Create(mlc); err == nil || i == 20 {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err != nil {
+		a.log.Error("cannot restart gossip; exiting so the restart policy starts a fresh agent", "err", err)
+		os.Exit(1)
+	}
+	a.mu.Lock()
+	a.apiAddr = net.JoinHostPort(ml.LocalNode().Addr.String(), a.apiPort)
+	a.meta = nil // forces a new report with the new API address
+	a.mu.Unlock()
+	a.ml.Store(ml)
+	a.refreshLoad(ctx)
+	a.join()
+}
+
 func (a *Agent) join() {
 	if len(a.cfg.Join) == 0 {
 		return
 	}
-	if n, err := a.ml.Join(a.cfg.Join); err != nil {
-		a.log.Warn("cannot join the cluster yet", "join", a.cfg.Join, "err", err)
+	if n, err := a.gossip().Join(a.cfg.Join); err != nil {
+		a.log.Warn("cannot join the cluster yet", "join", a.cfg.Join, "err", err, "hint", joinHint(err))
 	} else {
 		a.log.Info("joined the cluster", "contacted", n)
 	}
 }
 
 func (a *Agent) seesManager() bool {
-	for _, m := range a.ml.Members() {
+	for _, m := range a.gossip().Members() {
 		if l, err := DecodeLoad(m.Meta); err == nil && l.Kind == KindManager {
 			return true
 		}
@@ -208,8 +257,9 @@ func (a *Agent) refreshLoad(ctx context.Context) {
 		a.log.Warn("cannot read containers", "err", err)
 		return
 	}
-	l := Load{Kind: KindWorker, Tags: a.cfg.Tags, Capacity: a.cfg.Memory, API: a.apiAddr, Started: a.started.Unix(), CPU: loadAverage()}
+	l := Load{Kind: KindWorker, Tags: a.cfg.Tags, Capacity: a.cfg.Memory, Started: a.started.Unix(), CPU: loadAverage()}
 	a.mu.Lock()
+	l.API = a.apiAddr
 	for _, c := range cs {
 		if c.State == "exited" || c.State == "dead" {
 			continue
@@ -226,10 +276,19 @@ func (a *Agent) refreshLoad(ctx context.Context) {
 	}
 	changed := a.load.Reserved != l.Reserved || a.load.Containers != l.Containers ||
 		absDiff(a.load.Used, l.Used) > 1<<20 || absDiffF(a.load.CPU, l.CPU) > 0.05 || a.meta == nil
+	l.Seq = a.load.Seq
+	if changed {
+		l.Seq++
+		if meta, err = l.Encode(); err != nil {
+			a.mu.Unlock()
+			a.log.Error("load report too large", "err", err)
+			return
+		}
+	}
 	a.load, a.meta = l, meta
 	a.mu.Unlock()
-	if changed && a.ml != nil {
-		if err := a.ml.UpdateNode(time.Second); err != nil {
+	if ml := a.gossip(); changed && ml != nil {
+		if err := ml.UpdateNode(time.Second); err != nil {
 			a.log.Debug("gossip load update", "err", err)
 		}
 	}
@@ -278,10 +337,17 @@ func (a *Agent) LocalState(bool) []byte { return nil }
 func (a *Agent) MergeRemoteState([]byte, bool) {}
 
 func (a *Agent) routes() http.Handler {
+	if a.metrics == nil {
+		a.metrics = newAgentMetrics(a)
+	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/health", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok", "node": a.cfg.Name})
 	})
+	// Open on purpose, like the health probe: read-only figures, no
+	// secret; the agent token would give Prometheus command of the worker
+	// (see metrics.go).
+	mux.Handle("GET /metrics", a.metrics.handler(a))
 	mux.HandleFunc("GET /v1/load", a.auth(func(w http.ResponseWriter, r *http.Request) {
 		a.mu.Lock()
 		l := a.load
@@ -312,6 +378,7 @@ func (a *Agent) routes() http.Handler {
 			return
 		}
 		info, err := a.eng.start(r.Context(), req)
+		a.metrics.started(err)
 		if err != nil {
 			code := http.StatusInternalServerError
 			if errors.Is(err, ErrImageMissing) {
@@ -323,6 +390,7 @@ func (a *Agent) routes() http.Handler {
 		}
 		a.log.Info("started container", "instance", req.Instance, "image", req.Image, "memory", req.Memory, "ports", info.Ports)
 		a.refreshLoad(r.Context())
+		a.loadHeader(w)
 		writeJSON(w, http.StatusOK, info)
 	}))
 	mux.HandleFunc("POST /v1/leave", a.auth(func(w http.ResponseWriter, r *http.Request) {
@@ -330,7 +398,7 @@ func (a *Agent) routes() http.Handler {
 		a.left = true
 		a.mu.Unlock()
 		a.log.Info("leaving the cluster for scale-in")
-		if err := a.ml.Leave(3 * time.Second); err != nil {
+		if err := a.gossip().Leave(3 * time.Second); err != nil {
 			writeError(w, http.StatusInternalServerError, err)
 			return
 		}
@@ -347,15 +415,28 @@ func (a *Agent) routes() http.Handler {
 			gen = n
 		}
 		found, err := a.eng.stop(r.Context(), r.PathValue("instance"), gen)
+		a.metrics.stopped(found, err)
 		if err != nil {
 			writeError(w, http.StatusInternalServerError, err)
 			return
 		}
 		a.log.Info("stopped container", "instance", r.PathValue("instance"), "found", found)
 		a.refreshLoad(r.Context())
+		a.loadHeader(w)
 		writeJSON(w, http.StatusOK, map[string]bool{"found": found})
 	}))
 	return mux
+}
+
+// loadHeader attaches the current load report to an answer, so the
+// manager sees the effect of a start or stop before gossip carries it.
+func (a *Agent) loadHeader(w http.ResponseWriter) {
+	a.mu.Lock()
+	meta := a.meta
+	a.mu.Unlock()
+	if meta != nil {
+		w.Header().Set(LoadHeader, string(meta))
+	}
 }
 
 // auth admits only callers that present the agent token, which only
@@ -403,6 +484,10 @@ type slogWriter struct{ l *slog.Logger }
 
 func (s slogWriter) Write(p []byte) (int, error) {
 	msg := strings.TrimSpace(string(p))
+	if reason, from, ok := gossipRejection(msg); ok {
+		s.l.Warn(MsgGossipRejected, "from", from, "reason", reason, "component", "memberlist", "detail", msg)
+		return len(p), nil
+	}
 	lvl := slog.LevelDebug
 	switch {
 	case strings.Contains(msg, "[ERR]"):
@@ -428,6 +513,9 @@ func GossipConfig(name, bindAddr string, port int, advertise string, key []byte,
 	c.AdvertisePort = port
 	c.AdvertiseAddr = advertise
 	c.SecretKey = key
+	// A member that comes back with another address (a restarted worker
+	// container, a reconnected network) may take over its dead entry.
+	c.DeadNodeReclaimTime = time.Second
 	c.Logger = SlogWriter(logger)
 	return c
 }

@@ -37,6 +37,24 @@ type Load struct {
 	API        string   `json:"a,omitempty"` // host:port of the agent (or manager) API
 	Started    int64    `json:"s,omitempty"` // unix seconds when the agent started
 	Draining   bool     `json:"d,omitempty"`
+	// Seq grows by one with every change of the report during one run of
+	// the agent (Started), so a receiver can drop a report older than one
+	// it already has: the agent also returns its fresh report with every
+	// start and stop (header LoadHeader), ahead of gossip.
+	Seq uint64 `json:"q,omitempty"`
+}
+
+// LoadHeader carries the agent's load report, as JSON, on the answers to
+// start and stop requests.
+const LoadHeader = "X-Micado-Load"
+
+// Newer reports whether l supersedes prev: a later run of the agent, or a
+// later report of the same run.
+func (l Load) Newer(prev Load) bool {
+	if l.Started != prev.Started {
+		return l.Started > prev.Started
+	}
+	return l.Seq >= prev.Seq
 }
 
 // Encode renders l as memberlist metadata, or fails when it would exceed

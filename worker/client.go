@@ -17,6 +17,9 @@ import (
 type Client struct {
 	HTTP  *http.Client
 	Token string
+	// OnLoad, when set, receives the load report an agent attaches to its
+	// answers to start and stop (addr is the agent API address).
+	OnLoad func(addr string, l Load)
 }
 
 // NewClient returns a client that authenticates with the agent token
@@ -61,6 +64,11 @@ func (c *Client) do(ctx context.Context, method, addr, path string, in, out any)
 		return fmt.Errorf("worker agent at %s: %w", addr, err)
 	}
 	defer resp.Body.Close()
+	if h := resp.Header.Get(LoadHeader); h != "" && c.OnLoad != nil {
+		if l, err := DecodeLoad([]byte(h)); err == nil {
+			c.OnLoad(addr, l)
+		}
+	}
 	b, _ := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
 	if resp.StatusCode >= 300 {
 		var e struct {

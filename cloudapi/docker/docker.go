@@ -5,8 +5,10 @@
 // Every worker container it creates is named micado-<cluster>-<node>, has
 // the node name as hostname and network alias, restarts unless stopped, gets
 // the host's Docker socket (so the agent runs application containers beside
-// it on the same engine) and the cluster key in MICADO_CLUSTER_KEY. It
-// carries the io.micado.* labels of package worker (cluster, component
+// it on the same engine) and the cluster key as the file KeyPath (mode
+// 0400), copied into the container before it starts and read with
+// --key-file, so that the key is in neither its environment nor its
+// command line and `docker inspect` does not show it. It carries the io.micado.* labels of package worker (cluster, component
 // "worker", node) plus LabelInstanceType, LabelTags and LabelProvider, and
 // the cloudapi.Tag* keys that every provider writes.
 //
@@ -18,6 +20,8 @@
 package docker
 
 import (
+	"archive/tar"
+	"bytes"
 	"cmp"
 	"context"
 	"encoding/base64"
@@ -69,6 +73,10 @@ const DefaultDockerSocket = "/var/run/docker.sock"
 // socketTarget is where workers find the Docker socket.
 const socketTarget = "/var/run/docker.sock"
 
+// KeyPath is where a worker container finds the cluster key (base64 text,
+// mode 0400); its command line passes it with --key-file.
+const KeyPath = "/etc/micado/cluster.key"
+
 // Config configures the docker provider. Every field but DockerSocket is
 // required.
 type Config struct {
@@ -86,8 +94,8 @@ type Config struct {
 	// PublishAddr is where published container ports are reached: the
 	// network's gateway IP.
 	PublishAddr string
-	// ClusterKey is the base64 cluster key (16, 24 or 32 bytes), passed to
-	// workers as MICADO_CLUSTER_KEY.
+	// ClusterKey is the base64 cluster key (16, 24 or 32 bytes), given to
+	// workers as the file KeyPath.
 	ClusterKey string
 	// DockerSocket is the host path of the Docker socket mounted into
 	// workers at /var/run/docker.sock (default DefaultDockerSocket).
@@ -242,7 +250,38 @@ func (p *Provider) command(spec cloudapi.Spec) []string {
 		cmd = append(cmd, "--tag", t)
 	}
 	return append(cmd, "--memory", strconv.FormatInt(spec.Type.Memory, 10),
-		"--join", p.cfg.JoinAddr, "--publish-addr", p.cfg.PublishAddr, "--container-network", p.cfg.Network, "--pull=false")
+		"--join", p.cfg.JoinAddr, "--publish-addr", p.cfg.PublishAddr, "--container-network", p.cfg.Network, "--pull=false",
+		"--key-file", KeyPath)
+}
+
+// copyKey writes the cluster key into the (created, not yet started)
+// container id as KeyPath. Unlike an environment variable, a file in the
+// container's filesystem is not part of what `docker inspect` shows.
+func (p *Provider) copyKey(ctx context.Context, id string) error {
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	now := time.Now()
+	dir := path.Dir(KeyPath)
+	var dirs []string
+	for d := dir; d != "/" && d != "."; d = path.Dir(d) {
+		dirs = append([]string{d}, dirs...)
+	}
+	for _, d := range dirs {
+		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: strings.TrimPrefix(d, "/") + "/", Mode: 0o755, ModTime: now}); err != nil {
+			return err
+		}
+	}
+	body := []byte(p.cfg.ClusterKey + "\n")
+	if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: strings.TrimPrefix(KeyPath, "/"), Mode: 0o400, Size: int64(len(body)), ModTime: now}); err != nil {
+		return err
+	}
+	if _, err := tw.Write(body); err != nil {
+		return err
+	}
+	if err := tw.Close(); err != nil {
+		return err
+	}
+	return p.dc.CopyToContainer(ctx, id, "/", &buf, container.CopyToContainerOptions{})
 }
 
 // Create creates and starts the worker container for spec and returns it
@@ -261,7 +300,6 @@ func (p *Provider) Create(ctx context.Context, spec cloudapi.Spec) (cloudapi.Ins
 	cfg := &container.Config{
 		Image:    p.cfg.Image,
 		Hostname: spec.Name,
-		Env:      []string{"MICADO_CLUSTER_KEY=" + p.cfg.ClusterKey},
 		Cmd:      p.command(spec),
 		Labels:   labels,
 	}
@@ -286,6 +324,10 @@ func (p *Provider) Create(ctx context.Context, spec cloudapi.Spec) (cloudapi.Ins
 		return cloudapi.Instance{}, fmt.Errorf("docker: create %s: %w", name, err)
 	case err != nil:
 		return cloudapi.Instance{}, fmt.Errorf("docker: create %s: %w", name, err)
+	}
+	if err := p.copyKey(ctx, created.ID); err != nil {
+		_ = p.dc.ContainerRemove(context.WithoutCancel(ctx), created.ID, container.RemoveOptions{Force: true, RemoveVolumes: true})
+		return cloudapi.Instance{}, fmt.Errorf("docker: give %s the cluster key: %w", name, err)
 	}
 	if err := p.dc.ContainerStart(ctx, created.ID, container.StartOptions{}); err != nil {
 		// Leave nothing half made: a retry creates it afresh.
@@ -314,6 +356,10 @@ func (p *Provider) existing(ctx context.Context, spec cloudapi.Spec, name string
 		}
 	}
 	if ci.State == nil || !ci.State.Running {
+		// An earlier Create may have stopped before the key was copied.
+		if err := p.copyKey(ctx, ci.ID); err != nil {
+			return cloudapi.Instance{}, fmt.Errorf("docker: give existing %s the cluster key: %w", name, err)
+		}
 		if err := p.dc.ContainerStart(ctx, ci.ID, container.StartOptions{}); err != nil {
 			return cloudapi.Instance{}, fmt.Errorf("docker: start existing %s: %w", name, err)
 		}

@@ -157,9 +157,10 @@ func printAppStatus(w io.Writer, st manager.AppStatus) {
 func appsCmd(g *globals) *cobra.Command {
 	var jsonOut bool
 	cmd := &cobra.Command{
-		Use:   "apps",
-		Short: "List deployed applications",
-		Args:  cobra.NoArgs,
+		Use:     "apps",
+		Example: "  micado apps\n  micado apps --json",
+		Short:   "List deployed applications",
+		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, err := newClient(g)
 			if err != nil {
@@ -187,8 +188,10 @@ func appsCmd(g *globals) *cobra.Command {
 func statusCmd(g *globals) *cobra.Command {
 	var jsonOut bool
 	cmd := &cobra.Command{
-		Use:   "status APP",
-		Short: "Show an application's services: running, pending and why",
+		Use:               "status APP",
+		Example:           "  micado status webshop\n  micado status webshop --json",
+		ValidArgsFunction: completeApps(g),
+		Short:             "Show an application's services: running, pending and why",
 		Args: func(cmd *cobra.Command, args []string) error {
 			if len(args) != 1 {
 				return userErr("status needs exactly one APP (see `micado apps`)")
@@ -217,8 +220,10 @@ func statusCmd(g *globals) *cobra.Command {
 
 func undeployCmd(g *globals) *cobra.Command {
 	return &cobra.Command{
-		Use:   "undeploy APP",
-		Short: "Stop every container of an application and forget it",
+		Use:               "undeploy APP",
+		Example:           "  micado undeploy webshop",
+		ValidArgsFunction: completeApps(g),
+		Short:             "Stop every container of an application and forget it",
 		Args: func(cmd *cobra.Command, args []string) error {
 			if len(args) != 1 {
 				return userErr("undeploy needs exactly one APP (see `micado apps`)")

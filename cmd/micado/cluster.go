@@ -4,13 +4,13 @@ import (
 	"cmp"
 	"context"
 	"crypto/rand"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -74,6 +74,8 @@ func upCmd(g *globals) *cobra.Command {
 		siDelay   time.Duration
 		unneeded  time.Duration
 		minRole   string
+		tlsCert   string
+		tlsKey    string
 	)
 	cmd := &cobra.Command{
 		Use:   "up",
@@ -83,9 +85,17 @@ one manager and N worker agents, each in its own container on a private
 Docker network made for the cluster. Workers take roles from --roles in turn.
 
 The manager's address, an API token and the cluster key are saved under
---home/<cluster>/ (readable only by you), where later commands find them.`,
+--home/<cluster>/ (readable only by you), where later commands find them.
+The containers get the key and the token as read-only files, never in their
+environment.
+
+With --tls-cert and --tls-key (PEM files; the certificate must be valid for
+127.0.0.1) the manager serves its API over HTTPS only; --ca-cert names the
+CA that signed it, which later commands then trust (default: the system's
+roots).`,
 		Example: `  micado up
-  micado up --workers 3 --roles proxy,app,db --worker-memory 2GiB`,
+  micado up --workers 3 --roles proxy,app,db --worker-memory 2GiB
+  micado up --tls-cert manager.crt --tls-key manager.key --ca-cert ca.pem`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if workers < 0 || workers > 50 {
@@ -121,7 +131,11 @@ The manager's address, an API token and the cluster key are saved under
 			if siDelay < 0 || unneeded < 0 || joinWait < 10*time.Second {
 				return userErr("--scale-in-delay and --unneeded-time must not be negative, --join-timeout at least 10s")
 			}
-			return up(ctx, cmd, g, upOptions{workers: workers, roles: rs, memory: mem, strategy: strategy,
+			tlsFiles, err := checkUpTLS(tlsCert, tlsKey, g.caCert)
+			if err != nil {
+				return err
+			}
+			return up(ctx, cmd, g, upOptions{tls: tlsFiles, workers: workers, roles: rs, memory: mem, strategy: strategy,
 				provider: provider, types: types, maxTotal: maxTotal, maxPerRole: maxRole, joinTimeout: joinWait, scaleImage: scaleImg,
 				schedule: schedule, scaleInDelay: siDelay, unneeded: unneeded, minPerRole: minRole})
 		},
@@ -141,7 +155,64 @@ The manager's address, an API token and the cluster key are saved under
 	cmd.Flags().StringVar(&minRole, "min-per-role", "", "workers kept per role, e.g. proxy=1 (default: 1 for each of --roles)")
 	cmd.Flags().StringVar(&scaleImg, "scale-image", "", "image new workers run (default: the micado image)")
 	cmd.Flags().DurationVar(&joinWait, "join-timeout", manager.DefaultJoinTimeout, "how long a new worker may take to join before it is removed")
+	cmd.Flags().StringVar(&tlsCert, "tls-cert", "", "PEM certificate of the manager API, valid for 127.0.0.1: the API then speaks HTTPS only (with --tls-key; trust its CA with --ca-cert)")
+	cmd.Flags().StringVar(&tlsKey, "tls-key", "", "PEM private key of --tls-cert")
 	return cmd
+}
+
+// upTLS are the absolute paths of the files `up` gives the manager, and
+// of the CA the CLI trusts.
+type upTLS struct{ cert, key, ca string }
+
+// checkUpTLS checks the manager's certificate and key before anything is
+// created: they must be readable, belong together and, under the CA (or
+// the system's roots), be valid for 127.0.0.1, where `up` publishes the
+// API.
+func checkUpTLS(cert, key, ca string) (*upTLS, error) {
+	if cert == "" && key == "" {
+		return nil, nil
+	}
+	if cert == "" || key == "" {
+		return nil, userErr("give --tls-cert and --tls-key together")
+	}
+	t := &upTLS{}
+	for _, f := range []struct {
+		in  string
+		out *string
+	}{{cert, &t.cert}, {key, &t.key}, {ca, &t.ca}} {
+		if f.in == "" {
+			continue
+		}
+		abs, err := filepath.Abs(f.in)
+		if err != nil {
+			return nil, userErr("%s: %v", f.in, err)
+		}
+		*f.out = abs
+	}
+	tc, err := manager.LoadServerTLS(t.cert, t.key)
+	if err != nil {
+		return nil, userErr("%v", err)
+	}
+	opts := x509.VerifyOptions{DNSName: "127.0.0.1", Intermediates: x509.NewCertPool()}
+	if t.ca != "" {
+		if opts.Roots, err = loadCA(t.ca); err != nil {
+			return nil, err
+		}
+	}
+	chain := tc.Certificates[0]
+	for _, der := range chain.Certificate[1:] {
+		if c, err := x509.ParseCertificate(der); err == nil {
+			opts.Intermediates.AddCert(c)
+		}
+	}
+	if _, err := chain.Leaf.Verify(opts); err != nil {
+		under := "the system's roots"
+		if t.ca != "" {
+			under = "the CA " + t.ca
+		}
+		return nil, userErr("the TLS certificate %s cannot be verified for 127.0.0.1 under %s: %v", t.cert, under, err)
+	}
+	return t, nil
 }
 
 func clusterNameOK(s string) bool {
@@ -171,6 +242,21 @@ type upOptions struct {
 	scaleInDelay time.Duration
 	unneeded     time.Duration
 	minPerRole   string
+	tls          *upTLS // nil: the API speaks plain HTTP
+}
+
+// Where the containers find their secrets: read-only bind mounts of the
+// files under the cluster's state directory.
+const (
+	keyMountPath     = "/etc/micado/cluster.key"
+	tokenMountPath   = "/etc/micado/api-token"
+	tlsCertMountPath = "/etc/micado/tls/cert.pem"
+	tlsKeyMountPath  = "/etc/micado/tls/key.pem"
+)
+
+// secretMount bind-mounts one host file read-only.
+func secretMount(src, target string) mount.Mount {
+	return mount.Mount{Type: mount.TypeBind, Source: src, Target: target, ReadOnly: true}
 }
 
 func up(ctx context.Context, cmd *cobra.Command, g *globals, o upOptions) (err error) {
@@ -204,7 +290,10 @@ func up(ctx context.Context, cmd *cobra.Command, g *globals, o upOptions) (err e
 		}
 	}()
 
-	dir := stateDir(g)
+	dir, err := filepath.Abs(stateDir(g))
+	if err != nil {
+		return userErr("cannot find the state directory: %v", err)
+	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return userErr("cannot create %s: %v", dir, err)
 	}
@@ -232,6 +321,21 @@ func up(ctx context.Context, cmd *cobra.Command, g *globals, o upOptions) (err e
 	ni, err := dc.NetworkInspect(ctx, netName, network.InspectOptions{})
 	if err != nil {
 		return err
+	}
+	// Docker keeps a container's address across a disconnect only on a
+	// network whose subnet was given: make it so, with the subnet Docker
+	// just chose as free.
+	if len(ni.IPAM.Config) > 0 && ni.IPAM.Config[0].Subnet != "" {
+		ipam := &network.IPAM{Config: []network.IPAMConfig{{Subnet: ni.IPAM.Config[0].Subnet, Gateway: ni.IPAM.Config[0].Gateway}}}
+		if err := dc.NetworkRemove(ctx, ni.ID); err != nil {
+			return err
+		}
+		if _, err := dc.NetworkCreate(ctx, netName, network.CreateOptions{Driver: "bridge", Labels: labels("network"), IPAM: ipam}); err != nil {
+			return userErr("cannot create network %s: %v", netName, err)
+		}
+		if ni, err = dc.NetworkInspect(ctx, netName, network.InspectOptions{}); err != nil {
+			return err
+		}
 	}
 	gateway := ""
 	if len(ni.IPAM.Config) > 0 {
@@ -286,23 +390,33 @@ func up(ctx context.Context, cmd *cobra.Command, g *globals, o upOptions) (err e
 	consulDNS := "127.0.0.1:" + hostPort(ci, "8600/udp")
 	fmt.Fprintf(out, "consul    %s (DNS %s)\n", consulHTTP, consulDNS)
 
-	env := []string{"MICADO_CLUSTER_KEY=" + keyB64}
+	// Secrets reach the containers as read-only files, never as
+	// environment variables, which `docker inspect` would show.
+	keyMount := secretMount(keyFile, keyMountPath)
+	mounts := []mount.Mount{dockerSocketMount, keyMount, secretMount(tokenFile, tokenMountPath)}
+	var tlsArgs []string
+	scheme := "http"
+	if o.tls != nil {
+		scheme = "https"
+		mounts = append(mounts, secretMount(o.tls.cert, tlsCertMountPath), secretMount(o.tls.key, tlsKeyMountPath))
+		tlsArgs = []string{"--tls-cert", tlsCertMountPath, "--tls-key", tlsKeyMountPath}
+	}
 	exp, pm = loopback("8080/tcp")
 	mi, err := run("manager", &container.Config{
 		Image: micadoImage, Labels: labels("manager"), ExposedPorts: exp, Hostname: "manager",
-		Env: append(env, "MICADO_API_TOKEN="+token),
-		Cmd: []string{"manager", "--cluster", g.cluster, "--consul", prefix + "consul:8500", "--api", ":8080", "--strategy", o.strategy,
+		Cmd: append([]string{"manager", "--cluster", g.cluster, "--key-file", keyMountPath, "--token-file", tokenMountPath,
+			"--consul", prefix + "consul:8500", "--api", ":8080", "--strategy", o.strategy,
 			"--provider", o.provider, "--instance-types", o.types, "--scale-roles", strings.Join(o.roles, ","),
 			"--max-instances", strconv.Itoa(o.maxTotal), "--max-per-role", strconv.Itoa(o.maxPerRole),
 			"--join-timeout", o.joinTimeout.String(), "--docker-network", netName, "--docker-image", cmp.Or(o.scaleImage, micadoImage),
 			"--docker-publish-addr", gateway,
 			"--consolidate-schedule", o.schedule, "--scale-in-delay", o.scaleInDelay.String(),
-			"--unneeded-time", o.unneeded.String(), "--min-per-role", o.minPerRoleFlag()},
-	}, &container.HostConfig{PortBindings: pm, Mounts: []mount.Mount{dockerSocketMount}})
+			"--unneeded-time", o.unneeded.String(), "--min-per-role", o.minPerRoleFlag()}, tlsArgs...),
+	}, &container.HostConfig{PortBindings: pm, Mounts: mounts})
 	if err != nil {
 		return err
 	}
-	managerURL := "http://127.0.0.1:" + hostPort(mi, "8080/tcp")
+	managerURL := scheme + "://127.0.0.1:" + hostPort(mi, "8080/tcp")
 	fmt.Fprintf(out, "manager   %s\n", managerURL)
 
 	for i := 1; i <= o.workers; i++ {
@@ -311,11 +425,11 @@ func up(ctx context.Context, cmd *cobra.Command, g *globals, o upOptions) (err e
 		wl := labels("worker")
 		wl[worker.LabelNode] = name
 		if _, err := run(name, &container.Config{
-			Image: micadoImage, Labels: wl, Hostname: name, Env: env,
+			Image: micadoImage, Labels: wl, Hostname: name,
 			Cmd: []string{"worker", "--cluster", g.cluster, "--name", name, "--tag", "role=" + role,
 				"--memory", strconv.FormatInt(o.memory, 10), "--join", prefix + "manager:7946",
-				"--publish-addr", gateway, "--container-network", netName, "--pull=false"},
-		}, &container.HostConfig{Mounts: []mount.Mount{dockerSocketMount}}); err != nil {
+				"--publish-addr", gateway, "--container-network", netName, "--pull=false", "--key-file", keyMountPath},
+		}, &container.HostConfig{Mounts: []mount.Mount{dockerSocketMount, keyMount}}); err != nil {
 			return err
 		}
 		fmt.Fprintf(out, "worker    %s (role=%s, %s)\n", name, role, definitions.FormatSize(o.memory))
@@ -324,13 +438,20 @@ func up(ctx context.Context, cmd *cobra.Command, g *globals, o upOptions) (err e
 	st := clusterState{Name: g.cluster, Manager: managerURL, Consul: consulHTTP, ConsulDNS: consulDNS,
 		Network: netName, Gateway: gateway, TokenFile: tokenFile, KeyFile: keyFile,
 		CreatedAt: time.Now().UTC(), Workers: o.workers, WorkerMem: o.memory}
+	if o.tls != nil {
+		st.CAFile = o.tls.ca
+	}
 	b, _ := json.MarshalIndent(st, "", "  ")
 	if err := os.WriteFile(filepath.Join(dir, "cluster.json"), b, 0o600); err != nil {
 		return err
 	}
 
 	// Wait until the manager answers and sees every worker.
-	c := &client{base: managerURL, token: token, http: &http.Client{Timeout: 5 * time.Second}}
+	hc, err := newHTTPClient(st.CAFile, 5*time.Second)
+	if err != nil {
+		return err
+	}
+	c := &client{base: managerURL, token: token, http: hc}
 	for {
 		var nodes []manager.NodeView
 		err := c.get(ctx, "/v1/nodes", &nodes)
@@ -403,9 +524,10 @@ func hostPort(ci container.InspectResponse, port string) string {
 
 func downCmd(g *globals) *cobra.Command {
 	return &cobra.Command{
-		Use:   "down",
-		Short: "Remove everything the local cluster created: containers, network, volume, state",
-		Args:  cobra.NoArgs,
+		Use:     "down",
+		Example: "  micado down\n  micado down --cluster test",
+		Short:   "Remove everything the local cluster created: containers, network, volume, state",
+		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			dc, err := dockerClient()
 			if err != nil {

@@ -196,10 +196,11 @@ func orDash(s string) string {
 func psCmd(g *globals) *cobra.Command {
 	var jsonOut bool
 	cmd := &cobra.Command{
-		Use:     "ps [SERVICE]",
-		Short:   "List containers: where they run, their state and Consul health",
-		Example: "  micado ps\n  micado ps demo-web --json",
-		Args:    cobra.MaximumNArgs(1),
+		Use:               "ps [SERVICE]",
+		ValidArgsFunction: completeContainers(g, true),
+		Short:             "List containers: where they run, their state and Consul health",
+		Example:           "  micado ps\n  micado ps demo-web --json",
+		Args:              cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := newClient(g)
 			if err != nil {
@@ -282,9 +283,10 @@ func nodesCmd(g *globals) *cobra.Command {
 
 func stopCmd(g *globals) *cobra.Command {
 	return &cobra.Command{
-		Use:     "stop NAME",
-		Short:   "Stop a container, or every container of a service, and remove its registration",
-		Example: "  micado stop demo-web      # the whole service\n  micado stop demo-web-2    # one container",
+		Use:               "stop NAME",
+		ValidArgsFunction: completeContainers(g, false),
+		Short:             "Stop a container, or every container of a service, and remove its registration",
+		Example:           "  micado stop demo-web      # the whole service\n  micado stop demo-web-2    # one container",
 		Args: func(cmd *cobra.Command, args []string) error {
 			if len(args) != 1 {
 				return userErr("stop needs exactly one NAME (a container or a service; see `micado ps`)")

@@ -39,6 +39,23 @@ func readKey(file string) ([]byte, error) {
 	return k, nil
 }
 
+// readSecret returns the trimmed content of file if given, otherwise the
+// value of the environment variable env. what names the secret in errors.
+func readSecret(file, env, what string) (string, error) {
+	if file == "" {
+		return strings.TrimSpace(os.Getenv(env)), nil
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return "", userErr("cannot read the %s: %v", what, err)
+	}
+	v := strings.TrimSpace(string(b))
+	if v == "" {
+		return "", userErr("the %s file %s is empty", what, file)
+	}
+	return v, nil
+}
+
 func newLogger(level string) (*slog.Logger, error) {
 	var l slog.Level
 	if err := l.UnmarshalText([]byte(level)); err != nil {
@@ -65,6 +82,8 @@ func managerCmd() *cobra.Command {
 	var (
 		cfg       manager.Config
 		keyFile   string
+		tokenFile string
+		ctokFile  string
 		join      string
 		headroom  float64
 		strategy  string
@@ -79,8 +98,12 @@ func managerCmd() *cobra.Command {
 		Long: `Run the manager: a memberlist member that sees every worker's load, keeps the
 desired state in Consul KV, places containers and serves the /v1 API.
 
-Secrets come from the environment: MICADO_CLUSTER_KEY (or --key-file),
-MICADO_API_TOKEN, CONSUL_HTTP_TOKEN.`,
+Secrets come from files or the environment: the cluster key from --key-file
+(or MICADO_CLUSTER_KEY), the API token from --token-file (or
+MICADO_API_TOKEN), the Consul ACL token from --consul-token-file (or
+CONSUL_HTTP_TOKEN). Files keep them out of the process environment and
+out of ` + "`docker inspect`" + `. With --tls-cert and --tls-key the API is served
+over HTTPS only (TLS 1.2 or newer).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			key, err := readKey(keyFile)
@@ -101,8 +124,15 @@ MICADO_API_TOKEN, CONSUL_HTTP_TOKEN.`,
 			cfg.ClusterKey = key
 			cfg.Join = splitList(join)
 			cfg.Placement = coordinator.Options{Headroom: headroom, Strategy: st}
-			cfg.APIToken = os.Getenv("MICADO_API_TOKEN")
-			cfg.ConsulToken = os.Getenv("CONSUL_HTTP_TOKEN")
+			if cfg.APIToken, err = readSecret(tokenFile, "MICADO_API_TOKEN", "API token"); err != nil {
+				return err
+			}
+			if cfg.ConsulToken, err = readSecret(ctokFile, "CONSUL_HTTP_TOKEN", "Consul ACL token"); err != nil {
+				return err
+			}
+			if (cfg.TLSCert == "") != (cfg.TLSKey == "") {
+				return userErr("give --tls-cert and --tls-key together")
+			}
 			cfg.ReconcileInterval = reconcile
 			cfg.Version = version
 			cfg.Logger = log.With("component", "manager")
@@ -127,6 +157,10 @@ MICADO_API_TOKEN, CONSUL_HTTP_TOKEN.`,
 	f.StringVar(&cfg.AdvertiseAddr, "advertise", "", "gossip address to advertise (default: first private IP)")
 	f.StringVar(&join, "join", "", "comma-separated members to join")
 	f.StringVar(&keyFile, "key-file", "", "file with the base64 cluster key (default: env MICADO_CLUSTER_KEY)")
+	f.StringVar(&tokenFile, "token-file", "", "file with the bearer token every API call must carry (default: env MICADO_API_TOKEN)")
+	f.StringVar(&ctokFile, "consul-token-file", "", "file with the Consul ACL token (default: env CONSUL_HTTP_TOKEN)")
+	f.StringVar(&cfg.TLSCert, "tls-cert", "", "PEM certificate (chain) of the API; with --tls-key the API speaks HTTPS only")
+	f.StringVar(&cfg.TLSKey, "tls-key", "", "PEM private key of --tls-cert")
 	f.Float64Var(&headroom, "headroom", coordinator.DefaultHeadroom, "fraction of each worker's memory never handed out")
 	f.StringVar(&strategy, "strategy", string(coordinator.DefaultStrategy), "placement ranking: spread or binpack")
 	f.DurationVar(&reconcile, "reconcile-interval", 5*time.Second, "how often desired and actual state are compared")

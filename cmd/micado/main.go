@@ -38,6 +38,7 @@ func main() {
 type globals struct {
 	cluster string
 	home    string
+	caCert  string // CA that verifies an https manager
 }
 
 func newRoot() *cobra.Command {
@@ -60,10 +61,12 @@ in Consul so services find each other.`,
 		SilenceErrors: true,
 	}
 	root.PersistentFlags().StringVar(&g.cluster, "cluster", envOr("MICADO_CLUSTER", "micado"), "cluster name (env MICADO_CLUSTER)")
-	root.PersistentFlags().StringVar(&g.home, "home", envOr("MICADO_HOME", defaultHome()), "where `micado up` keeps cluster state (env MICADO_HOME)")
+	root.PersistentFlags().StringVar(&g.home, "home", envOr("MICADO_HOME", defaultHome()), "`DIR` where micado up keeps cluster state (env MICADO_HOME)")
+	root.PersistentFlags().StringVar(&g.caCert, "ca-cert", os.Getenv("MICADO_CA_CERT"), "PEM `FILE` of the CA that signed the manager's TLS certificate (env MICADO_CA_CERT; default: what micado up saved, else the system's roots)")
 	root.AddCommand(
 		upCmd(g), downCmd(g), launchCmd(g), psCmd(g), nodesCmd(g), stopCmd(g), consolidateCmd(g),
 		deployCmd(g), appsCmd(g), statusCmd(g), undeployCmd(g), validateCmd(), versionCmd(g),
+		eventsCmd(g), explainCmd(g), dashboardCmd(g),
 		managerCmd(), workerCmd(),
 	)
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
@@ -89,9 +92,10 @@ func defaultHome() string {
 
 func versionCmd(g *globals) *cobra.Command {
 	return &cobra.Command{
-		Use:   "version",
-		Short: "Print the micado version (and the manager's, if reachable)",
-		Args:  cobra.NoArgs,
+		Use:     "version",
+		Example: "  micado version",
+		Short:   "Print the micado version (and the manager's, if reachable)",
+		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			fmt.Fprintf(cmd.OutOrStdout(), "micado %s\n", version)
 			if c, err := newClient(g); err == nil {

@@ -24,6 +24,7 @@ type providerFlags struct {
 	maxTotal    int
 	maxPerRole  int
 	joinTimeout time.Duration
+	lostTimeout time.Duration
 	joinAddr    string
 
 	dockerNetwork, dockerImage, dockerPublish, dockerSocket string
@@ -41,6 +42,7 @@ func (p *providerFlags) register(cmd *cobra.Command) {
 	f.IntVar(&p.maxTotal, "max-instances", 10, "most workers in the cluster, booting ones included (0 = no limit)")
 	f.IntVar(&p.maxPerRole, "max-per-role", 5, "most workers of one role (0 = no limit)")
 	f.DurationVar(&p.joinTimeout, "join-timeout", manager.DefaultJoinTimeout, "how long a new instance may take to join before it is terminated")
+	f.DurationVar(&p.lostTimeout, "lost-timeout", manager.DefaultLostTimeout, "how long the worker of a joined instance may be gone before the instance is terminated")
 	f.StringVar(&p.joinAddr, "join-addr", "", "gossip address new workers join (default: the manager's)")
 	f.StringVar(&p.dockerNetwork, "docker-network", "", "docker provider: the cluster's Docker network")
 	f.StringVar(&p.dockerImage, "docker-image", "micado/micado:dev", "docker provider: the micado image workers run")
@@ -70,6 +72,9 @@ func (p *providerFlags) apply(ctx context.Context, cfg *manager.Config, keyB64 s
 	}
 	if p.maxTotal < 0 || p.maxPerRole < 0 {
 		return userErr("--max-instances and --max-per-role must not be negative")
+	}
+	if p.lostTimeout < 10*time.Second {
+		return userErr("--lost-timeout %s is too short: use at least 10s", p.lostTimeout)
 	}
 	if p.joinTimeout < 10*time.Second {
 		return userErr("--join-timeout %s is too short: use at least 10s", p.joinTimeout)
@@ -117,5 +122,6 @@ func (p *providerFlags) apply(ctx context.Context, cfg *manager.Config, keyB64 s
 	cfg.ScaleRoles = splitList(p.roles)
 	cfg.MaxInstances, cfg.MaxPerRole = p.maxTotal, p.maxPerRole
 	cfg.JoinTimeout = p.joinTimeout
+	cfg.LostTimeout = p.lostTimeout
 	return nil
 }

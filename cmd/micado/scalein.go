@@ -100,13 +100,23 @@ before the old one stops.`,
 			if err != nil {
 				return err
 			}
-			c.http = &http.Client{Timeout: 15 * time.Minute}
+			c.http.Timeout = 15 * time.Minute
 			if !jsonOut && !dryRun {
 				fmt.Fprintln(cmd.ErrOrStderr(), "consolidating (moves wait for each new copy to pass its check)...")
 			}
 			var res manager.ConsolidateResult
 			ctx, cancel := context.WithTimeout(cmd.Context(), 15*time.Minute)
 			defer cancel()
+			if !jsonOut && !dryRun {
+				// Progress: what the round does while it runs.
+				fctx, stop := context.WithCancel(ctx)
+				done := make(chan struct{})
+				go func() {
+					defer close(done)
+					followEvents(fctx, c, []string{manager.EventScaleIn, manager.EventMoved, manager.EventTerminated}, progress(cmd, false))
+				}()
+				defer func() { stop(); <-done }()
+			}
 			if err := c.do(ctx, http.MethodPost, "/v1/consolidate", manager.ConsolidateRequest{DryRun: dryRun}, &res); err != nil {
 				return err
 			}

@@ -1,0 +1,149 @@
+// Command benchtable reads the output of the project's `go test -bench`
+// runs and prints one table of micado's figures against their targets
+// (issue: make bench). `make bench` runs the benchmarks and then this.
+//
+//	go run ./internal/benchtable bench-output.txt [more.txt ...]
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"regexp"
+	"runtime"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+)
+
+// row is one figure of the table: which benchmark and metric it comes
+// from, and its target (if any).
+type row struct {
+	figure string
+	bench  string // benchmark name without the -GOMAXPROCS suffix
+	metric string // the unit passed to b.ReportMetric
+	format func(float64) string
+	target string
+	ok     func(float64) bool // nil: no target
+}
+
+func ms(v float64) string  { return fmt.Sprintf("%.0f ms", v) }
+func ms1(v float64) string { return fmt.Sprintf("%.1f ms", v) }
+func num(v float64) string { return fmt.Sprintf("%.0f/s", v) }
+func ratio(v float64) string {
+	return fmt.Sprintf("%.3f", v)
+}
+func mb(v float64) string    { return fmt.Sprintf("%.0f MB", v) }
+func bytes(v float64) string { return fmt.Sprintf("%.0f B/s", v) }
+
+func atMost(t float64) func(float64) bool  { return func(v float64) bool { return v <= t } }
+func atLeast(t float64) func(float64) bool { return func(v float64) bool { return v >= t } }
+
+var rows = []row{
+	{"1. placement rate, 1,000 workers × 100,000 containers", "BenchmarkPlace1000x100k", "placements/s", num, "≥ 80,000/s", atLeast(80000)},
+	{"1. placement rate, 5,000 workers × 1,000,000 containers", "BenchmarkPlace5000x1M", "placements/s", num, "", nil},
+	{"2. micado launch → passing in Consul (median)", "BenchmarkLaunchVsDockerRun", "micado-ms", ms, "", nil},
+	{"2. docker run + Consul registration → passing (median)", "BenchmarkLaunchVsDockerRun", "docker-ms", ms, "", nil},
+	{"2. launch / docker run, median ratio", "BenchmarkLaunchVsDockerRun", "ratio", ratio, "≤ 1.3", atMost(1.3)},
+	{"3. unplaceable request → cloud create call, p50", "BenchmarkUnplaceableToCreateCall", "p50-ms", ms1, "≤ 1 s", atMost(1000)},
+	{"3. unplaceable request → cloud create call, p99", "BenchmarkUnplaceableToCreateCall", "p99-ms", ms1, "≤ 1 s", atMost(1000)},
+	{"3. held container → passing in Consul, docker provider (median)", "BenchmarkHeldLaunchDocker", "launch-to-passing-ms", ms, "", nil},
+	{"4. worker killed → all its containers passing elsewhere (median)", "BenchmarkWorkerLossRecovery", "recovery-ms", ms, "≤ 10 s", atMost(10000)},
+	{"5. gossip, 100 agents: manager sees every load change", "BenchmarkGossip100", "all-seen-ms", ms, "", nil},
+	{"5. gossip, 100 agents: bytes per second per agent", "BenchmarkGossip100", "bytes-per-sec-per-agent", bytes, "", nil},
+	{"5. gossip, 500 agents: manager sees every load change", "BenchmarkGossip500", "all-seen-ms", ms, "≤ 3 s", atMost(3000)},
+	{"5. gossip, 500 agents: bytes per second per agent", "BenchmarkGossip500", "bytes-per-sec-per-agent", bytes, "", nil},
+	{"6. consolidation, synthetic day, spread: node-hours / lower bound", "BenchmarkConsolidationDay/spread", "ratio", ratio, "≤ 1.10", atMost(1.10)},
+	{"6. consolidation, synthetic day, binpack: node-hours / lower bound", "BenchmarkConsolidationDay/binpack", "ratio", ratio, "≤ 1.10", atMost(1.10)},
+	{"7. manager resident memory, 5,000 workers, 100,000 containers", "BenchmarkManagerMemory5000x100k", "rss-mb", mb, "≤ 200 MB", atMost(200)},
+}
+
+var benchLine = regexp.MustCompile(`^(Benchmark\S+?)(-\d+)?\s+\d+\s+(.*)$`)
+
+// parse collects metric values by benchmark name from go test output.
+func parse(r io.Reader, into map[string]map[string]float64, cpu *string) error {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if c, ok := strings.CutPrefix(line, "cpu: "); ok {
+			*cpu = c
+		}
+		m := benchLine.FindStringSubmatch(line)
+		if m == nil {
+			continue
+		}
+		fields := strings.Fields(m[3])
+		vals := into[m[1]]
+		if vals == nil {
+			vals = map[string]float64{}
+			into[m[1]] = vals
+		}
+		for i := 0; i+1 < len(fields); i += 2 {
+			v, err := strconv.ParseFloat(fields[i], 64)
+			if err == nil {
+				vals[fields[i+1]] = v
+			}
+		}
+	}
+	return sc.Err()
+}
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprintln(os.Stderr, "usage: benchtable BENCH-OUTPUT...")
+		os.Exit(2)
+	}
+	got := map[string]map[string]float64{}
+	cpu := ""
+	for _, p := range os.Args[1:] {
+		f, err := os.Open(p)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "benchtable:", err)
+			os.Exit(2)
+		}
+		err = parse(f, got, &cpu)
+		f.Close()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "benchtable:", err)
+			os.Exit(2)
+		}
+	}
+	docker := "unknown"
+	if out, err := exec.Command("docker", "version", "--format", "{{.Server.Version}}").Output(); err == nil {
+		docker = strings.TrimSpace(string(out))
+	}
+	fmt.Printf("micado benchmarks — %d cores (%s), %s, Docker %s\n\n", runtime.NumCPU(), cpu, runtime.Version(), docker)
+	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "FIGURE\tVALUE\tTARGET\tMET\tSOURCE")
+	missing := 0
+	for _, r := range rows {
+		v, ok := got[r.bench][r.metric]
+		value, met := "not run", "-"
+		if ok {
+			value = r.format(v)
+			if r.ok != nil {
+				met = "yes"
+				if !r.ok(v) {
+					met = "NO"
+				}
+			}
+		} else {
+			missing++
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s %s\n", r.figure, value, orDash(r.target), met, r.bench, r.metric)
+	}
+	tw.Flush()
+	if missing > 0 {
+		fmt.Printf("\n%d figures were not run (see the benchmark output above for failures)\n", missing)
+	}
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}

@@ -1,0 +1,147 @@
+package worker
+
+import (
+	"net/http"
+	"strings"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// The agent's Prometheus metrics, served at GET /metrics on the agent
+// API WITHOUT the agent token. That token lets its holder start and stop
+// containers and make the worker leave: handing it to Prometheus would
+// give a monitoring system command over every worker. /metrics is
+// read-only and tells only figures about this node (memory, container
+// count, CPU load, start/stop counts, gossip members seen) and its name,
+// role and cluster: no secret, no container name, image or environment.
+// The agent API listens on the cluster's network, not on the Internet.
+
+// agentMetrics holds the agent's own registry (not the process-wide
+// default one) and its counters; the gauges are read from the current
+// load report when scraped.
+type agentMetrics struct {
+	reg    *prometheus.Registry
+	starts *prometheus.CounterVec
+	stops  *prometheus.CounterVec
+}
+
+func newAgentMetrics(a *Agent) *agentMetrics {
+	x := &agentMetrics{
+		reg: prometheus.NewRegistry(),
+		starts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "micado_worker_container_starts_total",
+			Help: "Containers this agent was asked to start, by outcome (ok, failed).",
+		}, []string{"outcome"}),
+		stops: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "micado_worker_container_stops_total",
+			Help: "Containers this agent was asked to stop, by outcome (ok, not_found: no such copy ran, failed).",
+		}, []string{"outcome"}),
+	}
+	for _, o := range []string{"ok", "failed"} {
+		x.starts.WithLabelValues(o)
+	}
+	for _, o := range []string{"ok", "not_found", "failed"} {
+		x.stops.WithLabelValues(o)
+	}
+	x.reg.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		x.starts, x.stops, agentCollector{a},
+	)
+	return x
+}
+
+func (x *agentMetrics) handler(a *Agent) http.Handler {
+	return promhttp.HandlerFor(x.reg, promhttp.HandlerOpts{
+		ErrorLog:      SlogWriter(a.log),
+		ErrorHandling: promhttp.ContinueOnError,
+	})
+}
+
+func (x *agentMetrics) started(err error) {
+	if x == nil {
+		return
+	}
+	if err != nil {
+		x.starts.WithLabelValues("failed").Inc()
+		return
+	}
+	x.starts.WithLabelValues("ok").Inc()
+}
+
+func (x *agentMetrics) stopped(found bool, err error) {
+	if x == nil {
+		return
+	}
+	switch {
+	case err != nil:
+		x.stops.WithLabelValues("failed").Inc()
+	case !found:
+		x.stops.WithLabelValues("not_found").Inc()
+	default:
+		x.stops.WithLabelValues("ok").Inc()
+	}
+}
+
+// agentCollector reads the load report (recomputed every LoadInterval)
+// and the gossip member list when scraped: no Docker call per scrape.
+type agentCollector struct{ a *Agent }
+
+var (
+	descInfo = prometheus.NewDesc("micado_worker_info",
+		"Always 1: this agent's cluster, node name and role (join on worker with the manager's micado_worker_memory_bytes).",
+		[]string{"cluster", "worker", "role"}, nil)
+	descMemory = prometheus.NewDesc("micado_worker_memory_bytes",
+		"This worker's memory: kind=capacity (offered to containers), reserved (the memory limits of its containers), used (what they really use, sampled every few seconds).",
+		[]string{"kind"}, nil)
+	descContainers = prometheus.NewDesc("micado_worker_containers",
+		"Containers of the cluster this worker runs (not exited).", nil, nil)
+	descCPU = prometheus.NewDesc("micado_worker_cpu_load",
+		"The host's 1-minute load average.", nil, nil)
+	descMembers = prometheus.NewDesc("micado_worker_gossip_members",
+		"Live gossip members this worker sees (itself included), by kind (worker, manager).",
+		[]string{"kind"}, nil)
+)
+
+// Describe implements prometheus.Collector.
+func (c agentCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descInfo, descMemory, descContainers, descCPU, descMembers} {
+		ch <- d
+	}
+}
+
+// Collect implements prometheus.Collector.
+func (c agentCollector) Collect(ch chan<- prometheus.Metric) {
+	a := c.a
+	role := "none"
+	for _, t := range a.cfg.Tags {
+		if v, ok := strings.CutPrefix(t, "role="); ok {
+			role = v
+			break
+		}
+	}
+	ch <- prometheus.MustNewConstMetric(descInfo, prometheus.GaugeValue, 1, a.cfg.Cluster, a.cfg.Name, role)
+	a.mu.Lock()
+	l := a.load
+	a.mu.Unlock()
+	ch <- prometheus.MustNewConstMetric(descMemory, prometheus.GaugeValue, float64(a.cfg.Memory), "capacity")
+	ch <- prometheus.MustNewConstMetric(descMemory, prometheus.GaugeValue, float64(l.Reserved), "reserved")
+	ch <- prometheus.MustNewConstMetric(descMemory, prometheus.GaugeValue, float64(l.Used), "used")
+	ch <- prometheus.MustNewConstMetric(descContainers, prometheus.GaugeValue, float64(l.Containers))
+	ch <- prometheus.MustNewConstMetric(descCPU, prometheus.GaugeValue, l.CPU)
+	kinds := map[string]int{KindWorker: 0, KindManager: 0}
+	if ml := a.gossip(); ml != nil {
+		for _, n := range ml.Members() {
+			kind := "unknown"
+			if ld, err := DecodeLoad(n.Meta); err == nil && ld.Kind != "" {
+				kind = ld.Kind
+			}
+			kinds[kind]++
+		}
+	}
+	for k, n := range kinds {
+		ch <- prometheus.MustNewConstMetric(descMembers, prometheus.GaugeValue, float64(n), k)
+	}
+}
