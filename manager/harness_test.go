@@ -92,6 +92,9 @@ type fakeCloud struct {
 	creates []fakeCreate
 	errs    []string
 	onCall  chan string
+	// listed is what List answers; terminated records Terminate's ids.
+	listed     []cloudapi.Instance
+	terminated []string
 }
 
 type fakeCreate struct {
@@ -114,16 +117,30 @@ func (f *fakeCloud) Create(ctx context.Context, spec cloudapi.Spec) (cloudapi.In
 	}
 	return cloudapi.Instance{ID: "i-" + spec.Name, Name: spec.Name, Cluster: spec.Cluster, Type: spec.Type.Name, Tags: spec.Tags, State: cloudapi.StatePending, CreatedAt: at}, nil
 }
-func (f *fakeCloud) Terminate(context.Context, string) error { return nil }
+func (f *fakeCloud) Terminate(_ context.Context, id string) error {
+	f.mu.Lock()
+	f.terminated = append(f.terminated, id)
+	f.mu.Unlock()
+	return nil
+}
+
 func (f *fakeCloud) List(context.Context, string) ([]cloudapi.Instance, error) {
-	return nil, nil
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]cloudapi.Instance(nil), f.listed...), nil
 }
 
 // testManager runs a real manager (real Consul, real memberlist on
 // loopback) in this process and returns its API base URL.
 func testManager(tb testing.TB, cfg Config) (string, *api.Client) {
 	tb.Helper()
-	consulAddr := startConsul(tb)
+	return runManager(tb, startConsul(tb), cfg)
+}
+
+// runManager runs a manager against a Consul agent the test started (and
+// may have seeded with state an earlier manager left).
+func runManager(tb testing.TB, consulAddr string, cfg Config) (string, *api.Client) {
+	tb.Helper()
 	key := make([]byte, 32)
 	_, _ = rand.Read(key)
 	apiPort := freePort(tb)

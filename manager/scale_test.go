@@ -1,12 +1,15 @@
 package manager
 
 import (
+	"encoding/json"
 	"net/http"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/hashicorp/consul/api"
 	"github.com/micado-scale/micado/cloudapi"
 )
 
@@ -93,5 +96,74 @@ func BenchmarkUnplaceableToCreateCall(b *testing.B) {
 		sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
 		b.ReportMetric(float64(lat[49].Microseconds())/1000, "p50-ms")
 		b.ReportMetric(float64(lat[98].Microseconds())/1000, "p99-ms")
+	}
+}
+
+// TestRestartFinishesInstanceWork: a manager that starts after another
+// crashed finds the instance work it left in Consul KV and finishes it: a
+// create call whose answer was lost is found in the cloud or made again, a
+// termination is completed, and an instance whose worker never comes back
+// is terminated after LostTimeout.
+func TestRestartFinishesInstanceWork(t *testing.T) {
+	consulAddr := startConsul(t)
+	cl, err := api.NewClient(&api.Config{Address: consulAddr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now().UTC()
+	seed := []Instance{
+		{Name: "w-app-lost1", Type: "small", Memory: 512 << 20, Tags: []string{"role=app"}, Provider: "fake", State: InstanceRequested, RequestedAt: now},
+		{Name: "w-app-made1", Type: "small", Memory: 512 << 20, Tags: []string{"role=app"}, Provider: "fake", State: InstanceRequested, RequestedAt: now},
+		{Name: "w-app-term1", Type: "small", Memory: 512 << 20, Tags: []string{"role=app"}, Provider: "fake", ID: "i-term1", State: InstanceTerminating, RequestedAt: now},
+		{Name: "w-app-gone1", Type: "small", Memory: 512 << 20, Tags: []string{"role=app"}, Provider: "fake", ID: "i-gone1", State: InstanceJoined, RequestedAt: now},
+	}
+	for _, in := range seed {
+		b, _ := json.Marshal(in)
+		if _, err := cl.KV().Put(&api.KVPair{Key: "micado/mt/instances/" + in.Name, Value: b}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cloud := &fakeCloud{prefix: "micado/mt/", kv: cl.KV(),
+		listed: []cloudapi.Instance{{ID: "i-made1", Name: "w-app-made1", Cluster: "mt", State: cloudapi.StatePending, CreatedAt: now}}}
+	runManager(t, consulAddr, Config{Provider: cloud, InstanceTypes: testTypes, ScaleRoles: []string{"app"}, LostTimeout: 3 * time.Second})
+
+	record := func(name string) *Instance {
+		p, _, err := cl.KV().Get("micado/mt/instances/"+name, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p == nil {
+			return nil
+		}
+		var in Instance
+		if err := json.Unmarshal(p.Value, &in); err != nil {
+			t.Fatal(err)
+		}
+		return &in
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		cloud.mu.Lock()
+		creates := append([]fakeCreate(nil), cloud.creates...)
+		terminated := append([]string(nil), cloud.terminated...)
+		cloud.mu.Unlock()
+		lost, made := record("w-app-lost1"), record("w-app-made1")
+		done := len(creates) == 1 && creates[0].spec.Name == "w-app-lost1" && lost != nil && lost.ID == "i-w-app-lost1" &&
+			made != nil && made.ID == "i-made1" &&
+			record("w-app-term1") == nil && slices.Contains(terminated, "i-term1") &&
+			record("w-app-gone1") == nil && slices.Contains(terminated, "i-gone1")
+		if done {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after a restart: creates %v, terminated %v, lost %+v, made %+v, term1 %+v, gone1 %+v",
+				creates, terminated, lost, made, record("w-app-term1"), record("w-app-gone1"))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	cloud.mu.Lock()
+	defer cloud.mu.Unlock()
+	if len(cloud.creates) != 1 || len(cloud.errs) > 0 {
+		t.Fatalf("the cloud was asked %d times (%v): only the instance it never made may be asked for again", len(cloud.creates), cloud.errs)
 	}
 }

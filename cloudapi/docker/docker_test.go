@@ -1,12 +1,15 @@
 package docker
 
 import (
+	"archive/tar"
 	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
+	"io"
 	"net"
 	"os"
 	"slices"
@@ -34,6 +37,28 @@ func micadoImage() string {
 		return v
 	}
 	return "micado/micado:dev"
+}
+
+type fileInContainer struct {
+	body string
+	mode os.FileMode
+}
+
+// readFile reads one regular file out of a container.
+func readFile(ctx context.Context, t *testing.T, dc *client.Client, id, p string) fileInContainer {
+	t.Helper()
+	rc, _, err := dc.CopyFromContainer(ctx, id, p)
+	if err != nil {
+		t.Fatalf("copy %s out of %s: %v", p, id, err)
+	}
+	defer rc.Close()
+	tr := tar.NewReader(rc)
+	h, err := tr.Next()
+	if err != nil {
+		t.Fatalf("copy %s out of %s: %v", p, id, err)
+	}
+	b, _ := io.ReadAll(tr)
+	return fileInContainer{body: string(b), mode: h.FileInfo().Mode()}
 }
 
 func randHex(n int) string {
@@ -266,12 +291,17 @@ func TestProviderOnDocker(t *testing.T) {
 			wantCmd = append(wantCmd, "--tag", tag)
 		}
 		wantCmd = append(wantCmd, "--memory", strconv.FormatInt(s.Type.Memory, 10), "--join", cfg.JoinAddr,
-			"--publish-addr", gateway, "--container-network", cfg.Network, "--pull=false")
+			"--publish-addr", gateway, "--container-network", cfg.Network, "--pull=false", "--key-file", KeyPath)
 		if !slices.Equal(ci.Config.Cmd, wantCmd) {
 			t.Errorf("%s: Cmd\n got %q\nwant %q", s.Name, ci.Config.Cmd, wantCmd)
 		}
-		if !slices.Contains(ci.Config.Env, "MICADO_CLUSTER_KEY="+cfg.ClusterKey) {
-			t.Errorf("%s: env lacks the cluster key: %q", s.Name, ci.Config.Env)
+		// The key is a file in the container, not in what inspect shows.
+		raw, _ := json.Marshal(ci)
+		if bytes.Contains(raw, []byte(cfg.ClusterKey)) {
+			t.Errorf("%s: docker inspect shows the cluster key", s.Name)
+		}
+		if got := readFile(ctx, t, dc, ci.ID, KeyPath); strings.TrimSpace(got.body) != cfg.ClusterKey || got.mode.Perm() != 0o400 {
+			t.Errorf("%s: %s holds %q with mode %v, want the cluster key with mode 0400", s.Name, KeyPath, got.body, got.mode.Perm())
 		}
 		if ci.Config.Image != cfg.Image || ci.Config.Hostname != s.Name {
 			t.Errorf("%s: image %q hostname %q", s.Name, ci.Config.Image, ci.Config.Hostname)

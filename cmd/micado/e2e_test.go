@@ -372,6 +372,37 @@ func TestClusterEndToEnd(t *testing.T) {
 		}
 	})
 
+	t.Run("registrations come back after Consul restarts without them", func(t *testing.T) {
+		// A Consul agent that restarts with its local state lost (a new
+		// data disk, a rebuilt node) has no services; the KV store, on the
+		// servers, survives. Simulate it: drop every registration, then
+		// restart the agent.
+		ctx := context.Background()
+		svcs, err := cl.Agent().Services()
+		if err != nil {
+			t.Fatal(err)
+		}
+		dropped := 0
+		for id := range svcs {
+			if err := cl.Agent().ServiceDeregister(id); err != nil {
+				t.Fatal(err)
+			}
+			dropped++
+		}
+		if dropped < 3 {
+			t.Fatalf("only %d registrations to drop", dropped)
+		}
+		if err := c.dc.ContainerRestart(ctx, "micado-"+c.name+"-consul", container.StopOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, 90*time.Second, "every registration is back and passing", func() (bool, string) {
+			es, _, err := cl.Health().Service("held", "", true, nil)
+			api, _, err2 := cl.Health().Service("api", "", true, nil)
+			return err == nil && err2 == nil && len(es) == 3 && len(api) == 3,
+				fmt.Sprintf("held %d, api %d passing (%v %v)", len(es), len(api), err, err2)
+		})
+	})
+
 	t.Run("stop removes the container and its registration", func(t *testing.T) {
 		out := c.mustMicado("stop", "demo-web")
 		if !strings.Contains(out, "stopped demo-web-1") {
