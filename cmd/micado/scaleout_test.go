@@ -1,10 +1,14 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
+	"os/exec"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -90,6 +94,99 @@ func TestScaleOutWithTheDockerProvider(t *testing.T) {
 		}
 	})
 
+	t.Run("events and explain say what happened and why", func(t *testing.T) {
+		events := func() []manager.Event {
+			var evs []manager.Event
+			for _, line := range strings.Split(strings.TrimSpace(c.mustMicado("events", "--json")), "\n") {
+				var e manager.Event
+				if err := json.Unmarshal([]byte(line), &e); err != nil {
+					t.Fatalf("events --json line %q: %v", line, err)
+				}
+				evs = append(evs, e)
+			}
+			return evs
+		}
+		find := func(evs []manager.Event, kind, subject, text string) bool {
+			for _, e := range evs {
+				if e.Kind == kind && strings.HasPrefix(e.Subject, subject) && strings.Contains(e.Message, text) {
+					return true
+				}
+			}
+			return false
+		}
+		evs := events()
+		for _, want := range []struct{ kind, subject, text string }{
+			{manager.EventPlaced, "demo-web-1", "w-1"},
+			{manager.EventPending, "demo-web-3", "asking the cloud for an instance"},
+			{manager.EventScaleOut, "w-proxy-", "instance (role=proxy"},
+			{manager.EventJoined, "w-proxy-", "joined"},
+			{manager.EventRunning, "demo-web-4", "registered in Consul"},
+		} {
+			if !find(evs, want.kind, want.subject, want.text) {
+				t.Errorf("no %s event for %s saying %q in:\n%s", want.kind, want.subject, want.text, c.mustMicado("events"))
+			}
+		}
+		for i := 1; i < len(evs); i++ {
+			if evs[i].Seq <= evs[i-1].Seq {
+				t.Fatalf("events out of order: %d after %d", evs[i].Seq, evs[i-1].Seq)
+			}
+		}
+		if out := c.mustMicado("events", "-n", "3"); strings.Count(out, "\n") != 3 {
+			t.Errorf("events -n 3 printed:\n%s", out)
+		}
+
+		// explain: where a replica runs, and why not elsewhere.
+		var where string
+		for _, x := range c.ps() {
+			if x.Name == "demo-web-3" {
+				where = x.Node
+			}
+		}
+		out := c.mustMicado("explain", "demo-web-3")
+		for _, want := range []string{"demo-web-3 is running on " + where, "Placed there because:", "WORKER", "w-1", "rejected by memory"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("explain demo-web-3 lacks %q:\n%s", want, out)
+			}
+		}
+		if _, errOut, err := c.micado("explain", "nosuch"); err == nil || !strings.Contains(errOut, "no container or service named nosuch") {
+			t.Errorf("explain of an unknown name: %v %s", err, errOut)
+		}
+		if _, errOut, err := c.micado("events", "-n", "-2"); err == nil || !strings.Contains(errOut, "--last (-n) -2 must not be negative") {
+			t.Errorf("events -n -2: %v %s", err, errOut)
+		}
+
+		// --follow prints new events as they happen.
+		last := evs[len(evs)-1].Seq
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		follow := exec.CommandContext(ctx, micadoBin, "events", "--follow", "--since", fmt.Sprint(last))
+		follow.Env = append(os.Environ(), "MICADO_HOME="+c.home, "MICADO_CLUSTER="+c.name, "MICADO_ADDR=", "MICADO_TOKEN=")
+		var buf syncBuffer
+		follow.Stdout = &buf
+		if err := follow.Start(); err != nil {
+			t.Fatal(err)
+		}
+		c.mustMicado("stop", "b")
+		eventually(t, 30*time.Second, "events --follow shows the stop", func() (bool, string) {
+			return strings.Contains(buf.String(), "stopped") && strings.Contains(buf.String(), "b-1"), buf.String()
+		})
+		cancel()
+		_ = follow.Wait()
+
+		// Events survive a manager restart: they are kept in Consul KV.
+		mgr := "micado-" + c.name + "-manager"
+		if err := c.dc.ContainerKill(context.Background(), mgr, "KILL"); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.dc.ContainerStart(context.Background(), mgr, container.StartOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, time.Minute, "the restarted manager still lists the earlier events", func() (bool, string) {
+			out, errOut, err := c.micado("events", "--json")
+			return err == nil && strings.Contains(out, `"kind":"scale-out"`) && strings.Contains(out, `"subject":"b-1"`), out + errOut
+		})
+	})
+
 	t.Run("a request no instance type can hold fails at once", func(t *testing.T) {
 		kv := c.kvCount()
 		_, errOut, err := c.micado("launch", "micado/demo-web", "--role", "proxy", "--name", "huge", "--memory", "3GiB")
@@ -138,4 +235,22 @@ func TestScaleOutJoinTimeoutAndSweep(t *testing.T) {
 		}
 		return len(ws) == 1 && ws[0].Labels[worker.LabelNode] == "w-1", strings.Join(names, ",")
 	})
+}
+
+// syncBuffer is a bytes.Buffer safe for a writer and a reader.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
