@@ -95,6 +95,9 @@ func managerCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "manager",
 		Short: "Run the manager daemon (normally started by `micado up`)",
+		Example: `  micado manager --cluster prod --consul 127.0.0.1:8500 --key-file /etc/micado/cluster.key \
+    --token-file /etc/micado/api-token --tls-cert api.pem --tls-key api-key.pem \
+    --provider ec2 --ec2-ami ami-0abc --instance-types small=2GiB@t3.small,large=8GiB@m5.large`,
 		Long: `Run the manager: a memberlist member that sees every worker's load, keeps the
 desired state in Consul KV, places containers and serves the /v1 API.
 
