@@ -187,6 +187,9 @@ type Manager struct {
 	absent map[string]time.Time // instances whose worker is away, since when
 }
 
+// runHook, set only by benchmarks, receives the manager once gossip runs.
+var runHook func(*Manager)
+
 // Run starts the manager and blocks until ctx ends.
 func Run(ctx context.Context, cfg Config) error {
 	if err := cfg.defaults(); err != nil {
@@ -238,6 +241,9 @@ func Run(ctx context.Context, cfg Config) error {
 	m.members.onDead = func(name string) {
 		m.log.Warn("member left or failed", "member", name)
 		m.event(EventWorkerLost, name, "memberlist declared it dead")
+		if w, ok := m.members.get(name); ok && w.Load.Kind == worker.KindWorker {
+			go m.workerDied(ctx, name)
+		}
 		m.kick()
 	}
 	mlc := worker.GossipConfig(cfg.NodeName, cfg.BindAddr, cfg.BindPort, cfg.AdvertiseAddr, cfg.ClusterKey, m.log)
@@ -258,6 +264,9 @@ func Run(ctx context.Context, cfg Config) error {
 		return fmt.Errorf("start gossip: %w", err)
 	}
 	m.ml = ml
+	if runHook != nil {
+		runHook(m)
+	}
 	defer ml.Shutdown()
 	join := append([]string(nil), cfg.Join...)
 	if known, err := m.store.members(ctx); err == nil {

@@ -66,18 +66,20 @@ func (m *Manager) reconcile(ctx context.Context) error {
 			if !known || w.Status != "alive" {
 				switch {
 				case known:
-					m.log.Warn("worker is gone; placing its container again", "container", c.Name, "worker", c.Node)
-					m.event(EventRequeued, c.Name, "worker %s is %s; placing it again", c.Node, w.Status)
-					m.requeue(ctx, c, "worker "+c.Node+" is "+w.Status)
-					pending = append(pending, c)
+					if m.requeue(ctx, c, "worker "+c.Node+" is "+w.Status) {
+						m.log.Warn("worker is gone; placing its container again", "container", c.Name, "worker", c.Node)
+						m.event(EventRequeued, c.Name, "worker %s is %s; placing it again", c.Node, w.Status)
+						pending = append(pending, c)
+					}
 				case time.Since(m.started) > unknownWorkerGrace:
 					// The worker died while no manager was watching: gossip
 					// will never report it, so it would hold the container
 					// for ever.
-					m.log.Warn("worker not seen since the manager started; placing its container again", "container", c.Name, "worker", c.Node)
-					m.event(EventRequeued, c.Name, "worker %s has not been seen since the manager started; placing it again", c.Node)
-					m.requeue(ctx, c, "worker "+c.Node+" has not been seen since the manager started")
-					pending = append(pending, c)
+					if m.requeue(ctx, c, "worker "+c.Node+" has not been seen since the manager started") {
+						m.log.Warn("worker not seen since the manager started; placing its container again", "container", c.Name, "worker", c.Node)
+						m.event(EventRequeued, c.Name, "worker %s has not been seen since the manager started; placing it again", c.Node)
+						pending = append(pending, c)
+					}
 				}
 				continue
 			}
@@ -188,7 +190,9 @@ func (m *Manager) observe(ctx context.Context) (map[string][]worker.ContainerInf
 		wg.Add(1)
 		go func(w member) {
 			defer wg.Done()
-			lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			// Agents answer in milliseconds; a short bound keeps one dead
+			// worker from holding up the whole round.
+			lctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 			defer cancel()
 			cs, err := m.agents.List(lctx, w.Load.API)
 			if err != nil {
@@ -229,9 +233,14 @@ func (m *Manager) adoptRunning(ctx context.Context, name string, info worker.Con
 }
 
 // requeue puts a container whose worker is gone back to pending.
-func (m *Manager) requeue(ctx context.Context, c *Container, why string) {
-	_ = m.reg.deregister(ctx, c.ServiceID())
-	_, _ = m.store.update(ctx, c.Name, func(c *Container) error {
+// Only a record still on that worker is changed, so the dead-worker
+// handler and a reconciliation may both try it.
+func (m *Manager) requeue(ctx context.Context, c *Container, why string) bool {
+	node, gen := c.Node, c.Generation
+	_, err := m.store.update(ctx, c.Name, func(c *Container) error {
+		if c.Node != node || c.Generation != gen || (c.State != StateRunning && c.State != StateStarting) {
+			return ErrConflict
+		}
 		c.State = StatePending
 		c.Reason = why
 		c.Node = ""
@@ -242,4 +251,33 @@ func (m *Manager) requeue(ctx context.Context, c *Container, why string) {
 		c.PendingSince = c.UpdatedAt
 		return nil
 	})
+	if err != nil {
+		return false
+	}
+	_ = m.reg.deregister(ctx, serviceID(c.Name, gen))
+	return true
+}
+
+// workerDied places the containers of a worker memberlist declared dead
+// at once, without waiting for the next reconciliation (which may itself
+// be waiting on the dead worker's agent).
+func (m *Manager) workerDied(ctx context.Context, node string) {
+	recs, err := m.store.list(ctx)
+	if err != nil {
+		return
+	}
+	n := 0
+	for _, c := range recs {
+		if c.Node != node || c.Move != nil || (c.State != StateRunning && c.State != StateStarting) {
+			continue
+		}
+		if m.requeue(ctx, c, "worker "+node+" is dead") {
+			m.log.Warn("worker is gone; placing its container again", "container", c.Name, "worker", node)
+			m.event(EventRequeued, c.Name, "worker %s is dead; placing it again", node)
+			n++
+		}
+	}
+	if n > 0 {
+		m.placePending(ctx)
+	}
 }

@@ -288,9 +288,13 @@ func (a *Agent) refreshLoad(ctx context.Context) {
 	a.load, a.meta = l, meta
 	a.mu.Unlock()
 	if ml := a.gossip(); changed && ml != nil {
-		if err := ml.UpdateNode(time.Second); err != nil {
-			a.log.Debug("gossip load update", "err", err)
-		}
+		// Gossip it without waiting for the broadcast: the start and stop
+		// answers carry the report to the manager at once anyway.
+		go func() {
+			if err := ml.UpdateNode(time.Second); err != nil {
+				a.log.Debug("gossip load update", "err", err)
+			}
+		}()
 	}
 }
 

@@ -184,11 +184,17 @@ func TestAgentGossipsLoadAndObeysOnlyTheManager(t *testing.T) {
 		t.Fatalf("host ports %v and %v", infos[0].Ports, infos[1].Ports)
 	}
 	for _, info := range infos {
-		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/health", info.Ports[0].Host))
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
+		// The start answers once Docker started the process; it may take
+		// a moment more to listen.
+		url := fmt.Sprintf("http://127.0.0.1:%d/health", info.Ports[0].Host)
+		waitFor(t, 10*time.Second, "the container answers on its host port", func() bool {
+			resp, err := http.Get(url)
+			if err != nil {
+				return false
+			}
+			resp.Body.Close()
+			return resp.StatusCode == http.StatusOK
+		})
 		ci, err := docker.ContainerInspect(ctx, info.ID)
 		if err != nil || ci.HostConfig.Memory != 64<<20 || ci.Config.Labels[LabelNode] != "w-test" || ci.Config.Labels[LabelService] != "web" {
 			t.Fatalf("container %s: memory %d labels %v err %v", info.Name, ci.HostConfig.Memory, ci.Config.Labels, err)
