@@ -117,7 +117,8 @@ func (l *eventLog) add(kind, subject, format string, args ...any) Event {
 	l.seq++
 	e := Event{Seq: l.seq, Time: l.now().UTC(), Kind: kind, Subject: subject, Message: fmt.Sprintf(format, args...)}
 	l.ring = append(l.ring, e)
-	if len(l.ring) > l.keep {
+	// Trim in one copy once twice as many are held, not on every event.
+	if len(l.ring) >= 2*l.keep {
 		l.ring = append(l.ring[:0:0], l.ring[len(l.ring)-l.keep:]...)
 	}
 	close(l.notify)
@@ -140,8 +141,12 @@ func (l *eventLog) add(kind, subject, format string, args ...any) Event {
 func (l *eventLog) since(seq uint64, limit int) ([]Event, <-chan struct{}) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	i := sort.Search(len(l.ring), func(i int) bool { return l.ring[i].Seq > seq })
-	out := append([]Event(nil), l.ring[i:]...)
+	ring := l.ring
+	if len(ring) > l.keep {
+		ring = ring[len(ring)-l.keep:]
+	}
+	i := sort.Search(len(ring), func(i int) bool { return ring[i].Seq > seq })
+	out := append([]Event(nil), ring[i:]...)
 	if limit > 0 && len(out) > limit {
 		out = out[len(out)-limit:]
 	}

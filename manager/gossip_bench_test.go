@@ -30,8 +30,9 @@ import (
 // sees every agent alive and every agent sees the whole cluster, they
 // measure:
 //
-//   - all-seen-ms: every agent changes its load (Reserved) and calls
-//     UpdateNode, as the agent does on a change; the time from the first
+//   - all-seen-ms: every agent changes its load (Reserved), sends it to
+//     the manager (worker.SendLoad) and calls UpdateNode, as the agent
+//     does on a change; the time from the first
 //     change until the manager's members table shows the new load of the
 //     last agent;
 //   - bytes-per-sec-per-agent: what the agents send (UDP packets and TCP
@@ -73,7 +74,7 @@ func runGossipBench(b *testing.B, n int) {
 	mtr := newCountingTransport(b, mcfg)
 	mcfg.Transport = mtr
 	mcfg.Events = mem
-	mdel := &managerDelegate{}
+	mdel := &managerDelegate{members: mem}
 	mdel.meta, _ = worker.Load{Kind: worker.KindManager, API: "127.0.0.1:8080"}.Encode()
 	mcfg.Delegate = mdel
 	mgr, err := memberlist.Create(mcfg)
@@ -190,7 +191,10 @@ func runGossipBench(b *testing.B, n int) {
 		wg.Add(1)
 		go func(a *gossipAgent) {
 			defer wg.Done()
-			a.change(want[a.ml.LocalNode().Name])
+			meta := a.change(want[a.ml.LocalNode().Name])
+			// As the agent's refreshLoad does: straight to the manager,
+			// and gossiped.
+			_ = worker.SendLoad(a.ml, a.ml.LocalNode().Name, meta)
 			if err := a.ml.UpdateNode(time.Second); err != nil {
 				timeouts.Add(1) // the agent only logs this at debug level
 			}
@@ -286,13 +290,14 @@ type gossipAgent struct {
 
 // change sets a new reserved memory, as the agent's refreshLoad does when
 // its containers change.
-func (a *gossipAgent) change(reserved int64) {
+func (a *gossipAgent) change(reserved int64) []byte {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.load.Reserved = reserved
 	a.load.Containers++
 	a.load.Seq++
 	a.meta, _ = a.load.Encode()
+	return a.meta
 }
 
 func (a *gossipAgent) NodeMeta(limit int) []byte {

@@ -230,8 +230,14 @@ func Run(ctx context.Context, cfg Config) error {
 
 	m.members = newMembers(cfg.NodeName)
 	m.agents.OnLoad = m.members.applyLoad
+	// A restarted manager may see thousands of joins at once: write them
+	// to Consul a few at a time, within its per-client connection limit.
+	saveSlots := make(chan struct{}, 8)
 	m.members.onJoin = func(name, addr string) {
-		if err := m.store.saveMember(context.Background(), name, addr); err != nil {
+		saveSlots <- struct{}{}
+		err := m.store.saveMember(context.Background(), name, addr)
+		<-saveSlots
+		if err != nil {
 			m.log.Warn("cannot remember member", "member", name, "err", err)
 		}
 		m.log.Info("member joined", "member", name, "addr", addr)
@@ -248,7 +254,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	mlc := worker.GossipConfig(cfg.NodeName, cfg.BindAddr, cfg.BindPort, cfg.AdvertiseAddr, cfg.ClusterKey, m.log)
 	mlc.Events = m.members
-	del := &managerDelegate{}
+	del := &managerDelegate{members: m.members}
 	mlc.Delegate = del
 	// The API address goes into our metadata before memberlist starts.
 	_, apiPort, _ := net.SplitHostPort(ln.Addr().String())

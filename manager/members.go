@@ -128,6 +128,17 @@ func (m *members) all() []member {
 	return out
 }
 
+// applyLoadOf takes a load report the member name sent directly, if it
+// is newer than what gossip brought.
+func (m *members) applyLoadOf(name string, l worker.Load) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if mem, ok := m.byName[name]; ok && mem.Status == "alive" && l.Kind == mem.Load.Kind && l.Newer(mem.Load) {
+		mem.Load = l
+		mem.LastUpdate = m.now()
+	}
+}
+
 // get returns one member.
 func (m *members) get(name string) (member, bool) {
 	m.mu.RLock()
@@ -139,8 +150,12 @@ func (m *members) get(name string) (member, bool) {
 	return *mem, true
 }
 
-// managerDelegate serves the manager's own gossip metadata.
-type managerDelegate struct{ meta []byte }
+// managerDelegate serves the manager's own gossip metadata and takes the
+// load reports agents send it directly.
+type managerDelegate struct {
+	meta    []byte
+	members *members
+}
 
 func (d *managerDelegate) NodeMeta(limit int) []byte {
 	if len(d.meta) > limit {
@@ -148,7 +163,14 @@ func (d *managerDelegate) NodeMeta(limit int) []byte {
 	}
 	return d.meta
 }
-func (d *managerDelegate) NotifyMsg([]byte)                {}
+
+// NotifyMsg implements memberlist.Delegate: a worker's direct load
+// report. Called from memberlist's goroutines; must not block or keep b.
+func (d *managerDelegate) NotifyMsg(b []byte) {
+	if name, l, err := worker.DecodeLoadMsg(b); err == nil && d.members != nil {
+		d.members.applyLoadOf(name, l)
+	}
+}
 func (d *managerDelegate) GetBroadcasts(int, int) [][]byte { return nil }
 func (d *managerDelegate) LocalState(bool) []byte          { return nil }
 func (d *managerDelegate) MergeRemoteState([]byte, bool)   {}

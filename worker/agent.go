@@ -187,6 +187,21 @@ func Run(ctx context.Context, cfg Config) error {
 
 func (a *Agent) gossip() *memberlist.Memberlist { return a.ml.Load() }
 
+// SendLoad sends the load report meta of member name straight to every
+// manager it sees (one UDP packet each), ahead of gossip.
+func SendLoad(ml *memberlist.Memberlist, name string, meta []byte) error {
+	msg := EncodeLoadMsg(name, meta)
+	var first error
+	for _, n := range ml.Members() {
+		if l, err := DecodeLoad(n.Meta); err == nil && l.Kind == KindManager {
+			if err := ml.SendBestEffort(n, msg); err != nil && first == nil {
+				first = err
+			}
+		}
+	}
+	return first
+}
+
 // followAddress restarts gossip on a new address when the agent's own
 // address changed under it (a network reconnect, a reboot with another
 // DHCP lease): memberlist cannot change the address it advertises, and
@@ -295,6 +310,9 @@ func (a *Agent) refreshLoad(ctx context.Context) {
 				a.log.Debug("gossip load update", "err", err)
 			}
 		}()
+		if err := SendLoad(ml, a.cfg.Name, meta); err != nil {
+			a.log.Debug("send load to the manager", "err", err)
+		}
 	}
 }
 

@@ -6,6 +6,7 @@
 package worker
 
 import (
+	"bytes"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
@@ -42,6 +43,34 @@ type Load struct {
 	// it already has: the agent also returns its fresh report with every
 	// start and stop (header LoadHeader), ahead of gossip.
 	Seq uint64 `json:"q,omitempty"`
+}
+
+// loadMsgTag starts a load message: an agent sends its new load report
+// straight to the manager (memberlist user message, encrypted like all
+// gossip) as well as gossiping it, so the manager sees a change in one
+// hop instead of waiting for random gossip to reach it.
+const loadMsgTag = 'L'
+
+// EncodeLoadMsg builds the direct load message of the member name.
+func EncodeLoadMsg(name string, meta []byte) []byte {
+	b := make([]byte, 0, 2+len(name)+len(meta))
+	b = append(b, loadMsgTag)
+	b = append(b, name...)
+	b = append(b, '\n')
+	return append(b, meta...)
+}
+
+// DecodeLoadMsg reads a direct load message.
+func DecodeLoadMsg(b []byte) (string, Load, error) {
+	if len(b) < 2 || b[0] != loadMsgTag {
+		return "", Load{}, fmt.Errorf("not a load message")
+	}
+	i := bytes.IndexByte(b, '\n')
+	if i < 2 {
+		return "", Load{}, fmt.Errorf("load message without a member name")
+	}
+	l, err := DecodeLoad(b[i+1:])
+	return string(b[1:i]), l, err
 }
 
 // LoadHeader carries the agent's load report, as JSON, on the answers to
