@@ -52,14 +52,25 @@ func (o *observer) load(name string) (Load, bool) {
 	return l, ok
 }
 
+// freeTCPPort returns a loopback port free for both TCP and UDP (memberlist
+// binds both), so gossip tests do not collide with another process.
 func freeTCPPort(t *testing.T) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for i := 0; i < 50; i++ {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		u, err := net.ListenPacket("udp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+		l.Close()
+		if err == nil {
+			u.Close()
+			return port
+		}
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	t.Fatal("no loopback port free for both TCP and UDP")
+	return 0
 }
 
 // waitFor polls until cond holds, failing after d.
