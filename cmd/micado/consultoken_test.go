@@ -37,14 +37,25 @@ func (b *lockedBuffer) String() string {
 	return b.buf.String()
 }
 
+// loopbackPort returns a loopback port free for both TCP and UDP (Consul's
+// serf and memberlist bind both).
 func loopbackPort(t *testing.T) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for i := 0; i < 50; i++ {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		u, err := net.ListenPacket("udp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+		l.Close()
+		if err == nil {
+			u.Close()
+			return port
+		}
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	t.Fatal("no loopback port free for both TCP and UDP")
+	return 0
 }
 
 // aclConsul runs the Consul agent `make consul` builds, in dev mode on
