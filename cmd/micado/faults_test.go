@@ -64,6 +64,7 @@ func TestFaultInjection(t *testing.T) {
 	seed := uint64(time.Now().UnixNano())
 	t.Logf("random seed %d", seed)
 	rng := rand.New(rand.NewPCG(seed, 7))
+	urng := rand.New(rand.NewPCG(seed, 8)) // the user's, in its own goroutine
 	c := newTestCluster(t, "--workers", "2", "--roles", "app", "--worker-memory", "512MiB",
 		"--instance-types", "medium=1GiB", "--max-instances", "6", "--max-per-role", "6", "--join-timeout", "60s",
 		"--consolidate-schedule", "@every 4s", "--scale-in-delay", "0s", "--unneeded-time", "2s")
@@ -100,6 +101,7 @@ func TestFaultInjection(t *testing.T) {
 		for userCtx.Err() == nil {
 			mu.Lock()
 			live := []string{}
+			unsure := []string{} // stopped, but the answer was lost
 			used := 0
 			for name, in := range intents {
 				if !in.stopped {
@@ -110,13 +112,20 @@ func TestFaultInjection(t *testing.T) {
 				if !in.stopped || in.ambiguous {
 					used += in.replicas * in.memory
 				}
+				if in.stopped && in.ambiguous {
+					unsure = append(unsure, name)
+				}
 			}
 			sort.Strings(live)
+			sort.Strings(unsure)
+			if len(live) == 0 {
+				live = unsure // stop them again to be sure
+			}
 			mu.Unlock()
 			// Requests stay well inside what the instance limit can hold,
 			// so that every desired container can run once faults stop.
-			replicas, mem := 1+rng.IntN(3), []int{64, 100, 150}[rng.IntN(3)]
-			if used+replicas*mem <= 1536 && (len(live) < 5 || (len(live) < 8 && rng.IntN(3) > 0)) {
+			replicas, mem := 1+urng.IntN(3), []int{64, 100, 150}[urng.IntN(3)]
+			if used+replicas*mem <= 1536 && (len(live) < 5 || (len(live) < 8 && urng.IntN(3) > 0)) {
 				n++
 				name := fmt.Sprintf("svc%d", n)
 				_, _, err := c.micado("launch", "micado/demo-web", "--role", "app", "--name", name, "--replicas", fmt.Sprint(replicas),
@@ -125,16 +134,22 @@ func TestFaultInjection(t *testing.T) {
 				intents[name] = &intent{replicas: replicas, memory: mem, ambiguous: err != nil}
 				mu.Unlock()
 				st.op("launch")
-			} else {
-				name := live[rng.IntN(len(live))]
-				_, _, err := c.micado("stop", name)
+			} else if len(live) > 0 {
+				name := live[urng.IntN(len(live))]
+				_, errOut, err := c.micado("stop", name)
 				mu.Lock()
-				intents[name].stopped = true
-				intents[name].ambiguous = intents[name].ambiguous || err != nil
+				in := intents[name]
+				switch {
+				case err == nil || strings.Contains(errOut, "no container or service named"):
+					in.ambiguous = false // it is gone now, for sure
+				default:
+					in.ambiguous = true
+				}
+				in.stopped = true
 				mu.Unlock()
 				st.op("stop")
 			}
-			sleepCtx(userCtx, time.Duration(300+rng.IntN(1200))*time.Millisecond)
+			sleepCtx(userCtx, time.Duration(300+urng.IntN(1200))*time.Millisecond)
 		}
 	}()
 
