@@ -232,10 +232,3 @@ func (m *Manager) skipEvents(skips []coordinator.Skip) {
 		m.event(EventSkipped, s.Worker, "kept at scale-in: %s", s.Reason)
 	}
 }
-
-func cmpOr(s, def string) string {
-	if s == "" {
-		return def
-	}
-	return s
-}

@@ -6,9 +6,9 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"fmt"
+	"github.com/micado-scale/micado/internal/testnet"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -46,25 +46,10 @@ func consulBinary(tb testing.TB) string {
 	return p
 }
 
-// freePort returns a loopback port free for both TCP and UDP (memberlist
-// binds both), so gossip tests do not collide with another process.
+// freePort returns a loopback port free for both TCP and UDP.
 func freePort(tb testing.TB) int {
 	tb.Helper()
-	for i := 0; i < 50; i++ {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			tb.Fatal(err)
-		}
-		port := l.Addr().(*net.TCPAddr).Port
-		u, err := net.ListenPacket("udp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
-		l.Close()
-		if err == nil {
-			u.Close()
-			return port
-		}
-	}
-	tb.Fatal("no loopback port free for both TCP and UDP")
-	return 0
+	return testnet.FreePort(tb)
 }
 
 // startConsul runs a real Consul dev agent on loopback for one test.

@@ -1,6 +1,7 @@
 package manager
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -525,6 +526,6 @@ func (m *Manager) stopOne(ctx context.Context, name string) error {
 		return err
 	}
 	m.log.Info("stopped", "container", name, "worker", c.Node)
-	m.event(EventStopped, name, "stopped on %s and deregistered", cmpOr(c.Node, "no worker"))
+	m.event(EventStopped, name, "stopped on %s and deregistered", cmp.Or(c.Node, "no worker"))
 	return nil
 }

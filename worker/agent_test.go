@@ -5,9 +5,9 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"github.com/micado-scale/micado/internal/testnet"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"strconv"
 	"sync"
@@ -52,25 +52,10 @@ func (o *observer) load(name string) (Load, bool) {
 	return l, ok
 }
 
-// freeTCPPort returns a loopback port free for both TCP and UDP (memberlist
-// binds both), so gossip tests do not collide with another process.
+// freeTCPPort returns a loopback port free for both TCP and UDP.
 func freeTCPPort(t *testing.T) int {
 	t.Helper()
-	for i := 0; i < 50; i++ {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		port := l.Addr().(*net.TCPAddr).Port
-		u, err := net.ListenPacket("udp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
-		l.Close()
-		if err == nil {
-			u.Close()
-			return port
-		}
-	}
-	t.Fatal("no loopback port free for both TCP and UDP")
-	return 0
+	return testnet.FreePort(t)
 }
 
 // waitFor polls until cond holds, failing after d.

@@ -5,7 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"fmt"
-	"net"
+	"github.com/micado-scale/micado/internal/testnet"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -37,25 +37,10 @@ func (b *lockedBuffer) String() string {
 	return b.buf.String()
 }
 
-// loopbackPort returns a loopback port free for both TCP and UDP (Consul's
-// serf and memberlist bind both).
+// loopbackPort returns a loopback port free for both TCP and UDP.
 func loopbackPort(t *testing.T) int {
 	t.Helper()
-	for i := 0; i < 50; i++ {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		port := l.Addr().(*net.TCPAddr).Port
-		u, err := net.ListenPacket("udp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
-		l.Close()
-		if err == nil {
-			u.Close()
-			return port
-		}
-	}
-	t.Fatal("no loopback port free for both TCP and UDP")
-	return 0
+	return testnet.FreePort(t)
 }
 
 // aclConsul runs the Consul agent `make consul` builds, in dev mode on
