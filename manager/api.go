@@ -2,7 +2,6 @@ package manager
 
 import (
 	"bufio"
-	"context"
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
@@ -10,9 +9,12 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/micado-scale/micado/worker"
 )
 
 // MaxBodyBytes limits API request bodies.
@@ -20,9 +22,9 @@ const MaxBodyBytes = 1 << 20
 
 // Handler returns the manager's versioned JSON API.
 //
-//	GET    /v1/status            cluster summary
-//	GET    /v1/nodes             members and their load
-//	GET    /v1/containers        every container and its health
+//	GET    /v1/status            cluster summary, and which manager leads
+//	GET    /v1/nodes             workers and managers, with their load
+//	GET    /v1/containers        containers and their health (?service=, ?node=, ?state=)
 //	GET    /v1/containers/{name} one instance, or every instance of a service
 //	POST   /v1/containers        launch (LaunchRequest)
 //	DELETE /v1/containers/{name} stop an instance or a whole service
@@ -32,22 +34,33 @@ const MaxBodyBytes = 1 << 20
 //	GET    /metrics              Prometheus metrics (metrics.go); needs the API token too
 //
 // Every /v1 call needs the API token; GET /ui/ (the dashboard's static
-// files, see ui.go) and the redirect of / to it do not.
+// files, see ui.go) and the redirect of / to it do not. The leader serves
+// /v1 from memory; a standby forwards it to the leader (forward.go).
 func (m *Manager) Handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /v1/status", m.handleStatus)
-	mux.HandleFunc("GET /v1/nodes", m.handleNodes)
-	mux.HandleFunc("GET /v1/containers", m.handleList)
-	mux.HandleFunc("GET /v1/containers/{name}", m.handleGet)
-	mux.HandleFunc("GET /v1/containers/{name}/explain", m.handleExplain)
-	mux.HandleFunc("GET /v1/events", m.handleEvents)
-	mux.HandleFunc("POST /v1/containers", m.handleLaunch)
-	mux.HandleFunc("DELETE /v1/containers/{name}", m.handleStop)
-	mux.HandleFunc("POST /v1/consolidate", m.handleConsolidate)
-	mux.HandleFunc("GET /v1/apps", m.handleApps)
-	mux.HandleFunc("GET /v1/apps/{name}", m.handleApp)
-	mux.HandleFunc("POST /v1/apps", m.handleDeploy)
-	mux.HandleFunc("DELETE /v1/apps/{name}", m.handleUndeploy)
+	lead := func(h func(*leader, http.ResponseWriter, *http.Request)) http.HandlerFunc {
+		return func(w http.ResponseWriter, r *http.Request) {
+			l := m.current()
+			if l == nil {
+				m.forward(w, r)
+				return
+			}
+			h(l, w, r)
+		}
+	}
+	mux.HandleFunc("GET /v1/status", lead(m.handleStatus))
+	mux.HandleFunc("GET /v1/nodes", lead(m.handleNodes))
+	mux.HandleFunc("GET /v1/containers", lead(m.handleList))
+	mux.HandleFunc("GET /v1/containers/{name}", lead(m.handleGet))
+	mux.HandleFunc("GET /v1/containers/{name}/explain", lead(m.handleExplain))
+	mux.HandleFunc("GET /v1/events", lead(m.handleEvents))
+	mux.HandleFunc("POST /v1/containers", lead(m.handleLaunch))
+	mux.HandleFunc("DELETE /v1/containers/{name}", lead(m.handleStop))
+	mux.HandleFunc("POST /v1/consolidate", lead(m.handleConsolidate))
+	mux.HandleFunc("GET /v1/apps", lead(m.handleApps))
+	mux.HandleFunc("GET /v1/apps/{name}", lead(m.handleApp))
+	mux.HandleFunc("POST /v1/apps", lead(m.handleDeploy))
+	mux.HandleFunc("DELETE /v1/apps/{name}", lead(m.handleUndeploy))
 	mux.Handle("GET /metrics", m.metricsHandler())
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, &RequestError{Status: http.StatusNotFound, Msg: fmt.Sprintf("no API endpoint %s %s", r.Method, r.URL.Path)})
@@ -71,29 +84,33 @@ func (m *Manager) auth(h http.Handler) http.Handler {
 	})
 }
 
-func (m *Manager) handleStatus(w http.ResponseWriter, r *http.Request) {
-	recs, err := m.store.list(r.Context())
-	if err != nil {
-		writeErr(w, err)
-		return
-	}
+func (m *Manager) handleStatus(l *leader, w http.ResponseWriter, r *http.Request) {
 	n := 0
 	for _, wk := range m.members.workers() {
-		if wk.Status == "alive" {
+		if wk.Status == statusAlive {
 			n++
 		}
 	}
-	writeJSON(w, http.StatusOK, Status{Cluster: m.cfg.Cluster, Version: m.cfg.Version, Workers: n, Containers: len(recs), Strategy: string(m.cfg.Placement.Strategy)})
+	managers := 0
+	for _, mg := range m.members.managers() {
+		if mg.Status == statusAlive {
+			managers++
+		}
+	}
+	writeJSON(w, http.StatusOK, Status{Cluster: m.cfg.Cluster, Version: m.cfg.Version, Workers: n, Containers: l.store.Len(),
+		Strategy: string(m.cfg.Placement.Strategy), Leader: m.cfg.NodeName, LeaderSince: l.since.UTC(), Term: l.lease.Term(),
+		Managers: max(managers, 1)})
 }
 
-func (m *Manager) handleNodes(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, m.Nodes(r.Context()))
+func (m *Manager) handleNodes(l *leader, w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, l.Nodes())
 }
 
-// Nodes returns every worker with its load, as the API shows it.
-func (m *Manager) Nodes(ctx context.Context) []NodeView {
-	recs, _ := m.store.list(ctx)
-	snap := m.snapshot(recs)
+// Nodes returns every worker with its load, then every manager, as the API
+// shows them.
+func (l *leader) Nodes() []NodeView {
+	m := l.m
+	snap := l.snapshot()
 	free := map[string]int64{}
 	reserved := map[string]int64{}
 	count := map[string]int{}
@@ -103,12 +120,12 @@ func (m *Manager) Nodes(ctx context.Context) []NodeView {
 		reserved[wk.Name] = wk.Reserved
 		count[wk.Name] = wk.Containers
 	}
-	var out []NodeView
+	out := []NodeView{}
 	for _, wk := range m.members.workers() {
 		v := NodeView{
 			Name: wk.Name, Kind: wk.Load.Kind, Status: wk.Status, Address: wk.Addr, API: wk.Load.API,
 			Tags: wk.Load.Tags, Capacity: wk.Load.Capacity, Reserved: wk.Load.Reserved, Used: wk.Load.Used,
-			CPU: wk.Load.CPU, Containers: wk.Load.Containers, Draining: wk.Load.Draining || m.isDraining(wk.Name), LastUpdate: wk.LastUpdate,
+			CPU: wk.Load.CPU, Containers: wk.Load.Containers, Draining: wk.Load.Draining || l.isDraining(wk.Name), LastUpdate: wk.LastUpdate,
 		}
 		if wk.Load.Started > 0 {
 			v.Started = time.Unix(wk.Load.Started, 0).UTC()
@@ -118,58 +135,104 @@ func (m *Manager) Nodes(ctx context.Context) []NodeView {
 		}
 		out = append(out, v)
 	}
-	if out == nil {
-		out = []NodeView{}
+	self := false
+	for _, mg := range m.members.managers() {
+		v := NodeView{Name: mg.Name, Kind: worker.KindManager, Status: mg.Status, Address: mg.Addr, API: mg.Load.API, LastUpdate: mg.LastUpdate}
+		if mg.Load.Started > 0 {
+			v.Started = time.Unix(mg.Load.Started, 0).UTC()
+		}
+		if mg.Name == m.cfg.NodeName {
+			self = true
+			v.Leader, v.LeaderSince, v.Term = true, l.since.UTC(), l.lease.Term()
+		}
+		out = append(out, v)
+	}
+	if !self {
+		out = append(out, NodeView{Name: m.cfg.NodeName, Kind: worker.KindManager, Status: statusAlive,
+			Leader: true, LeaderSince: l.since.UTC(), Term: l.lease.Term(), LastUpdate: time.Now().UTC()})
 	}
 	return out
 }
 
-// Containers returns every container record with its Consul health.
-func (m *Manager) Containers(ctx context.Context) ([]ContainerView, error) {
-	recs, err := m.store.list(ctx)
-	if err != nil {
-		return nil, err
+// ContainerQuery filters GET /v1/containers.
+type ContainerQuery struct {
+	Service string
+	Node    string
+	State   State
+}
+
+// ParseContainerQuery reads and checks the query of GET /v1/containers.
+func ParseContainerQuery(q url.Values) (ContainerQuery, error) {
+	var cq ContainerQuery
+	for k, vs := range q {
+		if len(vs) != 1 {
+			return cq, fmt.Errorf("query parameter %q is given %d times: give it once", k, len(vs))
+		}
+		switch k {
+		case "service":
+			cq.Service = vs[0]
+		case "node":
+			cq.Node = vs[0]
+		case "state":
+			cq.State = State(vs[0])
+			if !slices.Contains(containerStates, cq.State) {
+				return cq, fmt.Errorf("state=%q is not a container state: use one of %s", vs[0], stateList())
+			}
+		default:
+			return cq, fmt.Errorf("unknown query parameter %q: use service, node and state", k)
+		}
 	}
-	health, err := m.reg.health(ctx)
-	if err != nil {
-		return nil, err
+	return cq, nil
+}
+
+func stateList() string {
+	s := make([]string, len(containerStates))
+	for i, st := range containerStates {
+		s[i] = string(st)
+	}
+	return strings.Join(s, ", ")
+}
+
+// Containers returns the container records that match q, with their
+// health, from memory.
+func (l *leader) Containers(q ContainerQuery) []ContainerView {
+	var recs []*Container
+	switch {
+	case q.Service != "":
+		recs = l.store.Service(q.Service)
+	case q.Node != "":
+		recs = l.store.OnNode(q.Node)
+	case q.State == StatePending:
+		recs = l.store.Pending()
+	default:
+		recs = l.store.All()
 	}
 	out := make([]ContainerView, 0, len(recs))
 	for _, c := range recs {
-		v := ContainerView{Container: *c, Health: health[c.ServiceID()]}
-		if c.State == StateRunning && c.Check.Type == "none" && v.Health == "" {
-			v.Health = "passing"
+		if (q.Node != "" && c.Node != q.Node) || (q.State != "" && c.State != q.State) {
+			continue
 		}
-		out = append(out, v)
+		out = append(out, ContainerView{Container: *c, Health: l.health(c)})
 	}
-	return out, nil
+	return out
 }
 
-func (m *Manager) handleList(w http.ResponseWriter, r *http.Request) {
-	cs, err := m.Containers(r.Context())
+func (m *Manager) handleList(l *leader, w http.ResponseWriter, r *http.Request) {
+	q, err := ParseContainerQuery(r.URL.Query())
 	if err != nil {
-		writeErr(w, err)
+		writeErr(w, badRequest("%v", err))
 		return
 	}
-	writeJSON(w, http.StatusOK, cs)
+	writeJSON(w, http.StatusOK, l.Containers(q))
 }
 
-func (m *Manager) handleGet(w http.ResponseWriter, r *http.Request) {
+func (m *Manager) handleGet(l *leader, w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
-	cs, err := m.Containers(r.Context())
-	if err != nil {
-		writeErr(w, err)
-		return
-	}
 	var out []ContainerView
-	for _, c := range cs {
-		if c.Name == name {
-			out = []ContainerView{c}
-			break
-		}
-		if c.Service == name {
-			out = append(out, c)
-		}
+	if c, ok := l.store.Container(name); ok {
+		out = []ContainerView{{Container: *c, Health: l.health(c)}}
+	} else {
+		out = l.Containers(ContainerQuery{Service: name})
 	}
 	if len(out) == 0 {
 		writeErr(w, &RequestError{Status: http.StatusNotFound, Msg: fmt.Sprintf("no container or service named %s (see micado ps)", name)})
@@ -178,8 +241,8 @@ func (m *Manager) handleGet(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, out)
 }
 
-func (m *Manager) handleExplain(w http.ResponseWriter, r *http.Request) {
-	out, err := m.Explain(r.Context(), r.PathValue("name"))
+func (m *Manager) handleExplain(l *leader, w http.ResponseWriter, r *http.Request) {
+	out, err := l.Explain(r.Context(), r.PathValue("name"))
 	if err != nil {
 		writeErr(w, err)
 		return
@@ -226,7 +289,7 @@ func ParseEventQuery(q url.Values) (EventQuery, error) {
 	return eq, nil
 }
 
-func (m *Manager) handleEvents(w http.ResponseWriter, r *http.Request) {
+func (m *Manager) handleEvents(_ *leader, w http.ResponseWriter, r *http.Request) {
 	q, err := ParseEventQuery(r.URL.Query())
 	if err != nil {
 		writeErr(w, &RequestError{Status: http.StatusBadRequest, Msg: err.Error()})
@@ -239,13 +302,13 @@ func (m *Manager) handleEvents(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, evs)
 }
 
-func (m *Manager) handleLaunch(w http.ResponseWriter, r *http.Request) {
+func (m *Manager) handleLaunch(l *leader, w http.ResponseWriter, r *http.Request) {
 	var req LaunchRequest
 	if err := decodeBody(w, r, &req); err != nil {
 		writeErr(w, err)
 		return
 	}
-	resp, err := m.Launch(r.Context(), req)
+	resp, err := l.Launch(r.Context(), req)
 	if err != nil {
 		writeErr(w, err)
 		return
@@ -253,8 +316,8 @@ func (m *Manager) handleLaunch(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusAccepted, resp)
 }
 
-func (m *Manager) handleStop(w http.ResponseWriter, r *http.Request) {
-	names, err := m.Stop(r.Context(), r.PathValue("name"))
+func (m *Manager) handleStop(l *leader, w http.ResponseWriter, r *http.Request) {
+	names, err := l.Stop(r.Context(), r.PathValue("name"))
 	if err != nil {
 		writeErr(w, err)
 		return
@@ -262,8 +325,8 @@ func (m *Manager) handleStop(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string][]string{"stopped": names})
 }
 
-func (m *Manager) handleApps(w http.ResponseWriter, r *http.Request) {
-	as, err := m.Apps(r.Context())
+func (m *Manager) handleApps(l *leader, w http.ResponseWriter, r *http.Request) {
+	as, err := l.Apps(r.Context())
 	if err != nil {
 		writeErr(w, err)
 		return
@@ -271,8 +334,8 @@ func (m *Manager) handleApps(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, as)
 }
 
-func (m *Manager) handleApp(w http.ResponseWriter, r *http.Request) {
-	st, err := m.AppStatus(r.Context(), r.PathValue("name"))
+func (m *Manager) handleApp(l *leader, w http.ResponseWriter, r *http.Request) {
+	st, err := l.AppStatus(r.Context(), r.PathValue("name"))
 	if err != nil {
 		writeErr(w, err)
 		return
@@ -280,13 +343,13 @@ func (m *Manager) handleApp(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, st)
 }
 
-func (m *Manager) handleDeploy(w http.ResponseWriter, r *http.Request) {
+func (m *Manager) handleDeploy(l *leader, w http.ResponseWriter, r *http.Request) {
 	var req DeployRequest
 	if err := decodeBody(w, r, &req); err != nil {
 		writeErr(w, err)
 		return
 	}
-	st, err := m.Deploy(r.Context(), req)
+	st, err := l.Deploy(r.Context(), req)
 	if err != nil {
 		writeErr(w, err)
 		return
@@ -294,21 +357,21 @@ func (m *Manager) handleDeploy(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusAccepted, st)
 }
 
-func (m *Manager) handleUndeploy(w http.ResponseWriter, r *http.Request) {
-	if err := m.Undeploy(r.Context(), r.PathValue("name")); err != nil {
+func (m *Manager) handleUndeploy(l *leader, w http.ResponseWriter, r *http.Request) {
+	if err := l.Undeploy(r.Context(), r.PathValue("name")); err != nil {
 		writeErr(w, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"undeployed": r.PathValue("name")})
 }
 
-func (m *Manager) handleConsolidate(w http.ResponseWriter, r *http.Request) {
+func (m *Manager) handleConsolidate(l *leader, w http.ResponseWriter, r *http.Request) {
 	var req ConsolidateRequest
 	if err := decodeOptionalBody(w, r, &req); err != nil {
 		writeErr(w, err)
 		return
 	}
-	res := m.Consolidate(r.Context(), true, req.DryRun)
+	res := l.Consolidate(r.Context(), true, req.DryRun)
 	code := http.StatusOK
 	if res.Outcome == "failed" && res.Error != "" && len(res.Plan.Remove) == 0 {
 		code = http.StatusConflict
@@ -380,6 +443,11 @@ func writeErr(w http.ResponseWriter, err error) {
 	var re *RequestError
 	if errors.As(err, &re) {
 		writeJSON(w, re.Status, ErrorBody{Error: re.Msg, Decisions: re.Decisions})
+		return
+	}
+	if errors.Is(err, ErrNotLeader) {
+		w.Header().Set("Retry-After", "2")
+		writeJSON(w, http.StatusServiceUnavailable, ErrorBody{Error: err.Error() + "; try again in a few seconds"})
 		return
 	}
 	writeJSON(w, http.StatusInternalServerError, ErrorBody{Error: err.Error()})

@@ -14,17 +14,19 @@ import (
 	"strings"
 	"time"
 
-	"github.com/hashicorp/consul/api"
 	"github.com/micado-scale/micado/definitions"
 	"github.com/micado-scale/micado/worker"
 )
 
-// App states.
+// AppState is an application's state in the desired state.
+type AppState string
+
+// Application states.
 const (
-	AppDeploying   = "deploying"
-	AppDeployed    = "deployed"
-	AppFailed      = "failed"
-	AppUndeploying = "undeploying"
+	AppDeploying   AppState = "deploying"
+	AppDeployed    AppState = "deployed"
+	AppFailed      AppState = "failed"
+	AppUndeploying AppState = "undeploying"
 )
 
 // DefaultServiceWait bounds how long a deploy waits for one service to
@@ -44,9 +46,11 @@ type AppRecord struct {
 	Name       string    `json:"name"`
 	File       string    `json:"file"`
 	Definition string    `json:"definition"`
-	State      string    `json:"state"`
+	State      AppState  `json:"state"`
 	Error      string    `json:"error,omitempty"`
 	UpdatedAt  time.Time `json:"updated_at"`
+
+	index uint64 // the journal index of its last change
 }
 
 // ServiceStatus is one service of an application.
@@ -66,7 +70,7 @@ type ServiceStatus struct {
 type AppStatus struct {
 	Name     string          `json:"name"`
 	File     string          `json:"file"`
-	State    string          `json:"state"`
+	State    AppState        `json:"state"`
 	Error    string          `json:"error,omitempty"`
 	Services []ServiceStatus `json:"services"`
 }
@@ -78,8 +82,6 @@ func consulName(app, svc string) string { return app + "-" + svc }
 func envName(svc string) string {
 	return strings.ToUpper(strings.ReplaceAll(svc, "-", "_"))
 }
-
-func (s *store) appKey(name string) string { return s.prefix + "apps/" + name }
 
 // checkAppName refuses a name no application can have before it becomes
 // part of a Consul key: a name taken from a URL may hold "/" and ".."
@@ -93,51 +95,20 @@ func checkAppName(name string) error {
 	return nil
 }
 
-func (s *store) apps(ctx context.Context) ([]*AppRecord, error) {
-	pairs, _, err := s.kv.List(s.prefix+"apps/", (&api.QueryOptions{RequireConsistent: true}).WithContext(ctx))
-	if err != nil {
-		return nil, fmt.Errorf("read applications from Consul KV: %w", err)
-	}
-	var out []*AppRecord
-	for _, p := range pairs {
-		var a AppRecord
-		if err := json.Unmarshal(p.Value, &a); err != nil {
-			return nil, fmt.Errorf("application record %s is damaged: %w", p.Key, err)
-		}
-		out = append(out, &a)
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
-	return out, nil
-}
-
-func (s *store) app(ctx context.Context, name string) (*AppRecord, error) {
-	p, _, err := s.kv.Get(s.appKey(name), (&api.QueryOptions{RequireConsistent: true}).WithContext(ctx))
-	if err != nil {
-		return nil, err
-	}
-	if p == nil {
-		return nil, ErrNotFound
-	}
-	var a AppRecord
-	return &a, json.Unmarshal(p.Value, &a)
-}
-
-func (s *store) putApp(ctx context.Context, a *AppRecord) error {
+// putApp records an application's state (check-and-set on its record).
+func (l *leader) putApp(ctx context.Context, a *AppRecord) error {
 	a.UpdatedAt = time.Now().UTC()
-	b, _ := json.Marshal(a)
-	_, err := s.kv.Put(&api.KVPair{Key: s.appKey(a.Name), Value: b}, (&api.WriteOptions{}).WithContext(ctx))
-	return err
-}
-
-func (s *store) deleteApp(ctx context.Context, name string) error {
-	_, err := s.kv.Delete(s.appKey(name), (&api.WriteOptions{}).WithContext(ctx))
-	return err
+	return l.store.Update(ctx, func(tx *Tx) error {
+		cp := *a
+		tx.PutApp(&cp)
+		return nil
+	})
 }
 
 // Deploy validates a definition and records it as the application's
 // desired state; the deployment itself runs in the background, service by
 // service in dependency order. A definition with errors changes nothing.
-func (m *Manager) Deploy(ctx context.Context, req DeployRequest) (AppStatus, error) {
+func (l *leader) Deploy(ctx context.Context, req DeployRequest) (AppStatus, error) {
 	file := req.File
 	if file == "" {
 		file = "definition.yaml"
@@ -146,78 +117,72 @@ func (m *Manager) Deploy(ctx context.Context, req DeployRequest) (AppStatus, err
 	if err != nil {
 		return AppStatus{}, &RequestError{Status: http.StatusBadRequest, Msg: err.Error()}
 	}
-	recs, err := m.store.list(ctx)
-	if err != nil {
-		return AppStatus{}, err
-	}
 	for _, s := range app.Services {
 		name := consulName(app.Name, s.Name)
-		for _, r := range recs {
-			if r.Service == name && r.App != app.Name {
+		for _, r := range l.store.Service(name) {
+			if r.App != app.Name {
 				return AppStatus{}, &RequestError{Status: http.StatusConflict,
 					Msg: fmt.Sprintf("service %s of application %s would be named %s, which a container launched outside the application already uses", s.Name, app.Name, name)}
 			}
 		}
 	}
 	rec := &AppRecord{Name: app.Name, File: file, Definition: req.Definition, State: AppDeploying}
-	if err := m.store.putApp(ctx, rec); err != nil {
+	if err := l.putApp(ctx, rec); err != nil {
 		return AppStatus{}, err
 	}
-	m.restartDeploy(app.Name)
-	return m.AppStatus(ctx, app.Name)
+	l.restartDeploy(app.Name)
+	return l.AppStatus(ctx, app.Name)
 }
 
 // restartDeploy (re)starts the background deployment of an application,
 // cancelling one in progress (a newer definition wins).
-func (m *Manager) restartDeploy(name string) {
-	m.appsMu.Lock()
-	defer m.appsMu.Unlock()
-	if cancel, ok := m.deploying[name]; ok {
+func (l *leader) restartDeploy(name string) {
+	l.appsMu.Lock()
+	defer l.appsMu.Unlock()
+	if cancel, ok := l.deploying[name]; ok {
 		cancel()
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	m.deploying[name] = cancel
-	go func() {
-		m.deployApp(ctx, name)
-		m.appsMu.Lock()
+	ctx, cancel := context.WithCancel(l.ctx)
+	l.deploying[name] = cancel
+	l.spawn(func(context.Context) {
+		l.deployApp(ctx, name)
+		l.appsMu.Lock()
 		// A cancelled deployment no longer owns the entry: a newer
 		// deployment or an undeploy does, and reconcileApps must keep
 		// seeing it busy.
 		if ctx.Err() == nil {
-			delete(m.deploying, name)
+			delete(l.deploying, name)
 		}
-		m.appsMu.Unlock()
+		l.appsMu.Unlock()
 		cancel()
-	}()
+	})
 }
 
-// reconcileApps resumes deployments that a manager restart interrupted.
-func (m *Manager) reconcileApps(ctx context.Context) {
-	apps, err := m.store.apps(ctx)
-	if err != nil {
-		return
-	}
-	for _, a := range apps {
-		m.appsMu.Lock()
-		_, busy := m.deploying[a.Name]
-		m.appsMu.Unlock()
+// reconcileApps resumes deployments that a change of leader interrupted.
+func (l *leader) reconcileApps(ctx context.Context) {
+	for _, a := range l.store.Apps() {
+		l.appsMu.Lock()
+		_, busy := l.deploying[a.Name]
+		l.appsMu.Unlock()
 		if busy {
 			continue
 		}
 		switch a.State {
 		case AppDeploying:
-			m.restartDeploy(a.Name)
+			l.restartDeploy(a.Name)
 		case AppUndeploying:
-			go func(name string) { _ = m.Undeploy(context.WithoutCancel(ctx), name) }(a.Name)
+			name := a.Name
+			l.spawn(func(ctx context.Context) { _ = l.Undeploy(ctx, name) })
 		}
 	}
 }
 
 // deployApp converges every service of the application, level by level:
 // a service starts only after everything it depends on runs and passes.
-func (m *Manager) deployApp(ctx context.Context, name string) {
-	rec, err := m.store.app(ctx, name)
-	if err != nil {
+func (l *leader) deployApp(ctx context.Context, name string) {
+	m := l.m
+	rec, ok := l.store.App(name)
+	if !ok {
 		return
 	}
 	app, err := definitions.Parse(rec.File, []byte(rec.Definition))
@@ -232,14 +197,15 @@ func (m *Manager) deployApp(ctx context.Context, name string) {
 		if ctx.Err() != nil {
 			return
 		}
-		rec.State, rec.Error = AppFailed, err.Error()
-		_ = m.store.putApp(context.WithoutCancel(ctx), rec)
+		cur := *rec
+		cur.State, cur.Error = AppFailed, err.Error()
+		_ = l.putApp(context.WithoutCancel(ctx), &cur)
 		m.log.Warn("deploy failed", "app", name, "err", err)
 	}
 	for _, level := range levels {
 		for _, svcName := range level {
 			s, _ := app.Service(svcName)
-			if err := m.convergeService(ctx, app, s); err != nil {
+			if err := l.convergeService(ctx, app, s); err != nil {
 				fail(fmt.Errorf("service %s: %w", svcName, err))
 				return
 			}
@@ -253,16 +219,16 @@ func (m *Manager) deployApp(ctx context.Context, name string) {
 	for _, s := range app.Services {
 		keep[consulName(app.Name, s.Name)] = true
 	}
-	recs, _ := m.store.list(ctx)
 	stopped := map[string]bool{}
-	for _, r := range recs {
+	for _, r := range l.store.All() {
 		if r.App == app.Name && !keep[r.Service] && !stopped[r.Service] {
 			stopped[r.Service] = true
-			_, _ = m.Stop(ctx, r.Service)
+			_, _ = l.Stop(ctx, r.Service)
 		}
 	}
-	rec.State, rec.Error = AppDeployed, ""
-	_ = m.store.putApp(ctx, rec)
+	cur := *rec
+	cur.State, cur.Error = AppDeployed, ""
+	_ = l.putApp(ctx, &cur)
 	m.log.Info("deployed", "app", name)
 }
 
@@ -284,13 +250,10 @@ func specHash(s *definitions.Service) string {
 
 // containersFor builds n new records for service s, named after the
 // highest index in use.
-func (m *Manager) containersFor(ctx context.Context, app *definitions.App, s *definitions.Service, recs []*Container, n int) ([]*Container, error) {
+func (l *leader) containersFor(app *definitions.App, s *definitions.Service, n int) []*Container {
 	service := consulName(app.Name, s.Name)
 	next := 1
-	for _, r := range recs {
-		if r.Service != service {
-			continue
-		}
+	for _, r := range l.store.Service(service) {
 		if i, err := strconv.Atoi(strings.TrimPrefix(r.Name, service+"-")); err == nil && i >= next {
 			next = i + 1
 		}
@@ -301,15 +264,15 @@ func (m *Manager) containersFor(ctx context.Context, app *definitions.App, s *de
 	}
 	if len(s.Links) > 0 {
 		var names []string
-		for _, l := range s.Links {
-			ln := consulName(app.Name, l)
-			names = append(names, ln)
-			env[envName(l)+"_SERVICE"] = ln
-			env[envName(l)+"_DNS"] = ln + ".service.consul"
-			env[envName(l)+"_ADDRS"] = strings.Join(m.passingAddrs(ctx, ln), ",")
+		for _, ln := range s.Links {
+			cn := consulName(app.Name, ln)
+			names = append(names, cn)
+			env[envName(ln)+"_SERVICE"] = cn
+			env[envName(ln)+"_DNS"] = cn + ".service.consul"
+			env[envName(ln)+"_ADDRS"] = strings.Join(l.passingAddrs(cn), ",")
 		}
 		env["MICADO_LINKS"] = strings.Join(names, ",")
-		env["CONSUL_HTTP_ADDR"] = m.cfg.ConsulAddr
+		env["CONSUL_HTTP_ADDR"] = l.m.cfg.ConsulAddr
 	}
 	tags := []string{"role=" + s.Role}
 	tags = append(tags, s.Tags...)
@@ -328,54 +291,53 @@ func (m *Manager) containersFor(ctx context.Context, app *definitions.App, s *de
 			check = Check{Type: "tcp"}
 		}
 	}
+	spec := &Spec{Service: service, App: app.Name, Image: s.Image, Tags: tags, Memory: s.Memory, Ports: ports,
+		Env: env, Check: check, Pinned: s.Pinned, SpecHash: specHash(s)}
 	now := time.Now().UTC()
 	out := make([]*Container, n)
 	for i := range out {
-		out[i] = &Container{
-			Name: fmt.Sprintf("%s-%d", service, next+i), Service: service, App: app.Name, Image: s.Image,
-			Tags: tags, Memory: s.Memory, Ports: ports, Env: env, Check: check, Pinned: s.Pinned,
-			SpecHash: specHash(s), State: StateStarting, CreatedAt: now, UpdatedAt: now,
-		}
+		out[i] = &Container{Name: fmt.Sprintf("%s-%d", service, next+i), Spec: spec, State: StateStarting, CreatedAt: now, UpdatedAt: now}
 	}
-	return out, nil
+	return out
 }
 
-// passingAddrs returns host:port of every passing instance of a service.
-func (m *Manager) passingAddrs(ctx context.Context, service string) []string {
-	es, _, err := m.consul.Health().Service(service, "", true, (&api.QueryOptions{}).WithContext(ctx))
-	if err != nil {
-		return nil
-	}
+// passingAddrs returns host:port of every passing container of a service,
+// from memory.
+func (l *leader) passingAddrs(service string) []string {
 	var out []string
-	for _, e := range es {
-		addr := e.Service.Address
-		if addr == "" {
-			addr = e.Node.Address
+	for _, c := range l.store.Service(service) {
+		if c.State == StateRunning && l.health(c) == HealthPassing && c.HostPort() != 0 {
+			out = append(out, net.JoinHostPort(c.Address, strconv.Itoa(c.HostPort())))
 		}
-		out = append(out, net.JoinHostPort(addr, strconv.Itoa(e.Service.Port)))
 	}
 	sort.Strings(out)
 	return out
+}
+
+// health is a container's health as the registry's watch last told: a
+// running container without a check counts as passing.
+func (l *leader) health(c *Container) string {
+	h := l.m.regs.healthOf(c.ServiceID())
+	if h == "" && c.State == StateRunning && c.Check.Type == "none" {
+		return HealthPassing
+	}
+	return h
 }
 
 // convergeService brings one service to its definition: more or fewer
 // replicas, and containers with an outdated image or setting replaced one
 // at a time, make before break. It returns when every replica runs and
 // passes.
-func (m *Manager) convergeService(ctx context.Context, app *definitions.App, s *definitions.Service) error {
+func (l *leader) convergeService(ctx context.Context, app *definitions.App, s *definitions.Service) error {
 	service := consulName(app.Name, s.Name)
 	hash := specHash(s)
 	for {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		recs, err := m.store.list(ctx)
-		if err != nil {
-			return err
-		}
 		var current, outdated []*Container
-		for _, r := range recs {
-			if r.Service != service || r.State == StateStopping {
+		for _, r := range l.store.Service(service) {
+			if r.State == StateStopping {
 				continue
 			}
 			if r.SpecHash == hash {
@@ -387,7 +349,7 @@ func (m *Manager) convergeService(ctx context.Context, app *definitions.App, s *
 		total := len(current) + len(outdated)
 		switch {
 		case total < s.Replicas:
-			if err := m.addReplicas(ctx, app, s, recs, s.Replicas-total); err != nil {
+			if err := l.addReplicas(ctx, app, s, s.Replicas-total); err != nil {
 				return err
 			}
 			continue
@@ -395,26 +357,32 @@ func (m *Manager) convergeService(ctx context.Context, app *definitions.App, s *
 			// Fewer: stop outdated ones first, then the newest.
 			victims := append(append([]*Container(nil), outdated...), reverse(current)...)
 			for _, v := range victims[:total-s.Replicas] {
-				if _, err := m.Stop(ctx, v.Name); err != nil && !errors.Is(err, ErrNotFound) {
+				if _, err := l.Stop(ctx, v.Name); err != nil && !isNotFound(err) {
 					return err
 				}
 			}
 			continue
 		case len(outdated) > 0:
 			// Replace one at a time: a new copy first, then the old one.
-			if err := m.addReplicas(ctx, app, s, recs, 1); err != nil {
+			if err := l.addReplicas(ctx, app, s, 1); err != nil {
 				return err
 			}
-			if err := m.waitService(ctx, service, hash, len(current)+1); err != nil {
+			if err := l.waitService(ctx, service, hash, len(current)+1); err != nil {
 				return err
 			}
-			if _, err := m.Stop(ctx, outdated[0].Name); err != nil && !errors.Is(err, ErrNotFound) {
+			if _, err := l.Stop(ctx, outdated[0].Name); err != nil && !isNotFound(err) {
 				return err
 			}
 			continue
 		}
-		return m.waitService(ctx, service, hash, s.Replicas)
+		return l.waitService(ctx, service, hash, s.Replicas)
 	}
+}
+
+// isNotFound reports whether err says a container or service is gone.
+func isNotFound(err error) bool {
+	var re *RequestError
+	return errors.Is(err, ErrNotFound) || (errors.As(err, &re) && re.Status == http.StatusNotFound)
 }
 
 func reverse(cs []*Container) []*Container {
@@ -425,34 +393,26 @@ func reverse(cs []*Container) []*Container {
 	return out
 }
 
-func (m *Manager) addReplicas(ctx context.Context, app *definitions.App, s *definitions.Service, recs []*Container, n int) error {
-	cs, err := m.containersFor(ctx, app, s, recs, n)
-	if err != nil {
-		return err
-	}
-	_, err = m.admit(ctx, cs, nil)
+func (l *leader) addReplicas(ctx context.Context, app *definitions.App, s *definitions.Service, n int) error {
+	_, err := l.admit(ctx, l.containersFor(app, s, n), nil)
 	return err
 }
 
 // waitService waits until want containers of the service with the given
 // spec run and pass, failing early on a failed container.
-func (m *Manager) waitService(ctx context.Context, service, hash string, want int) error {
-	deadline := time.Now().Add(m.cfg.ServiceWait)
+func (l *leader) waitService(ctx context.Context, service, hash string, want int) error {
+	deadline := time.Now().Add(l.m.cfg.ServiceWait)
 	for {
-		cs, err := m.Containers(ctx)
-		if err != nil {
-			return err
-		}
 		ok := 0
 		var reasons []string
-		for _, c := range cs {
-			if c.Service != service || c.SpecHash != hash {
+		for _, c := range l.store.Service(service) {
+			if c.SpecHash != hash {
 				continue
 			}
 			if c.State == StateFailed {
 				return fmt.Errorf("%s failed: %s", c.Name, c.Reason)
 			}
-			if c.State == StateRunning && c.Health == api.HealthPassing {
+			if c.State == StateRunning && l.health(c) == HealthPassing {
 				ok++
 			} else if c.Reason != "" {
 				reasons = append(reasons, c.Name+": "+c.Reason)
@@ -462,61 +422,55 @@ func (m *Manager) waitService(ctx context.Context, service, hash string, want in
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("only %d of %d containers pass after %s: %s", ok, want, m.cfg.ServiceWait, strings.Join(reasons, "; "))
+			return fmt.Errorf("only %d of %d containers pass after %s: %s", ok, want, l.m.cfg.ServiceWait, strings.Join(reasons, "; "))
 		}
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(500 * time.Millisecond):
+		case <-time.After(250 * time.Millisecond):
 		}
 	}
 }
 
 // Undeploy stops every container of an application and forgets it. The
-// record is marked first, so a restart finishes the job.
-func (m *Manager) Undeploy(ctx context.Context, name string) error {
+// record is marked first, so a new leader finishes the job.
+func (l *leader) Undeploy(ctx context.Context, name string) error {
 	if err := checkAppName(name); err != nil {
 		return err
 	}
-	rec, err := m.store.app(ctx, name)
-	if errors.Is(err, ErrNotFound) {
+	rec, ok := l.store.App(name)
+	if !ok {
 		return &RequestError{Status: http.StatusNotFound, Msg: fmt.Sprintf("no application named %s (see micado apps)", name)}
-	}
-	if err != nil {
-		return err
 	}
 	// Mark the application busy while it is undeployed, so that
 	// reconcileApps does not start a second undeploy that would write the
 	// record again after this one deleted it. A deploy that starts
 	// meanwhile cancels the mark and owns the entry.
 	mark, unmark := context.WithCancel(context.Background())
-	m.appsMu.Lock()
-	if cancel, ok := m.deploying[name]; ok {
+	l.appsMu.Lock()
+	if cancel, ok := l.deploying[name]; ok {
 		cancel()
 	}
-	m.deploying[name] = unmark
-	m.appsMu.Unlock()
+	l.deploying[name] = unmark
+	l.appsMu.Unlock()
 	defer func() {
-		m.appsMu.Lock()
+		l.appsMu.Lock()
 		if mark.Err() == nil {
-			delete(m.deploying, name)
+			delete(l.deploying, name)
 		}
-		m.appsMu.Unlock()
+		l.appsMu.Unlock()
 		unmark()
 	}()
-	rec.State = AppUndeploying
-	if err := m.store.putApp(ctx, rec); err != nil {
-		return err
-	}
-	recs, err := m.store.list(ctx)
-	if err != nil {
+	cur := *rec
+	cur.State = AppUndeploying
+	if err := l.putApp(ctx, &cur); err != nil {
 		return err
 	}
 	done := map[string]bool{}
-	for _, r := range recs {
+	for _, r := range l.store.All() {
 		if r.App == name && !done[r.Service] {
 			done[r.Service] = true
-			if _, err := m.Stop(ctx, r.Service); err != nil && !errors.Is(err, ErrNotFound) {
+			if _, err := l.Stop(ctx, r.Service); err != nil && !isNotFound(err) {
 				var re *RequestError
 				if !errors.As(err, &re) {
 					return err
@@ -524,20 +478,17 @@ func (m *Manager) Undeploy(ctx context.Context, name string) error {
 			}
 		}
 	}
-	return m.store.deleteApp(ctx, name)
+	return l.store.Update(ctx, func(tx *Tx) error { tx.DeleteApp(name); return nil })
 }
 
 // AppStatus reports an application service by service.
-func (m *Manager) AppStatus(ctx context.Context, name string) (AppStatus, error) {
+func (l *leader) AppStatus(_ context.Context, name string) (AppStatus, error) {
 	if err := checkAppName(name); err != nil {
 		return AppStatus{}, err
 	}
-	rec, err := m.store.app(ctx, name)
-	if errors.Is(err, ErrNotFound) {
+	rec, ok := l.store.App(name)
+	if !ok {
 		return AppStatus{}, &RequestError{Status: http.StatusNotFound, Msg: fmt.Sprintf("no application named %s (see micado apps)", name)}
-	}
-	if err != nil {
-		return AppStatus{}, err
 	}
 	st := AppStatus{Name: rec.Name, File: rec.File, State: rec.State, Error: rec.Error}
 	app, err := definitions.Parse(rec.File, []byte(rec.Definition))
@@ -546,29 +497,25 @@ func (m *Manager) AppStatus(ctx context.Context, name string) (AppStatus, error)
 	}
 	levels, _ := app.Levels()
 	level := map[string]int{}
-	for i, l := range levels {
-		for _, n := range l {
+	for i, lv := range levels {
+		for _, n := range lv {
 			level[n] = i
 		}
 	}
-	cs, err := m.Containers(ctx)
-	if err != nil {
-		return st, err
-	}
 	for _, s := range app.Services {
 		ss := ServiceStatus{Name: s.Name, Service: consulName(app.Name, s.Name), Level: level[s.Name], DependsOn: s.DependsOn, Desired: s.Replicas}
-		for _, c := range cs {
-			if c.Service != ss.Service || c.State == StateStopping {
+		for _, c := range l.store.Service(ss.Service) {
+			if c.State == StateStopping {
 				continue
 			}
 			switch {
-			case c.State == StateRunning && c.Health == api.HealthPassing:
+			case c.State == StateRunning && l.health(c) == HealthPassing:
 				ss.Running++
 				ss.Passing++
 			case c.State == StateRunning:
 				ss.Running++
 			case c.Reason != "":
-				ss.Reasons = append(ss.Reasons, c.Name+" "+c.State+": "+c.Reason)
+				ss.Reasons = append(ss.Reasons, c.Name+" "+string(c.State)+": "+c.Reason)
 			}
 		}
 		switch {
@@ -592,14 +539,10 @@ func (m *Manager) AppStatus(ctx context.Context, name string) (AppStatus, error)
 }
 
 // Apps lists every application's status.
-func (m *Manager) Apps(ctx context.Context) ([]AppStatus, error) {
-	recs, err := m.store.apps(ctx)
-	if err != nil {
-		return nil, err
-	}
+func (l *leader) Apps(ctx context.Context) ([]AppStatus, error) {
 	out := []AppStatus{}
-	for _, r := range recs {
-		st, err := m.AppStatus(ctx, r.Name)
+	for _, r := range l.store.Apps() {
+		st, err := l.AppStatus(ctx, r.Name)
 		if err != nil {
 			return nil, err
 		}

@@ -8,10 +8,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/hashicorp/consul/api"
 	"github.com/micado-scale/micado/cloudapi"
 	"github.com/micado-scale/micado/coordinator"
-	"github.com/micado-scale/micado/worker"
 	"github.com/robfig/cron/v3"
 )
 
@@ -54,38 +52,43 @@ type consolidator struct {
 	lastSkip      map[string]string // worker → the reason last recorded for keeping it
 }
 
-func (m *Manager) isMoving(name string) bool {
-	m.cons.stateMu.Lock()
-	defer m.cons.stateMu.Unlock()
-	return m.cons.moving[name]
+func (l *leader) isMoving(name string) bool {
+	l.cons.stateMu.Lock()
+	defer l.cons.stateMu.Unlock()
+	return l.cons.moving[name]
 }
 
-func (m *Manager) isDraining(node string) bool {
-	m.cons.stateMu.Lock()
-	defer m.cons.stateMu.Unlock()
-	_, ok := m.cons.draining[node]
+func (l *leader) isDraining(node string) bool {
+	l.cons.stateMu.Lock()
+	defer l.cons.stateMu.Unlock()
+	_, ok := l.cons.draining[node]
 	return ok
 }
 
-func (m *Manager) setDraining(node, why string) {
-	m.cons.stateMu.Lock()
-	defer m.cons.stateMu.Unlock()
+func (l *leader) setDraining(node, why string) {
+	l.cons.stateMu.Lock()
+	defer l.cons.stateMu.Unlock()
 	if why == "" {
-		delete(m.cons.draining, node)
+		delete(l.cons.draining, node)
 	} else {
-		m.cons.draining[node] = why
+		l.cons.draining[node] = why
 	}
 }
 
-// startCron schedules unattended rounds; it returns a stop function.
-func (m *Manager) startCron(ctx context.Context) (func(), error) {
+// startCron schedules unattended rounds for the term; it returns a stop
+// function that waits for a running round.
+func (l *leader) startCron() (func(), error) {
+	m := l.m
 	s := m.cfg.ConsolidateSchedule
 	if s == "" || s == "off" || m.cfg.Provider == nil {
 		return func() {}, nil
 	}
 	c := cron.New()
 	if _, err := c.AddFunc(s, func() {
-		res := m.Consolidate(ctx, false, false)
+		if l.ctx.Err() != nil {
+			return
+		}
+		res := l.Consolidate(l.ctx, false, false)
 		if res.Outcome != "nothing-to-do" {
 			m.log.Info("consolidation round", "outcome", res.Outcome, "remove", res.Plan.Remove, "error", res.Error)
 		}
@@ -96,39 +99,34 @@ func (m *Manager) startCron(ctx context.Context) (func(), error) {
 	return func() { <-c.Stop().Done() }, nil
 }
 
-// nodes builds consolidation's view of the workers: the placement
-// snapshot plus age, unneeded-since and the containers on each.
-func (m *Manager) consolidationInput(ctx context.Context) ([]coordinator.Node, []*Container, error) {
-	recs, err := m.store.list(ctx)
-	if err != nil {
-		return nil, nil, err
-	}
-	insts, err := m.store.instances(ctx)
-	if err != nil {
-		return nil, nil, err
-	}
+// consolidationInput builds consolidation's view of the workers: the
+// placement snapshot plus age, unneeded-since and the containers on each.
+func (l *leader) consolidationInput() []coordinator.Node {
+	m := l.m
 	joined := map[string]time.Time{}
-	for _, in := range insts {
+	for _, in := range l.store.Instances() {
 		if !in.JoinedAt.IsZero() {
 			joined[in.Name] = in.JoinedAt
 		}
 	}
-	snap := m.snapshot(recs)
+	snap := l.snapshot()
 	residents := map[string][]coordinator.Resident{}
-	for _, c := range recs {
-		if c.Node == "" || (c.State != StateRunning && c.State != StateStarting && c.State != StateStopping) {
-			continue
+	for _, w := range snap.Workers {
+		for _, c := range l.store.OnNode(w.Name) {
+			if !c.State.holdsMemory() {
+				continue
+			}
+			// A container that is not running yet, or is being stopped,
+			// cannot be moved now: it pins its worker for this round.
+			reloc := !c.Pinned && c.State == StateRunning && c.Move == nil
+			residents[c.Node] = append(residents[c.Node], coordinator.Resident{Name: c.Name, Tags: c.Tags, Memory: c.Memory, Relocatable: reloc})
 		}
-		// A container that is not running yet, or is being stopped,
-		// cannot be moved now: it pins its worker for this round.
-		reloc := !c.Pinned && c.State == StateRunning && c.Move == nil
-		residents[c.Node] = append(residents[c.Node], coordinator.Resident{Name: c.Name, Tags: c.Tags, Memory: c.Memory, Relocatable: reloc})
 	}
-	m.cons.stateMu.Lock()
-	defer m.cons.stateMu.Unlock()
+	l.cons.stateMu.Lock()
+	defer l.cons.stateMu.Unlock()
 	nodes := make([]coordinator.Node, 0, len(snap.Workers))
 	for _, w := range snap.Workers {
-		n := coordinator.Node{Worker: w, UnneededSince: m.cons.unneededSince[w.Name], Residents: residents[w.Name]}
+		n := coordinator.Node{Worker: w, UnneededSince: l.cons.unneededSince[w.Name], Residents: residents[w.Name]}
 		if mem, ok := m.members.get(w.Name); ok {
 			n.JoinedAt = mem.FirstSeen
 			if mem.Load.Started > 0 {
@@ -140,7 +138,7 @@ func (m *Manager) consolidationInput(ctx context.Context) ([]coordinator.Node, [
 		}
 		nodes = append(nodes, n)
 	}
-	return nodes, recs, nil
+	return nodes
 }
 
 func (m *Manager) consolidateOptions(manual bool) coordinator.ConsolidateOptions {
@@ -154,26 +152,23 @@ func (m *Manager) consolidateOptions(manual bool) coordinator.ConsolidateOptions
 // a fresh one, then drain the chosen workers make-before-break and
 // terminate them. Manual rounds skip the waiting rules, never the safety
 // rules; dry runs only plan.
-func (m *Manager) Consolidate(ctx context.Context, manual, dryRun bool) ConsolidateResult {
+func (l *leader) Consolidate(ctx context.Context, manual, dryRun bool) ConsolidateResult {
+	m := l.m
 	res := ConsolidateResult{Manual: manual, DryRun: dryRun}
 	defer func() { m.metrics.round(res.Outcome) }()
 	if m.cfg.Provider == nil {
 		res.Outcome, res.Error = "failed", "scale-in needs a cloud provider to terminate workers (--provider)"
 		return res
 	}
-	if !m.cons.mu.TryLock() {
+	if !l.cons.mu.TryLock() {
 		res.Outcome, res.Error = "failed", "a consolidation round is already running"
 		return res
 	}
-	defer m.cons.mu.Unlock()
-	plan, err := m.planRound(ctx, manual, !dryRun)
+	defer l.cons.mu.Unlock()
+	plan := l.planRound(manual, !dryRun)
 	res.Plan = plan
-	if err != nil {
-		res.Outcome, res.Error = "failed", err.Error()
-		return res
-	}
 	if !dryRun {
-		m.skipEvents(plan.Skipped)
+		l.skipEvents(plan.Skipped)
 	}
 	if len(plan.Remove) == 0 {
 		res.Outcome = "nothing-to-do"
@@ -196,8 +191,8 @@ func (m *Manager) Consolidate(ctx context.Context, manual, dryRun bool) Consolid
 			return res
 		case <-time.After(m.cfg.RevalidateDelay):
 		}
-		again, err := m.planRound(ctx, manual, false)
-		if err != nil || !samePlan(plan, again) {
+		again := l.planRound(manual, false)
+		if !samePlan(plan, again) {
 			res.Outcome = "aborted"
 			res.Error = "the plan changed on a fresh snapshot; trying again next round"
 			return res
@@ -211,7 +206,7 @@ func (m *Manager) Consolidate(ctx context.Context, manual, dryRun bool) Consolid
 			}
 		}
 		drainStart := time.Now()
-		acts, err := m.drain(ctx, w, moves)
+		acts, err := l.drain(ctx, w, moves)
 		m.metrics.scaledIn(err, time.Since(drainStart))
 		res.Actions = append(res.Actions, acts...)
 		if err != nil {
@@ -223,30 +218,27 @@ func (m *Manager) Consolidate(ctx context.Context, manual, dryRun bool) Consolid
 	return res
 }
 
-func (m *Manager) planRound(ctx context.Context, manual, track bool) (coordinator.ConsolidationPlan, error) {
-	nodes, _, err := m.consolidationInput(ctx)
-	if err != nil {
-		return coordinator.ConsolidationPlan{}, err
-	}
+func (l *leader) planRound(manual, track bool) coordinator.ConsolidationPlan {
+	nodes := l.consolidationInput()
 	now := time.Now()
-	plan := coordinator.PlanConsolidation(nodes, now, m.consolidateOptions(manual))
+	plan := coordinator.PlanConsolidation(nodes, now, l.m.consolidateOptions(manual))
 	if track {
-		m.cons.stateMu.Lock()
+		l.cons.stateMu.Lock()
 		still := map[string]bool{}
 		for _, n := range plan.Unneeded {
 			still[n] = true
-			if _, ok := m.cons.unneededSince[n]; !ok {
-				m.cons.unneededSince[n] = now
+			if _, ok := l.cons.unneededSince[n]; !ok {
+				l.cons.unneededSince[n] = now
 			}
 		}
-		for n := range m.cons.unneededSince {
+		for n := range l.cons.unneededSince {
 			if !still[n] {
-				delete(m.cons.unneededSince, n)
+				delete(l.cons.unneededSince, n)
 			}
 		}
-		m.cons.stateMu.Unlock()
+		l.cons.stateMu.Unlock()
 	}
-	return plan, nil
+	return plan
 }
 
 func samePlan(a, b coordinator.ConsolidationPlan) bool {
@@ -264,14 +256,15 @@ func samePlan(a, b coordinator.ConsolidationPlan) bool {
 // drain empties one worker make-before-break and terminates it. If any
 // move fails, the new copies are stopped, the draining mark is cleared,
 // and the error says why.
-func (m *Manager) drain(ctx context.Context, node string, moves []coordinator.Move) ([]string, error) {
+func (l *leader) drain(ctx context.Context, node string, moves []coordinator.Move) ([]string, error) {
+	m := l.m
 	var acts []string
-	m.setDraining(node, "scale-in")
+	l.setDraining(node, "scale-in")
 	m.log.Info("draining for scale-in", "worker", node, "moves", len(moves))
 	m.event(EventScaleIn, node, "draining for scale-in: %d containers to move", len(moves))
 	for _, mv := range moves {
-		if err := m.move(ctx, mv); err != nil {
-			m.setDraining(node, "")
+		if err := l.move(ctx, mv); err != nil {
+			l.setDraining(node, "")
 			err = fmt.Errorf("moving %s from %s to %s failed, so %s stays: %w", mv.Container, mv.From, mv.To, node, err)
 			m.log.Warn("scale-in aborted", "worker", node, "err", err)
 			m.event(EventSkipped, node, "scale-in aborted: %v", err)
@@ -280,25 +273,20 @@ func (m *Manager) drain(ctx context.Context, node string, moves []coordinator.Mo
 		acts = append(acts, fmt.Sprintf("moved %s from %s to %s", mv.Container, mv.From, mv.To))
 	}
 	// Nothing new was placed there while draining; check it is empty.
-	recs, err := m.store.list(ctx)
-	if err != nil {
-		m.setDraining(node, "")
-		return acts, err
-	}
-	for _, c := range recs {
-		if c.Node == node && c.State != StateFailed {
-			m.setDraining(node, "")
+	for _, c := range l.store.OnNode(node) {
+		if c.State != StateFailed {
+			l.setDraining(node, "")
 			return acts, fmt.Errorf("%s still holds %s; not terminating it", node, c.Name)
 		}
 	}
-	if err := m.terminate(ctx, node); err != nil {
-		m.setDraining(node, "")
+	if err := l.terminate(ctx, node); err != nil {
+		l.setDraining(node, "")
 		return acts, err
 	}
-	m.setDraining(node, "")
-	m.cons.stateMu.Lock()
-	delete(m.cons.unneededSince, node)
-	m.cons.stateMu.Unlock()
+	l.setDraining(node, "")
+	l.cons.stateMu.Lock()
+	delete(l.cons.unneededSince, node)
+	l.cons.stateMu.Unlock()
 	acts = append(acts, "terminated "+node)
 	m.log.Info("scaled in", "worker", node)
 	m.event(EventTerminated, node, "scaled in: drained and terminated")
@@ -307,37 +295,39 @@ func (m *Manager) drain(ctx context.Context, node string, moves []coordinator.Mo
 
 // terminate lets the worker leave the gossip cluster, then has the cloud
 // terminate its instance and forgets it.
-func (m *Manager) terminate(ctx context.Context, node string) error {
-	if !m.claim("instance:" + node) {
+func (l *leader) terminate(ctx context.Context, node string) error {
+	m := l.m
+	if !l.claim("instance:" + node) {
 		return fmt.Errorf("%s is busy with another operation", node)
 	}
-	defer m.release("instance:" + node)
-	// Mark it first: a manager that crashes from here on finishes the
-	// termination when it restarts (the worker may already have left).
-	insts, err := m.store.instances(ctx)
-	if err != nil {
-		return err
-	}
-	wasMarked := false
-	for _, in := range insts {
-		wasMarked = wasMarked || (in.Name == node && in.State == InstanceTerminating)
-		if in.Name == node && in.State != InstanceTerminating {
-			in.State = InstanceTerminating
-			if err := m.store.putInstance(ctx, in); err != nil {
-				return fmt.Errorf("record the termination of %s: %w", node, err)
+	defer l.release("instance:" + node)
+	// Mark it first: a leader that crashes from here on is succeeded by
+	// one that finishes the termination (the worker may already have left).
+	in, known := l.store.Instance(node)
+	wasMarked := known && in.State == InstanceTerminating
+	if known && !wasMarked {
+		err := l.store.Update(ctx, func(tx *Tx) error {
+			if cur := tx.Instance(node); cur != nil {
+				cur.State = InstanceTerminating
+				tx.PutInstance(cur)
 			}
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("record the termination of %s: %w", node, err)
 		}
 	}
+	if !l.acting() {
+		return ErrNotLeader
+	}
 	if w, ok := m.members.get(node); ok && w.Load.API != "" {
-		if err := m.agents.Leave(ctx, w.Load.API); err != nil {
+		if err := l.agents.Leave(ctx, w.Load.API); err != nil {
 			m.log.Warn("worker did not leave cleanly", "worker", node, "err", err)
 		}
 	}
 	id := ""
-	for _, in := range insts {
-		if in.Name == node {
-			id = in.ID
-		}
+	if known {
+		id = in.ID
 	}
 	if id == "" {
 		cloud, err := m.cfg.Provider.List(ctx, m.cfg.Cluster)
@@ -350,11 +340,17 @@ func (m *Manager) terminate(ctx context.Context, node string) error {
 			}
 		}
 	}
-	if id == "" && wasMarked {
-		// An earlier manager terminated it and crashed before forgetting it.
-		_ = m.store.deleteInstance(ctx, node)
+	forget := func() error {
+		if err := l.store.Update(ctx, func(tx *Tx) error { tx.DeleteInstance(node); return nil }); err != nil {
+			return err
+		}
 		m.members.forget(node)
+		m.obs.forget(node)
 		return nil
+	}
+	if id == "" && wasMarked {
+		// An earlier leader terminated it and stopped before forgetting it.
+		return forget()
 	}
 	if id == "" {
 		return fmt.Errorf("no instance of the cloud is named %s; cannot terminate it", node)
@@ -362,54 +358,47 @@ func (m *Manager) terminate(ctx context.Context, node string) error {
 	if err := m.cfg.Provider.Terminate(ctx, id); err != nil && !errors.Is(err, cloudapi.ErrNotFound) {
 		return fmt.Errorf("terminate %s: %w", node, err)
 	}
-	_ = m.store.deleteInstance(ctx, node)
-	m.members.forget(node)
-	return nil
+	return forget()
 }
 
 // finishTermination terminates an instance marked terminating by a
-// manager that did not finish, or one whose worker is lost, once no
+// leader that did not finish, or one whose worker is lost, once no
 // container is recorded on it.
-func (m *Manager) finishTermination(ctx context.Context, node string) {
-	recs, err := m.store.list(ctx)
-	if err != nil {
-		return
-	}
-	for _, c := range recs {
-		if c.Node == node && (c.State == StateStarting || c.State == StateRunning || c.State == StateStopping) {
-			m.log.Info("not terminating yet: a container is still recorded on it", "instance", node, "container", c.Name)
+func (l *leader) finishTermination(ctx context.Context, node string) {
+	for _, c := range l.store.OnNode(node) {
+		if c.State.holdsMemory() {
+			l.m.log.Info("not terminating yet: a container is still recorded on it", "instance", node, "container", c.Name)
 			return
 		}
 	}
-	if err := m.terminate(ctx, node); err != nil {
-		m.log.Warn("termination incomplete; will retry", "instance", node, "err", err)
+	if err := l.terminate(ctx, node); err != nil {
+		if ctx.Err() == nil {
+			l.m.log.Warn("termination incomplete; will retry", "instance", node, "err", err)
+		}
 		return
 	}
-	m.log.Info("terminated", "instance", node)
+	l.m.log.Info("terminated", "instance", node)
 }
 
 // move relocates one running container make-before-break: start the new
-// copy on the target, register it, wait until Consul's check passes, and
-// only then switch the record, deregister and stop the old copy.
-func (m *Manager) move(ctx context.Context, mv coordinator.Move) error {
+// copy on the target, register it, wait until its check passes, and only
+// then switch the record, deregister and stop the old copy.
+func (l *leader) move(ctx context.Context, mv coordinator.Move) error {
+	m := l.m
 	name := mv.Container
-	for !m.claim(name) {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(100 * time.Millisecond):
-		}
+	if err := l.claimWait(ctx, name); err != nil {
+		return err
 	}
-	defer m.release(name)
-	m.cons.stateMu.Lock()
-	m.cons.moving[name] = true
-	m.cons.stateMu.Unlock()
+	defer l.release(name)
+	l.cons.stateMu.Lock()
+	l.cons.moving[name] = true
+	l.cons.stateMu.Unlock()
 	defer func() {
-		m.cons.stateMu.Lock()
-		delete(m.cons.moving, name)
-		m.cons.stateMu.Unlock()
+		l.cons.stateMu.Lock()
+		delete(l.cons.moving, name)
+		l.cons.stateMu.Unlock()
 	}()
-	c, err := m.store.update(ctx, name, func(c *Container) error {
+	c, err := l.store.Modify(ctx, name, func(c *Container) error {
 		if c.State != StateRunning || c.Node != mv.From || c.Move != nil {
 			return fmt.Errorf("%s is no longer running on %s", name, mv.From)
 		}
@@ -420,53 +409,46 @@ func (m *Manager) move(ctx context.Context, mv coordinator.Move) error {
 		return err
 	}
 	fail := func(err error) error {
-		m.undoMove(context.WithoutCancel(ctx), c)
+		l.undoMove(context.WithoutCancel(ctx), c)
 		return err
 	}
 	target, ok := m.members.get(mv.To)
-	if !ok || target.Status != "alive" || target.Load.API == "" {
+	if !ok || target.Status != statusAlive || target.Load.API == "" {
 		return fail(fmt.Errorf("target %s is not alive", mv.To))
 	}
 	mctx, cancel := context.WithTimeout(ctx, m.cfg.MoveTimeout)
 	defer cancel()
-	info, err := m.agents.Start(mctx, target.Load.API, worker.StartRequest{
-		Instance: c.Name, Service: c.Service, App: c.App, Image: c.Image, Memory: c.Memory,
-		Ports: c.Ports, Env: c.Env, Generation: c.Move.Generation,
-	})
+	info, err := l.agents.Start(mctx, target.Load.API, startRequest(c, c.Move.Generation))
 	if err != nil {
 		return fail(fmt.Errorf("start the new copy: %w", err))
 	}
-	next := *c
+	next := c.clone()
 	next.Move = nil
-	adopt(&next, info)
+	adopt(next, info.Node, info.ID, info.Address, info.Ports)
 	next.Generation = c.Move.Generation
 	next.Placement = "moved from " + mv.From + " for scale-in: " + mv.Reason
-	if err := m.reg.register(mctx, &next); err != nil {
+	if err := l.register(mctx, next); err != nil {
 		return fail(err)
 	}
 	if next.Check.Type != "none" {
-		if err := m.waitPassing(mctx, next.ServiceID()); err != nil {
+		if err := l.waitPassing(mctx, next.ServiceID()); err != nil {
 			return fail(fmt.Errorf("the new copy on %s did not pass its check: %w", mv.To, err))
 		}
 	}
-	old := *c
-	if _, err := m.store.update(ctx, name, func(r *Container) error {
+	old := c
+	if _, err := l.store.Modify(ctx, name, func(r *Container) error {
 		if r.Move == nil || r.Move.Generation != next.Generation {
 			return errors.New("the move was cancelled")
 		}
-		idx := r.index
-		*r = next
-		r.index = idx
+		*r = *next.clone()
 		return nil
 	}); err != nil {
 		return fail(err)
 	}
 	// The new copy passes and the record points at it: break the old one.
-	if err := m.reg.deregister(ctx, old.ServiceID()); err != nil {
-		m.log.Warn("deregister old copy", "container", name, "err", err)
-	}
+	l.deregister(ctx, old.ServiceID())
 	if w, ok := m.members.get(old.Node); ok && w.Load.API != "" {
-		if _, err := m.agents.Stop(ctx, w.Load.API, name, old.Generation); err != nil {
+		if _, err := l.agents.Stop(ctx, w.Load.API, name, old.Generation); err != nil {
 			m.log.Warn("stop old copy; reconciliation will retry", "container", name, "err", err)
 		}
 	}
@@ -477,18 +459,19 @@ func (m *Manager) move(ctx context.Context, mv coordinator.Move) error {
 
 // undoMove stops a move's new copy and clears the mark; the old copy
 // never stopped.
-func (m *Manager) undoMove(ctx context.Context, c *Container) {
+func (l *leader) undoMove(ctx context.Context, c *Container) {
+	m := l.m
 	if c.Move == nil {
 		return
 	}
-	_ = m.reg.deregister(ctx, serviceID(c.Name, c.Move.Generation))
+	l.deregister(ctx, serviceID(c.Name, c.Move.Generation))
 	if w, ok := m.members.get(c.Move.Node); ok && w.Load.API != "" {
-		_, _ = m.agents.Stop(ctx, w.Load.API, c.Name, c.Move.Generation)
+		_, _ = l.agents.Stop(ctx, w.Load.API, c.Name, c.Move.Generation)
 	}
 	gen := c.Move.Generation
-	_, _ = m.store.update(ctx, c.Name, func(r *Container) error {
+	_, _ = l.store.Modify(ctx, c.Name, func(r *Container) error {
 		if r.Move == nil || r.Move.Generation != gen {
-			return ErrConflict
+			return errStateChanged
 		}
 		r.Move = nil
 		return nil
@@ -496,32 +479,31 @@ func (m *Manager) undoMove(ctx context.Context, c *Container) {
 }
 
 // rollbackMove undoes a move found in the records but not in progress.
-func (m *Manager) rollbackMove(ctx context.Context, name, why string) {
-	if !m.claim(name) {
+func (l *leader) rollbackMove(ctx context.Context, name, why string) {
+	if !l.claim(name) {
 		return
 	}
-	defer m.release(name)
-	c, err := m.store.get(ctx, name)
-	if err != nil || c.Move == nil {
+	defer l.release(name)
+	c, ok := l.store.Container(name)
+	if !ok || c.Move == nil {
 		return
 	}
-	m.log.Warn("rolling back an unfinished move", "container", name, "to", c.Move.Node, "why", why)
-	m.undoMove(ctx, c)
+	l.m.log.Warn("rolling back an unfinished move", "container", name, "to", c.Move.Node, "why", why)
+	l.undoMove(ctx, c)
 }
 
-// waitPassing waits until the catalog says the service ID passes.
-func (m *Manager) waitPassing(ctx context.Context, id string) error {
+// waitPassing waits until the registry says the service ID passes (from
+// the health watch: no call of its own).
+func (l *leader) waitPassing(ctx context.Context, id string) error {
 	for {
-		checks, _, err := m.consul.Health().State(api.HealthAny, (&api.QueryOptions{
-			Filter: fmt.Sprintf("ServiceID == %q", id),
-		}).WithContext(ctx))
-		if err == nil && len(checks) > 0 && checks.AggregatedStatus() == api.HealthPassing {
+		h, changed := l.m.regs.healthWait(id)
+		if h == HealthPassing {
 			return nil
 		}
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("not passing: %w", ctx.Err())
-		case <-time.After(250 * time.Millisecond):
+		case <-changed:
 		}
 	}
 }

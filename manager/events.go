@@ -3,14 +3,13 @@ package manager
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sort"
-	"strconv"
 	"sync"
 	"time"
 
-	"github.com/hashicorp/consul/api"
 	"github.com/micado-scale/micado/coordinator"
 )
 
@@ -32,6 +31,7 @@ const (
 	EventTerminated  = "terminated"   // an instance was terminated
 	EventInstanceErr = "instance-err" // the cloud could not make an instance
 	EventRecovered   = "recovered"    // reconciliation repaired something
+	EventLeader      = "leader"       // a manager began to lead the cluster
 )
 
 // Event is one decision with its reason, as `micado events` shows it.
@@ -41,6 +41,10 @@ type Event struct {
 	Kind    string    `json:"kind"`
 	Subject string    `json:"subject"` // the container, worker or instance
 	Message string    `json:"message"`
+	// Manager and Term say which manager decided, in which term of
+	// leadership: only one manager acts at a time, and terms only grow.
+	Manager string `json:"manager,omitempty"`
+	Term    uint64 `json:"term,omitempty"`
 }
 
 func (e Event) String() string {
@@ -56,66 +60,69 @@ const (
 	maxEventWait = 60 * time.Second
 )
 
-// eventLog keeps the recent events in a ring and persists them to Consul
-// KV (micado/<cluster>/events/<seq>) in the background: recording never
-// blocks a decision on Consul. Safe for concurrent use.
+// eventLog keeps the recent events in a ring and, while this manager
+// leads, persists them to the journal (events/<seq>) in the background,
+// fenced like every other write: recording never blocks a decision, and a
+// deposed leader's events never land. Safe for concurrent use.
 type eventLog struct {
-	mu     sync.Mutex
-	ring   []Event
-	keep   int
-	seq    uint64
-	notify chan struct{} // closed and replaced on every new event
-
-	kv     *api.KV
-	prefix string
-	queue  chan Event
-	log    *slog.Logger
-	now    func() time.Time
-	onAdd  func(Event) // metrics hook
+	mu      sync.Mutex
+	ring    []Event
+	keep    int
+	seq     uint64
+	manager string
+	term    uint64
+	notify  chan struct{} // closed and replaced on every new event
+	queue   chan Event
+	log     *slog.Logger
+	now     func() time.Time
+	onAdd   func(Event) // metrics hook
+	// persisted holds the sequence numbers written to the journal and not
+	// yet pruned, oldest first.
+	persisted []uint64
 }
 
-func newEventLog(kv *api.KV, cluster string, keep int, log *slog.Logger) *eventLog {
+func newEventLog(keep int, log *slog.Logger) *eventLog {
 	if keep <= 0 {
 		keep = DefaultEventsKept
 	}
-	return &eventLog{keep: keep, notify: make(chan struct{}), kv: kv, prefix: "micado/" + cluster + "/events/",
-		queue: make(chan Event, 4096), log: log, now: time.Now}
+	return &eventLog{keep: keep, notify: make(chan struct{}), queue: make(chan Event, 4096), log: log, now: time.Now}
 }
 
-func eventKey(seq uint64) string { return fmt.Sprintf("%020d", seq) }
+func eventKey(seq uint64) string { return eventsPrefix + fmt.Sprintf("%020d", seq) }
 
-// load reads the events an earlier manager left, so numbering continues
-// and `micado events` shows history across restarts.
-func (l *eventLog) load(ctx context.Context) error {
-	pairs, _, err := l.kv.List(l.prefix, (&api.QueryOptions{}).WithContext(ctx))
-	if err != nil {
-		return fmt.Errorf("read events from Consul KV: %w", err)
+// reset starts a term: the events an earlier leader left (oldest first)
+// become the ring, numbering continues after them, and new events carry
+// this manager's name and term.
+func (l *eventLog) reset(evs []Event, manager string, term uint64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.persisted = l.persisted[:0]
+	for _, e := range evs {
+		l.persisted = append(l.persisted, e.Seq)
 	}
-	evs := make([]Event, 0, len(pairs))
-	for _, p := range pairs {
-		var e Event
-		if json.Unmarshal(p.Value, &e) == nil && e.Seq > 0 {
-			evs = append(evs, e)
-		}
-	}
-	sort.Slice(evs, func(i, j int) bool { return evs[i].Seq < evs[j].Seq })
 	if len(evs) > l.keep {
 		evs = evs[len(evs)-l.keep:]
 	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.ring = evs
+	l.ring = append([]Event(nil), evs...)
 	if len(evs) > 0 {
-		l.seq = evs[len(evs)-1].Seq
+		l.seq = max(l.seq, evs[len(evs)-1].Seq)
 	}
-	return nil
+	l.manager, l.term = manager, term
+	for {
+		select {
+		case <-l.queue: // events of an earlier term never written
+		default:
+			return
+		}
+	}
 }
 
 // add records an event; the message is formatted like fmt.Sprintf.
 func (l *eventLog) add(kind, subject, format string, args ...any) Event {
 	l.mu.Lock()
 	l.seq++
-	e := Event{Seq: l.seq, Time: l.now().UTC(), Kind: kind, Subject: subject, Message: fmt.Sprintf(format, args...)}
+	e := Event{Seq: l.seq, Time: l.now().UTC(), Kind: kind, Subject: subject, Message: fmt.Sprintf(format, args...),
+		Manager: l.manager, Term: l.term}
 	l.ring = append(l.ring, e)
 	// Trim in one copy once twice as many are held, not on every event.
 	if len(l.ring) >= 2*l.keep {
@@ -168,67 +175,93 @@ func (l *eventLog) wait(ctx context.Context, seq uint64, limit int, d time.Durat
 	return evs
 }
 
-// persist writes queued events to Consul KV and prunes old ones, until
-// ctx ends.
-func (l *eventLog) persist(ctx context.Context) {
-	written := 0
+// persist writes queued events to the journal, many per transaction, and
+// deletes those beyond the newest keep, until ctx (the term) ends.
+func (l *eventLog) persist(ctx context.Context, j Journal, fence Fence) {
+	max := j.MaxOps()
+	if fence.Key != "" {
+		max--
+	}
 	for {
+		var batch []Event
 		select {
 		case <-ctx.Done():
 			return
 		case e := <-l.queue:
+			batch = append(batch, e)
+		}
+	more:
+		for len(batch) < max {
+			select {
+			case e := <-l.queue:
+				batch = append(batch, e)
+			default:
+				break more
+			}
+		}
+		ops := make([]Op, 0, len(batch))
+		for _, e := range batch {
 			b, _ := json.Marshal(e)
-			if _, err := l.kv.Put(&api.KVPair{Key: l.prefix + eventKey(e.Seq), Value: b}, (&api.WriteOptions{}).WithContext(ctx)); err != nil && ctx.Err() == nil {
-				l.log.Debug("cannot persist event", "seq", e.Seq, "err", err)
+			ops = append(ops, Op{Verb: OpSet, Key: eventKey(e.Seq), Value: b})
+		}
+		cctx, cancel := context.WithTimeout(ctx, commitTimeout)
+		_, err := j.Commit(cctx, fence, ops)
+		cancel()
+		if err != nil {
+			if ctx.Err() == nil {
+				l.log.Debug("cannot persist events", "first", batch[0].Seq, "n", len(batch), "err", err)
 			}
-			written++
-			if written%100 == 0 {
-				l.prune(ctx, e.Seq)
+			if errors.Is(err, ErrFenced) {
+				return
 			}
+			continue
+		}
+		l.mu.Lock()
+		for _, e := range batch {
+			l.persisted = append(l.persisted, e.Seq)
+		}
+		var old []uint64
+		if n := len(l.persisted) - l.keep; n >= max/2 {
+			old = append(old, l.persisted[:n]...)
+			l.persisted = append(l.persisted[:0:0], l.persisted[n:]...)
+		}
+		l.mu.Unlock()
+		for start := 0; start < len(old); start += max {
+			var del []Op
+			for _, seq := range old[start:min(start+max, len(old))] {
+				del = append(del, Op{Verb: OpDelete, Key: eventKey(seq)})
+			}
+			cctx, cancel := context.WithTimeout(ctx, commitTimeout)
+			_, _ = j.Commit(cctx, fence, del)
+			cancel()
 		}
 	}
 }
 
-// prune deletes persisted events older than the newest keep.
-func (l *eventLog) prune(ctx context.Context, newest uint64) {
-	if newest <= uint64(l.keep) {
-		return
-	}
-	keys, _, err := l.kv.Keys(l.prefix, "", (&api.QueryOptions{}).WithContext(ctx))
-	if err != nil {
-		return
-	}
-	for _, k := range keys {
-		n, err := strconv.ParseUint(k[len(l.prefix):], 10, 64)
-		if err == nil && n <= newest-uint64(l.keep) {
-			_, _ = l.kv.Delete(k, (&api.WriteOptions{}).WithContext(ctx))
-		}
-	}
-}
-
-// event records a decision with its reason. Safe before Run wired the log.
+// event records a decision with its reason. Only a leader decides, so a
+// standby records nothing.
 func (m *Manager) event(kind, subject, format string, args ...any) {
-	if m.events != nil {
+	if m.current() != nil {
 		m.events.add(kind, subject, format, args...)
 	}
 }
 
 // skipEvents records why workers stay at scale-in, once per change of
 // reason: a round every minute would otherwise repeat them all.
-func (m *Manager) skipEvents(skips []coordinator.Skip) {
-	m.cons.stateMu.Lock()
+func (l *leader) skipEvents(skips []coordinator.Skip) {
+	l.cons.stateMu.Lock()
 	var fresh []coordinator.Skip
-	if m.cons.lastSkip == nil {
-		m.cons.lastSkip = map[string]string{}
+	if l.cons.lastSkip == nil {
+		l.cons.lastSkip = map[string]string{}
 	}
 	for _, s := range skips {
-		if m.cons.lastSkip[s.Worker] != s.Reason {
-			m.cons.lastSkip[s.Worker] = s.Reason
+		if l.cons.lastSkip[s.Worker] != s.Reason {
+			l.cons.lastSkip[s.Worker] = s.Reason
 			fresh = append(fresh, s)
 		}
 	}
-	m.cons.stateMu.Unlock()
+	l.cons.stateMu.Unlock()
 	for _, s := range fresh {
-		m.event(EventSkipped, s.Worker, "kept at scale-in: %s", s.Reason)
+		l.m.event(EventSkipped, s.Worker, "kept at scale-in: %s", s.Reason)
 	}
 }

@@ -13,7 +13,7 @@ import (
 type Explanation struct {
 	Container  string `json:"container"`
 	Service    string `json:"service"`
-	State      string `json:"state"`
+	State      State  `json:"state"`
 	Node       string `json:"node,omitempty"`
 	WaitingFor string `json:"waiting_for,omitempty"`
 	// Placement is why it was put on Node, as decided then.
@@ -40,40 +40,22 @@ type WorkerVerdict struct {
 
 // Explain explains the container name, or every container of the
 // service name.
-func (m *Manager) Explain(ctx context.Context, name string) ([]Explanation, error) {
-	recs, err := m.store.list(ctx)
-	if err != nil {
-		return nil, err
-	}
-	insts, err := m.store.instances(ctx)
-	if err != nil {
-		return nil, err
-	}
+func (l *leader) Explain(_ context.Context, name string) ([]Explanation, error) {
 	var targets []*Container
-	for _, c := range recs {
-		if c.Name == name {
-			targets = []*Container{c}
-			break
-		}
-		if c.Service == name {
-			targets = append(targets, c)
-		}
+	if c, ok := l.store.Container(name); ok {
+		targets = []*Container{c}
+	} else {
+		targets = l.store.Service(name)
 	}
 	if len(targets) == 0 {
 		return nil, &RequestError{Status: 404, Msg: fmt.Sprintf("no container or service named %s (see micado ps)", name)}
 	}
-	o := m.cfg.Placement
+	o := l.m.cfg.Placement
 	var out []Explanation
 	for _, c := range targets {
 		// The snapshot without this container: as if placing it now.
-		others := make([]*Container, 0, len(recs))
-		for _, r := range recs {
-			if r.Name != c.Name {
-				others = append(others, r)
-			}
-		}
-		snap := m.snapshot(others)
-		m.withBooting(snap, insts)
+		snap := l.snapshotWithout(c)
+		l.withBooting(snap)
 		d := coordinator.Explain(snap, c.Request(), o)
 		rejected := map[string]coordinator.Rejection{}
 		for _, rj := range d.Rejections {

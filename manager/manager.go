@@ -1,3 +1,17 @@
+// Package manager is micado's manager: a memberlist member that sees every
+// worker's load, keeps the desired state in memory with Consul KV as its
+// journal, places containers through the coordinator, commands worker
+// agents, registers every running container in Consul, and serves the
+// versioned JSON API (/v1) that the CLI uses. It is the paper's
+// coordination interface API plus its microservices discovery and
+// execution layer.
+//
+// Several managers may run for one cluster: the one that holds the leader
+// lock acts (a leader, one term at a time), the others stand by, follow
+// gossip, and forward the API to the leader. This package holds the
+// manager's logic behind small seams it owns (Journal, Lock, Registry,
+// Agents, Gossip); manager/consul implements them on Consul and
+// manager/daemon wires a manager process together.
 package manager
 
 import (
@@ -5,413 +19,420 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"strconv"
 	"sync"
 	"time"
 
-	"github.com/hashicorp/consul/api"
 	"github.com/hashicorp/memberlist"
-	"github.com/micado-scale/micado/cloudapi"
 	"github.com/micado-scale/micado/coordinator"
 	"github.com/micado-scale/micado/worker"
 )
 
-// Config configures the manager. Zero values take the defaults below.
-type Config struct {
-	Cluster  string // cluster name; scopes KV keys, registrations and containers
-	NodeName string // gossip name (default "manager")
-	Version  string // reported by /v1/status
-
-	BindAddr      string   // gossip bind address (default 0.0.0.0)
-	BindPort      int      // gossip port (default 7946)
-	AdvertiseAddr string   // gossip address others reach us on (default: first private IP)
-	Join          []string // members to join at start (optional: workers join us)
-	ClusterKey    []byte   // encrypts gossip; derives the worker agent token
-
-	APIAddr  string // API listen address (default ":8080")
-	APIToken string // bearer token required on every API call ("" = none)
-	// TLSCert and TLSKey are PEM files of the API's certificate and key;
-	// when set, the API is served over HTTPS only (TLS 1.2 or newer).
-	TLSCert, TLSKey string
-
-	ConsulAddr  string // Consul HTTP address (default 127.0.0.1:8500)
-	ConsulToken string // Consul ACL token used for every Consul call
-
-	Placement coordinator.Options // headroom and strategy (default 10%, spread)
-
-	// Provider creates worker instances when memory is short; nil turns
-	// scale-out off, and launches that do not fit are refused.
-	Provider cloudapi.Provider
-	// InstanceTypes the provider can create, with the memory they offer.
-	InstanceTypes []cloudapi.InstanceType
-	// ScaleRoles are the roles scale-out may create workers for (empty:
-	// any role).
-	ScaleRoles []string
-	// MaxInstances bounds the workers of the cluster, booting ones
-	// included (0 = no limit); MaxPerRole bounds each role.
-	MaxInstances, MaxPerRole int
-	// JoinTimeout is how long a new instance may take to join before it
-	// is terminated (default 5 min).
-	JoinTimeout time.Duration
-	// LostTimeout is how long the worker of a joined instance may be gone
-	// before the instance is terminated (default DefaultLostTimeout).
-	LostTimeout time.Duration
-	// EventsKept is how many recent events are kept (default
-	// DefaultEventsKept), in memory and in Consul KV.
-	EventsKept int
-	// UserData renders cloud-init user data for new instances (real VMs).
-	UserData bool
-	// JoinAddr is the gossip address new workers join (default: ours).
-	JoinAddr string
-
-	// ConsolidateSchedule is the cron schedule of unattended scale-in
-	// rounds (default every minute; "off" disables them).
-	ConsolidateSchedule string
-	// Consolidate tunes scale-in (threshold, delays, minimum per role).
-	Consolidate coordinator.ConsolidateOptions
-	// MoveTimeout bounds one make-before-break move (default 2 min).
-	MoveTimeout time.Duration
-	// RevalidateDelay separates the two plans of an unattended round.
-	RevalidateDelay time.Duration
-
-	// ServiceWait bounds a deploy's wait for one service (default 10 min).
-	ServiceWait time.Duration
-
-	// ReconcileInterval is how often desired state (KV), the workers'
-	// containers and Consul's registrations are compared and repaired.
-	ReconcileInterval time.Duration // default 5 s
-	// ConsulWait is how long startup waits for Consul to elect a leader.
-	ConsulWait time.Duration // default 60 s
-
-	Logger *slog.Logger
+// Gossip is the manager's memberlist membership, as the manager uses it.
+type Gossip interface {
+	// Join contacts the given members ("host:port").
+	Join(addrs []string) (int, error)
+	// Addr is the gossip address new workers join ("host:port").
+	Addr() string
 }
 
-func (c *Config) defaults() error {
-	if c.Cluster == "" {
-		return errors.New("manager needs --cluster")
+// Deps are the manager's connections to the world.
+type Deps struct {
+	Journal  Journal
+	Lock     Lock
+	Registry Registry
+	Agents   Agents
+	Gossip   Gossip // nil: no gossip (tests feed the members table)
+	// Forward carries API calls a standby forwards to the leader (nil:
+	// http.DefaultTransport).
+	Forward http.RoundTripper
+}
+
+// Manager is one manager process: always a gossip member that follows
+// the workers' load, and the leader of the cluster while it holds the
+// lock.
+type Manager struct {
+	cfg     Config
+	log     *slog.Logger
+	deps    Deps
+	members *members
+	obs     *observer
+	regs    *regCache
+	events  *eventLog
+	metrics *metrics
+	started time.Time // when this process began to follow gossip
+
+	holder holderCache // the lock's holder, as a standby last read it
+
+	mu   sync.Mutex
+	lead *leader // nil while standing by
+}
+
+// New builds a manager; Run makes it work.
+func New(cfg Config, deps Deps) (*Manager, error) {
+	if err := cfg.defaults(); err != nil {
+		return nil, err
 	}
-	switch len(c.ClusterKey) {
-	case 16, 24, 32:
-	default:
-		return fmt.Errorf("cluster key must be 16, 24 or 32 bytes, got %d", len(c.ClusterKey))
+	if deps.Journal == nil || deps.Lock == nil || deps.Registry == nil || deps.Agents == nil {
+		return nil, errors.New("manager needs a journal, a lock, a registry and agents")
 	}
-	if c.NodeName == "" {
-		c.NodeName = "manager"
-	}
-	if c.BindAddr == "" {
-		c.BindAddr = "0.0.0.0"
-	}
-	if c.BindPort == 0 {
-		c.BindPort = 7946
-	}
-	if c.APIAddr == "" {
-		c.APIAddr = ":8080"
-	}
-	if c.ConsulAddr == "" {
-		c.ConsulAddr = "127.0.0.1:8500"
-	}
-	if c.Placement == (coordinator.Options{}) {
-		c.Placement = coordinator.DefaultOptions()
-	}
-	if c.Placement.Headroom < 0 || c.Placement.Headroom >= 1 {
-		return fmt.Errorf("headroom %.2f must be at least 0 and below 1", c.Placement.Headroom)
-	}
-	if c.ReconcileInterval == 0 {
-		c.ReconcileInterval = 5 * time.Second
-	}
-	if c.ConsolidateSchedule == "" {
-		c.ConsolidateSchedule = DefaultConsolidateSchedule
-	}
-	if c.Consolidate.Threshold == 0 {
-		d := coordinator.DefaultConsolidateOptions()
-		d.MinPerRole = c.Consolidate.MinPerRole
-		if c.Consolidate.MaxNonEmpty > 0 {
-			d.MaxNonEmpty = c.Consolidate.MaxNonEmpty
+	m := &Manager{cfg: cfg, log: cfg.Logger, deps: deps, members: newMembers(cfg.NodeName),
+		obs: newObserver(), regs: newRegCache(), started: time.Now()}
+	m.events = newEventLog(cfg.EventsKept, m.log)
+	m.metrics = newMetrics(m)
+	m.events.onAdd = m.metrics.event
+	m.members.onJoin = m.memberJoined
+	m.members.onDead = m.memberDied
+	return m, nil
+}
+
+// GossipEvents is memberlist's event delegate for this manager: the
+// membership table. memberlist calls it from its own goroutines.
+func (m *Manager) GossipEvents() memberlist.EventDelegate { return m.members }
+
+// GossipDelegate is memberlist's delegate for this manager: it serves
+// meta as the node metadata and takes the load reports agents send
+// directly.
+func (m *Manager) GossipDelegate(meta []byte) memberlist.Delegate {
+	return &managerDelegate{meta: meta, members: m.members}
+}
+
+// ApplyLoad takes the load report an agent returned with an answer (addr
+// is the agent API address it came from).
+func (m *Manager) ApplyLoad(addr string, l worker.Load) { m.members.applyLoad(addr, l) }
+
+// Run follows the cluster until ctx ends, leading it whenever this
+// manager holds the lock.
+func (m *Manager) Run(ctx context.Context) error {
+	// A lock held in our own name is our previous run's, which died
+	// without releasing it (names of managers are unique): end it now
+	// rather than wait for its session to expire.
+	hctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	if h, err := m.deps.Lock.Holder(hctx); err == nil && h.Name == m.cfg.NodeName {
+		m.log.Info("the leader lock is held by this manager's previous run; ending it", "term", h.Term)
+		if err := m.deps.Lock.Depose(hctx, m.cfg.NodeName); err != nil {
+			m.log.Warn("cannot end the previous run's hold; waiting for it to expire", "err", err)
 		}
-		c.Consolidate = d
 	}
-	if c.ServiceWait == 0 {
-		c.ServiceWait = DefaultServiceWait
-	}
-	if c.MoveTimeout == 0 {
-		c.MoveTimeout = DefaultMoveTimeout
-	}
-	if c.RevalidateDelay == 0 {
-		c.RevalidateDelay = DefaultRevalidateDelay
-	}
-	if c.LostTimeout == 0 {
-		c.LostTimeout = DefaultLostTimeout
-	}
-	if c.JoinTimeout == 0 {
-		c.JoinTimeout = DefaultJoinTimeout
-	}
-	if c.ConsulWait == 0 {
-		c.ConsulWait = 60 * time.Second
-	}
-	if c.Logger == nil {
-		c.Logger = slog.Default()
+	cancel()
+	for ctx.Err() == nil {
+		lease, err := m.deps.Lock.Acquire(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				break
+			}
+			m.log.Warn("cannot take part in the leader election; retrying", "err", err)
+			sleepCtx(ctx, time.Second)
+			continue
+		}
+		m.leadTerm(ctx, lease)
 	}
 	return nil
 }
 
-// Manager is a running manager.
-type Manager struct {
-	cfg     Config
-	log     *slog.Logger
-	consul  *api.Client
-	store   *store
-	reg     *registry
-	agents  *worker.Client
-	members *members
-	ml      *memberlist.Memberlist
+// current returns the leader while this manager leads, else nil.
+func (m *Manager) current() *leader {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.lead
+}
+
+// IsLeader reports whether this manager leads the cluster now.
+func (m *Manager) IsLeader() bool { return m.current() != nil }
+
+// leadTerm runs one term of leadership: it loads the desired state,
+// starts every task that acts, and returns when the lock is lost, the
+// lease lapses, the journal refuses the fence, or ctx ends. All tasks of
+// the term end before it returns.
+func (m *Manager) leadTerm(ctx context.Context, lease Lease) {
+	tctx, cancel := context.WithCancel(worker.WithTerm(ctx, lease.Term()))
+	defer cancel()
+	l := newLeader(m, tctx, cancel, lease)
+	store := newStore(m.deps.Journal, lease.Fence(), m.log)
+	store.onFenced = cancel
+	lctx, lcancel := context.WithTimeout(tctx, 2*time.Minute)
+	events, err := store.load(lctx)
+	lcancel()
+	if err != nil {
+		m.log.Error("cannot load the desired state; giving the lead up", "err", err)
+		_ = lease.Release(context.WithoutCancel(ctx))
+		sleepCtx(ctx, 2*time.Second)
+		return
+	}
+	l.store = store
+	l.spawn(store.run)
+	m.events.reset(events, m.cfg.NodeName, lease.Term())
+	l.spawn(func(ctx context.Context) { m.events.persist(ctx, m.deps.Journal, lease.Fence()) })
+	l.spawn(l.watchLease)
+	m.mu.Lock()
+	m.lead = l
+	m.mu.Unlock()
+	m.metrics.leading(true)
+	m.log.Info("leading the cluster", "term", lease.Term(), "containers", store.Len())
+	m.event(EventLeader, m.cfg.NodeName, "leads the cluster (term %d): %d containers, %d instances, %d applications in the desired state",
+		lease.Term(), store.Len(), len(store.Instances()), len(store.Apps()))
+	if g := m.deps.Gossip; g != nil {
+		if known := store.Members(); len(known) > 0 {
+			if _, err := g.Join(known); err != nil {
+				m.log.Info("no earlier member answered; waiting for workers to join", "tried", len(known))
+			}
+		}
+	}
+	l.spawn(l.loop)
+	l.spawn(l.watchHealth)
+	if stop, err := l.startCron(); err != nil {
+		m.log.Error("consolidation schedule", "err", err)
+	} else {
+		defer stop()
+	}
+	<-tctx.Done()
+	m.mu.Lock()
+	m.lead = nil
+	m.mu.Unlock()
+	m.metrics.leading(false)
+	l.wg.Wait()
+	rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+	_ = lease.Release(rctx)
+	rcancel()
+	m.log.Info("no longer leading", "term", lease.Term())
+}
+
+// memberJoined is called (on a goroutine of its own) when a member joins
+// or comes back.
+func (m *Manager) memberJoined(name, addr string) {
+	m.log.Info("member joined", "member", name, "addr", addr)
+	l := m.current()
+	if l == nil {
+		return
+	}
+	m.event(EventJoined, name, "joined the cluster from %s", addr)
+	if err := l.store.Update(l.ctx, func(tx *Tx) error { tx.SetMember(name, addr); return nil }); err != nil {
+		m.log.Warn("cannot remember member", "member", name, "err", err)
+	}
+	l.kick()
+}
+
+// memberDied is called (on a goroutine of its own) when gossip declares a
+// member dead.
+func (m *Manager) memberDied(name string) {
+	m.log.Warn("member left or failed", "member", name)
+	mem, _ := m.members.get(name)
+	if mem.Load.Kind == worker.KindManager {
+		m.managerDied(name)
+		return
+	}
+	l := m.current()
+	if l == nil {
+		return
+	}
+	m.event(EventWorkerLost, name, "memberlist declared it dead")
+	if mem.Load.Kind == worker.KindWorker {
+		l.spawn(func(ctx context.Context) { l.workerDied(ctx, name) })
+	}
+	l.kick()
+}
+
+// managerDied deposes a dead manager that holds the lock, so that a
+// standby leads without waiting for the lock's session to expire. Its
+// writes are fenced and its agent commands carry an older term, so a
+// manager wrongly declared dead can do no harm; it stands by when it
+// notices.
+func (m *Manager) managerDied(name string) {
+	if name == m.cfg.NodeName {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	h, err := m.deps.Lock.Holder(ctx)
+	if err != nil || h.Name != name {
+		return
+	}
+	m.log.Warn("the leader is dead to gossip; deposing it", "leader", name)
+	if err := m.deps.Lock.Depose(ctx, name); err != nil {
+		m.log.Warn("cannot depose the dead leader; its session will expire", "leader", name, "err", err)
+	}
+}
+
+// leader is this manager during one term of leadership: the desired state
+// in memory and every task that acts on it. Every goroutine it starts is
+// tracked and ends with the term.
+type leader struct {
+	m      *Manager
+	agents Agents          // the agents, every call carrying the term
+	ctx    context.Context // ends with the term
+	stop   context.CancelFunc
+	lease  Lease
+	store  *Store
+	since  time.Time
+	wg     sync.WaitGroup
+
+	kickCh chan struct{} // asks the loop for a reconciliation now
 
 	placeMu sync.Mutex // serialises placement: read state, decide, write
 
-	kickCh chan struct{} // asks the loop for a reconciliation now
+	busyMu sync.Mutex
+	busy   map[string]bool      // containers and instances with an operation in flight
+	absent map[string]time.Time // instances whose worker is away, since when
 
 	cons consolidator
 
 	appsMu    sync.Mutex
 	deploying map[string]context.CancelFunc // applications being deployed
-	started   time.Time
-	onCreate  func(instance string) // test and benchmark hook: a create call is about to be made
 
-	events *eventLog
-
-	metrics *metrics // Prometheus metrics, served at GET /metrics
-
-	busyMu sync.Mutex
-	busy   map[string]bool      // instances with an operation in flight
-	absent map[string]time.Time // instances whose worker is away, since when
+	rounds    int       // reconciliation rounds completed in this term
+	lastSweep time.Time // when the cloud was last listed for stray instances
 }
 
-// runHook, set only by benchmarks, receives the manager once gossip runs.
-var runHook func(*Manager)
-
-// Run starts the manager and blocks until ctx ends.
-func Run(ctx context.Context, cfg Config) error {
-	if err := cfg.defaults(); err != nil {
-		return err
-	}
-	tlsCfg, err := LoadServerTLS(cfg.TLSCert, cfg.TLSKey)
-	if err != nil {
-		return err
-	}
-	m := &Manager{cfg: cfg, log: cfg.Logger, agents: worker.NewClient(cfg.ClusterKey), busy: map[string]bool{}, absent: map[string]time.Time{}, kickCh: make(chan struct{}, 1), started: time.Now(), deploying: map[string]context.CancelFunc{},
+func newLeader(m *Manager, ctx context.Context, stop context.CancelFunc, lease Lease) *leader {
+	return &leader{m: m, agents: termAgents{a: m.deps.Agents, term: lease.Term()}, ctx: ctx, stop: stop, lease: lease, since: time.Now(), kickCh: make(chan struct{}, 1),
+		busy: map[string]bool{}, absent: map[string]time.Time{}, deploying: map[string]context.CancelFunc{},
 		cons: consolidator{unneededSince: map[string]time.Time{}, draining: map[string]string{}, moving: map[string]bool{}}}
-	consul, err := api.NewClient(&api.Config{Address: cfg.ConsulAddr, Token: cfg.ConsulToken})
-	if err != nil {
-		return fmt.Errorf("consul client: %w", err)
-	}
-	m.consul = consul
-	m.metrics = newMetrics(m)
-	if err := m.waitForConsul(ctx); err != nil {
-		return err
-	}
-	if err := m.checkConsulAccess(ctx); err != nil {
-		return err
-	}
-	m.store = newStore(consul, cfg.Cluster)
-	m.events = newEventLog(consul.KV(), cfg.Cluster, cfg.EventsKept, m.log)
-	m.events.onAdd = m.metrics.event
-	if err := m.events.load(ctx); err != nil {
-		return err
-	}
-	go m.events.persist(ctx)
-	m.reg = &registry{agent: consul.Agent(), catalog: consul.Health(), cluster: cfg.Cluster}
+}
 
-	ln, err := net.Listen("tcp", cfg.APIAddr)
-	if err != nil {
-		return fmt.Errorf("manager API: %w", err)
-	}
-	defer ln.Close()
+// spawn runs fn on a goroutine owned by the term: fn gets the term's
+// context and the term waits for it to end.
+func (l *leader) spawn(fn func(ctx context.Context)) {
+	l.wg.Add(1)
+	go func() {
+		defer l.wg.Done()
+		fn(l.ctx)
+	}()
+}
 
-	m.members = newMembers(cfg.NodeName)
-	m.agents.OnLoad = m.members.applyLoad
-	// A restarted manager may see thousands of joins at once: write them
-	// to Consul a few at a time, within its per-client connection limit.
-	saveSlots := make(chan struct{}, 8)
-	m.members.onJoin = func(name, addr string) {
-		saveSlots <- struct{}{}
-		err := m.store.saveMember(context.Background(), name, addr)
-		<-saveSlots
-		if err != nil {
-			m.log.Warn("cannot remember member", "member", name, "err", err)
-		}
-		m.log.Info("member joined", "member", name, "addr", addr)
-		m.event(EventJoined, name, "joined the cluster from %s", addr)
-		m.kick()
-	}
-	m.members.onDead = func(name string) {
-		m.log.Warn("member left or failed", "member", name)
-		m.event(EventWorkerLost, name, "memberlist declared it dead")
-		if w, ok := m.members.get(name); ok && w.Load.Kind == worker.KindWorker {
-			go m.workerDied(ctx, name)
-		}
-		m.kick()
-	}
-	mlc := worker.GossipConfig(cfg.NodeName, cfg.BindAddr, cfg.BindPort, cfg.AdvertiseAddr, cfg.ClusterKey, m.log)
-	mlc.Events = m.members
-	del := &managerDelegate{members: m.members}
-	mlc.Delegate = del
-	// The API address goes into our metadata before memberlist starts.
-	_, apiPort, _ := net.SplitHostPort(ln.Addr().String())
-	adv := cfg.AdvertiseAddr
-	if adv == "" {
-		if ip, err := privateIP(); err == nil {
-			adv = ip
+// watchLease ends the term when the lease can no longer be trusted: a
+// leader whose session may have expired must not act, even before the
+// lock tells it so.
+func (l *leader) watchLease(ctx context.Context) {
+	t := time.NewTicker(250 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-l.lease.Lost():
+			l.m.log.Warn("lost the leader lock; standing by", "term", l.lease.Term())
+			l.stop()
+			return
+		case <-t.C:
+			if !l.lease.Valid() {
+				l.m.log.Warn("the leader lease could not be renewed in time; standing by", "term", l.lease.Term())
+				l.stop()
+				return
+			}
 		}
 	}
-	del.meta, _ = worker.Load{Kind: worker.KindManager, API: net.JoinHostPort(adv, apiPort)}.Encode()
-	ml, err := memberlist.Create(mlc)
-	if err != nil {
-		return fmt.Errorf("start gossip: %w", err)
-	}
-	m.ml = ml
-	if runHook != nil {
-		runHook(m)
-	}
-	defer ml.Shutdown()
-	join := append([]string(nil), cfg.Join...)
-	if known, err := m.store.members(ctx); err == nil {
-		join = append(join, known...)
-	}
-	if len(join) > 0 {
-		if n, err := ml.Join(join); err != nil && n == 0 {
-			m.log.Info("no earlier member answered; waiting for workers to join", "tried", len(join))
-		}
-	}
-
-	srv := &http.Server{Handler: m.Handler(), ReadHeaderTimeout: 5 * time.Second, TLSConfig: tlsCfg,
-		ErrorLog: slog.NewLogLogger(m.log.Handler(), slog.LevelDebug)}
-	scheme := "http"
-	if tlsCfg != nil {
-		scheme = "https"
-		go func() { _ = srv.ServeTLS(ln, "", "") }()
-	} else {
-		go func() { _ = srv.Serve(ln) }()
-	}
-	defer srv.Close()
-	m.log.Info("manager started", "cluster", cfg.Cluster, "api", scheme+"://"+ln.Addr().String(), "gossip", ml.LocalNode().Address(), "consul", cfg.ConsulAddr)
-
-	// Give workers one gossip round to reappear before the first
-	// reconciliation, so a restarted manager does not mistake a worker it
-	// has not heard from yet for a dead one.
-	select {
-	case <-ctx.Done():
-	case <-time.After(2 * time.Second):
-	}
-	stopCron, err := m.startCron(ctx)
-	if err != nil {
-		return err
-	}
-	defer stopCron()
-	return m.loop(ctx)
 }
 
 // kick asks for a reconciliation soon.
-func (m *Manager) kick() {
+func (l *leader) kick() {
 	select {
-	case m.kickCh <- struct{}{}:
+	case l.kickCh <- struct{}{}:
 	default:
 	}
 }
 
-func (m *Manager) loop(ctx context.Context) error {
-	t := time.NewTicker(m.cfg.ReconcileInterval)
+// loop reconciles at start, every ReconcileInterval and when kicked.
+func (l *leader) loop(ctx context.Context) {
+	t := time.NewTicker(l.m.cfg.ReconcileInterval)
 	defer t.Stop()
 	for {
-		if err := m.reconcile(ctx); err != nil && ctx.Err() == nil {
-			m.log.Warn("reconciliation incomplete", "err", err)
+		if err := l.reconcile(ctx); err != nil && ctx.Err() == nil {
+			l.m.log.Warn("reconciliation incomplete", "err", err)
 		}
 		select {
 		case <-ctx.Done():
-			_ = m.ml.Leave(time.Second)
-			return nil
+			return
 		case <-t.C:
-		case <-m.kickCh:
+		case <-l.kickCh:
 		}
 	}
 }
 
-func (m *Manager) waitForConsul(ctx context.Context) error {
-	deadline := time.Now().Add(m.cfg.ConsulWait)
-	for {
-		leader, err := m.consul.Status().LeaderWithQueryOptions((&api.QueryOptions{}).WithContext(ctx))
-		if err == nil && leader != "" {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			if err == nil {
-				err = errors.New("no leader elected")
-			}
-			return fmt.Errorf("consul at %s is not ready after %s: %w", m.cfg.ConsulAddr, m.cfg.ConsulWait, err)
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(500 * time.Millisecond):
-		}
-	}
-}
-
-// claim marks an instance as busy; it returns false if another operation
-// on it is in flight.
-func (m *Manager) claim(name string) bool {
-	m.busyMu.Lock()
-	defer m.busyMu.Unlock()
-	if m.busy[name] {
+// claim marks a container or instance as busy; it returns false if
+// another operation on it is in flight.
+func (l *leader) claim(name string) bool {
+	l.busyMu.Lock()
+	defer l.busyMu.Unlock()
+	if l.busy[name] {
 		return false
 	}
-	m.busy[name] = true
+	l.busy[name] = true
 	return true
 }
 
-func (m *Manager) release(name string) {
-	m.busyMu.Lock()
-	delete(m.busy, name)
-	m.busyMu.Unlock()
+func (l *leader) release(name string) {
+	l.busyMu.Lock()
+	delete(l.busy, name)
+	l.busyMu.Unlock()
 }
+
+// busyWith reports whether an operation on key is in flight.
+func (l *leader) busyWith(key string) bool {
+	l.busyMu.Lock()
+	defer l.busyMu.Unlock()
+	return l.busy[key]
+}
+
+// claimWait claims name, waiting while another operation holds it.
+func (l *leader) claimWait(ctx context.Context, name string) error {
+	for !l.claim(name) {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	return nil
+}
+
+// acting reports whether the leader may act on the world now: its term
+// goes on and its lease is valid. Checked before commands whose effect a
+// successor could not undo (stopping a copy no record asks for).
+func (l *leader) acting() bool { return l.ctx.Err() == nil && l.lease.Valid() }
 
 // snapshot builds the coordinator's view: every alive worker, with the
 // larger of what it reports and what the desired state has promised it,
 // so that containers being started are never counted as free memory.
-func (m *Manager) snapshot(recs []*Container) *coordinator.Snapshot {
-	ledger := map[string]int64{}
-	count := map[string]int{}
-	for _, c := range recs {
-		if c.Node != "" && (c.State == StateStarting || c.State == StateRunning || c.State == StateStopping) {
-			ledger[c.Node] += c.Memory
-			count[c.Node]++
-		}
-	}
+func (l *leader) snapshot() *coordinator.Snapshot {
+	promised := l.store.Promised()
 	s := &coordinator.Snapshot{}
-	for _, w := range m.members.workers() {
-		if w.Status != "alive" || w.Load.API == "" {
+	for _, w := range l.m.members.workers() {
+		if w.Status != statusAlive || w.Load.API == "" {
 			continue
 		}
+		p := promised[w.Name]
 		s.Workers = append(s.Workers, coordinator.Worker{
 			Name: w.Name, Tags: w.Load.Tags, Capacity: w.Load.Capacity,
-			Reserved: max(w.Load.Reserved, ledger[w.Name]), Used: w.Load.Used,
-			Containers: max(w.Load.Containers, count[w.Name]), Draining: w.Load.Draining || m.isDraining(w.Name),
+			Reserved: max(w.Load.Reserved, p.reserved), Used: w.Load.Used,
+			Containers: max(w.Load.Containers, p.count), Draining: w.Load.Draining || l.isDraining(w.Name),
 		})
 	}
 	return s
 }
 
-func privateIP() (string, error) {
-	addrs, err := net.InterfaceAddrs()
-	if err != nil {
-		return "", err
-	}
-	for _, a := range addrs {
-		if ipn, ok := a.(*net.IPNet); ok && ipn.IP.To4() != nil && !ipn.IP.IsLoopback() {
-			return ipn.IP.String(), nil
+// snapshotWithout is snapshot with one container's promise taken off its
+// worker: the cluster as if that container were being placed now.
+func (l *leader) snapshotWithout(c *Container) *coordinator.Snapshot {
+	s := l.snapshot()
+	for i := range s.Workers {
+		w := &s.Workers[i]
+		if c.State.holdsMemory() && (w.Name == c.Node || (c.Move != nil && w.Name == c.Move.Node)) {
+			w.Reserved = max(w.Reserved-c.Memory, 0)
+			w.Containers = max(w.Containers-1, 0)
 		}
 	}
-	return "", errors.New("no private IPv4 address")
+	return s
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) {
+	select {
+	case <-ctx.Done():
+	case <-time.After(d):
+	}
 }
 
 func itoa(n int) string { return strconv.Itoa(n) }
+
+// errorf is fmt.Errorf, for symmetry with badRequest.
+var errorf = fmt.Errorf

@@ -9,6 +9,12 @@ import (
 	"github.com/micado-scale/micado/worker"
 )
 
+// Member statuses.
+const (
+	statusAlive = "alive"
+	statusDead  = "dead"
+)
+
 // member is one cluster member as gossip last described it.
 type member struct {
 	Name       string
@@ -53,24 +59,24 @@ func (m *members) upsert(n *memberlist.Node, status string) {
 		mem.Load = l
 	}
 	mem.LastUpdate = m.now()
-	if status != "alive" && prev == "alive" {
+	if status != statusAlive && prev == statusAlive {
 		mem.DiedAt = m.now()
 	}
 	onJoin, onDead := m.onJoin, m.onDead
 	m.mu.Unlock()
-	if status == "alive" && prev != "alive" && onJoin != nil && n.Name != m.self {
+	if status == statusAlive && prev != statusAlive && onJoin != nil && n.Name != m.self {
 		go onJoin(n.Name, n.Address())
 	}
-	if status != "alive" && prev == "alive" && onDead != nil {
+	if status != statusAlive && prev == statusAlive && onDead != nil {
 		go onDead(n.Name)
 	}
 }
 
 // NotifyJoin implements memberlist.EventDelegate.
-func (m *members) NotifyJoin(n *memberlist.Node) { m.upsert(n, "alive") }
+func (m *members) NotifyJoin(n *memberlist.Node) { m.upsert(n, statusAlive) }
 
 // NotifyUpdate implements memberlist.EventDelegate: a member's load changed.
-func (m *members) NotifyUpdate(n *memberlist.Node) { m.upsert(n, "alive") }
+func (m *members) NotifyUpdate(n *memberlist.Node) { m.upsert(n, statusAlive) }
 
 // NotifyLeave implements memberlist.EventDelegate: a member left or died.
 func (m *members) NotifyLeave(n *memberlist.Node) {
@@ -79,7 +85,7 @@ func (m *members) NotifyLeave(n *memberlist.Node) {
 		m.forget(n.Name)
 		return
 	}
-	m.upsert(n, "dead")
+	m.upsert(n, statusDead)
 }
 
 // applyLoad takes a load report an agent returned with an API answer
@@ -88,7 +94,7 @@ func (m *members) applyLoad(api string, l worker.Load) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for _, mem := range m.byName {
-		if mem.Load.API == api && l.API == api && mem.Status == "alive" && l.Newer(mem.Load) {
+		if mem.Load.API == api && l.API == api && mem.Status == statusAlive && l.Newer(mem.Load) {
 			mem.Load = l
 			return
 		}
@@ -116,6 +122,28 @@ func (m *members) workers() []member {
 	return out
 }
 
+// managers returns a copy of every manager, alive or not, sorted by name.
+func (m *members) managers() []member {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	out := make([]member, 0, 3)
+	for _, mem := range m.byName {
+		if mem.Load.Kind == worker.KindManager {
+			out = append(out, *mem)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return naturalLess(out[i].Name, out[j].Name) })
+	return out
+}
+
+// alive reports whether the member name is alive.
+func (m *members) alive(name string) bool {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	mem, ok := m.byName[name]
+	return ok && mem.Status == statusAlive
+}
+
 // all returns a copy of every member, workers and managers, alive or
 // not (the metrics count them).
 func (m *members) all() []member {
@@ -133,7 +161,7 @@ func (m *members) all() []member {
 func (m *members) applyLoadOf(name string, l worker.Load) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if mem, ok := m.byName[name]; ok && mem.Status == "alive" && l.Kind == mem.Load.Kind && l.Newer(mem.Load) {
+	if mem, ok := m.byName[name]; ok && mem.Status == statusAlive && l.Kind == mem.Load.Kind && l.Newer(mem.Load) {
 		mem.Load = l
 		mem.LastUpdate = m.now()
 	}

@@ -1,7 +1,6 @@
 package manager
 
 import (
-	"context"
 	"log/slog"
 	"net/http"
 	"sort"
@@ -36,13 +35,9 @@ var (
 	eventKinds            = []string{EventPlaced, EventPending, EventRunning, EventFailed, EventStopped, EventScaleOut,
 		EventJoined, EventWorkerLost, EventRequeued, EventScaleIn, EventSkipped, EventMoved, EventTerminated,
 		EventInstanceErr, EventRecovered}
-	containerStates = []string{StatePending, StateStarting, StateRunning, StateStopping, StateFailed}
 	// Worker states of micado_workers; each worker is in exactly one.
 	workerStates = []string{"alive", "draining", "booting", "dead"}
 )
-
-// scrapeTimeout bounds the Consul KV reads of one scrape.
-const scrapeTimeout = 5 * time.Second
 
 // metrics holds the manager's registry and the instruments updated as
 // decisions are taken. A nil *metrics records nothing (managers built by
@@ -57,6 +52,8 @@ type metrics struct {
 	scaleInDuration prometheus.Histogram
 	rounds          *prometheus.CounterVec
 	events          *prometheus.CounterVec
+	leader          prometheus.Gauge
+	reconciles      prometheus.Counter
 }
 
 func newMetrics(m *Manager) *metrics {
@@ -99,6 +96,14 @@ func newMetrics(m *Manager) *metrics {
 			Name: "micado_events_total",
 			Help: "Events recorded in the event log (micado events), by kind.",
 		}, []string{"kind"}),
+		leader: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "micado_leader",
+			Help: "1 while this manager leads the cluster (holds the leader lock), 0 while it stands by.",
+		}),
+		reconciles: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "micado_reconciliations_total",
+			Help: "Reconciliation rounds this manager completed as the leader.",
+		}),
 	}
 	for _, s := range placementSources {
 		x.placement.WithLabelValues(s)
@@ -119,6 +124,7 @@ func newMetrics(m *Manager) *metrics {
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		x.placement, x.placedWait, x.scaleOut, x.scaleOutJoin, x.scaleIn, x.scaleInDuration, x.rounds, x.events,
+		x.leader, x.reconciles,
 		&clusterCollector{m: m},
 	)
 	return x
@@ -176,6 +182,18 @@ func (x *metrics) round(outcome string) {
 	}
 }
 
+func (x *metrics) leading(on bool) {
+	if x != nil {
+		x.leader.Set(map[bool]float64{true: 1}[on])
+	}
+}
+
+func (x *metrics) reconciled() {
+	if x != nil {
+		x.reconciles.Inc()
+	}
+}
+
 // event is the event log's onAdd hook.
 func (x *metrics) event(e Event) {
 	if x != nil {
@@ -203,9 +221,8 @@ func pendingSince(c *Container) time.Time {
 	return c.CreatedAt // a record from a manager that did not keep the time
 }
 
-// clusterCollector computes the gauges when scraped, from the members
-// table (memory, no I/O) and two bounded Consul KV reads: the container
-// records and the instance records.
+// clusterCollector computes the gauges when scraped, from memory only:
+// the members table and, while this manager leads, the desired state.
 type clusterCollector struct{ m *Manager }
 
 var (
@@ -225,7 +242,7 @@ var (
 		"Members of the gossip cluster as the manager sees them, by kind (worker, manager) and status (alive, dead).",
 		[]string{"kind", "status"}, nil)
 	descStoreUp = prometheus.NewDesc("micado_store_up",
-		"1 when this scrape could read the desired state from Consul KV, else 0 (and the container and booting-worker figures are left out).",
+		"1 when this manager leads and serves the desired state from memory, else 0 (a standby: the container and booting-worker figures are left out; scrape the leader).",
 		nil, nil)
 )
 
@@ -239,21 +256,13 @@ func (c *clusterCollector) Describe(ch chan<- *prometheus.Desc) {
 // Collect implements prometheus.Collector.
 func (c *clusterCollector) Collect(ch chan<- prometheus.Metric) {
 	m := c.m
-	if m.members == nil || m.store == nil {
-		return // not started yet
-	}
 	now := time.Now()
-	ctx, cancel := context.WithTimeout(context.Background(), scrapeTimeout)
-	defer cancel()
-	recs, err := m.store.list(ctx)
+	l := m.current()
+	storeUp := 0.0
 	var insts []*Instance
-	if err == nil {
-		insts, err = m.store.instances(ctx)
-	}
-	storeUp := 1.0
-	if err != nil {
-		storeUp = 0
-		recs, insts = nil, nil
+	if l != nil {
+		storeUp = 1
+		insts = l.store.Instances()
 	}
 	ch <- prometheus.MustNewConstMetric(descStoreUp, prometheus.GaugeValue, storeUp)
 
@@ -262,15 +271,14 @@ func (c *clusterCollector) Collect(ch chan<- prometheus.Metric) {
 	count := map[rs]int{}
 	roles := map[string]bool{}
 	seen := map[string]bool{}
-	members := m.members.workers()
-	for _, w := range members {
+	for _, w := range m.members.workers() {
 		role := roleLabel(w.Load.Tags)
 		roles[role] = true
 		seen[w.Name] = true
 		state := "dead"
-		if w.Status == "alive" {
+		if w.Status == statusAlive {
 			state = "alive"
-			if w.Load.Draining || m.isDraining(w.Name) {
+			if w.Load.Draining || (l != nil && l.isDraining(w.Name)) {
 				state = "draining"
 			}
 		}
@@ -289,30 +297,25 @@ func (c *clusterCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 
-	// Memory of each alive worker, as placement sees it.
-	snap := m.snapshot(recs)
-	for _, w := range snap.Workers {
-		role := roleLabel(w.Tags)
-		ch <- prometheus.MustNewConstMetric(descWorkerMemory, prometheus.GaugeValue, float64(w.Capacity), w.Name, role, "capacity")
-		ch <- prometheus.MustNewConstMetric(descWorkerMemory, prometheus.GaugeValue, float64(w.Reserved), w.Name, role, "reserved")
-		ch <- prometheus.MustNewConstMetric(descWorkerMemory, prometheus.GaugeValue, float64(w.Used), w.Name, role, "used")
-	}
-
-	// Containers by state, and the pending ones.
-	if storeUp == 1 {
-		byState := map[string]int{}
-		pending, oldest := 0, 0.0
-		for _, r := range recs {
-			byState[r.State]++
-			if r.State == StatePending {
-				pending++
-				oldest = max(oldest, now.Sub(pendingSince(r)).Seconds())
-			}
+	if l != nil {
+		// Memory of each alive worker, as placement sees it.
+		for _, w := range l.snapshot().Workers {
+			role := roleLabel(w.Tags)
+			ch <- prometheus.MustNewConstMetric(descWorkerMemory, prometheus.GaugeValue, float64(w.Capacity), w.Name, role, "capacity")
+			ch <- prometheus.MustNewConstMetric(descWorkerMemory, prometheus.GaugeValue, float64(w.Reserved), w.Name, role, "reserved")
+			ch <- prometheus.MustNewConstMetric(descWorkerMemory, prometheus.GaugeValue, float64(w.Used), w.Name, role, "used")
+		}
+		// Containers by state, and the pending ones.
+		byState := l.store.Counts()
+		pending := l.store.Pending()
+		oldest := 0.0
+		for _, r := range pending {
+			oldest = max(oldest, now.Sub(pendingSince(r)).Seconds())
 		}
 		for _, st := range containerStates {
-			ch <- prometheus.MustNewConstMetric(descContainers, prometheus.GaugeValue, float64(byState[st]), st)
+			ch <- prometheus.MustNewConstMetric(descContainers, prometheus.GaugeValue, float64(byState[st]), string(st))
 		}
-		ch <- prometheus.MustNewConstMetric(descPending, prometheus.GaugeValue, float64(pending))
+		ch <- prometheus.MustNewConstMetric(descPending, prometheus.GaugeValue, float64(len(pending)))
 		ch <- prometheus.MustNewConstMetric(descPendingWait, prometheus.GaugeValue, oldest)
 	}
 
@@ -325,7 +328,7 @@ func (c *clusterCollector) Collect(ch chan<- prometheus.Metric) {
 			kind = "unknown"
 		}
 		status := mem.Status
-		if status != "alive" {
+		if status != statusAlive {
 			status = "dead"
 		}
 		gossip[ks{kind, status}]++

@@ -2,282 +2,476 @@ package manager
 
 import (
 	"context"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
-
-	"github.com/micado-scale/micado/worker"
 )
 
-// unknownWorkerGrace is how long after its start the manager waits for a
-// worker that holds containers to show up in gossip before it places them
-// elsewhere: long enough for live workers to rejoin (they retry every few
-// seconds), short enough that a worker lost during a manager outage does
-// not hold its containers for long.
+// unknownWorkerGrace is how long after it began to follow gossip a
+// manager waits for a worker that holds containers to show up before it
+// places them elsewhere: long enough for live workers to rejoin (they
+// retry every few seconds), short enough that a worker lost while no
+// manager watched does not hold its containers for long.
 const unknownWorkerGrace = 20 * time.Second
 
-// reconcile compares the desired state (Consul KV) with what the workers
-// run and what Consul has registered, and repairs the difference:
+// repairs is what one reconciliation decided, as data: decideRepairs
+// computes it from memory alone, and execute carries it out.
+type repairs struct {
+	finishStops   []string        // records marked stopping: deregister, stop, forget
+	rollbackMoves []string        // moves a crashed leader left unfinished
+	requeue       []requeueAction // containers whose worker is gone
+	restart       []string        // running records whose copy vanished
+	start         []string        // starting records to start (again)
+	adopt         []adoptAction   // copies that run as the record expects, not yet recorded
+	register      []string        // running records whose registration is missing
+	stopCopies    []stopAction    // copies no record asks for
+	deregister    []string        // registrations no record asks for
+	placePending  bool            // pending containers wait
+}
+
+type requeueAction struct {
+	name, node string
+	generation int
+	why        string
+}
+
+type adoptAction struct {
+	name, node string
+	copy       copyInfo
+}
+
+type stopAction struct {
+	name, node, api string
+	generation      int
+}
+
+// empty reports whether nothing needs doing.
+func (r *repairs) empty() bool {
+	return len(r.finishStops)+len(r.rollbackMoves)+len(r.requeue)+len(r.restart)+len(r.start)+len(r.adopt)+
+		len(r.register)+len(r.stopCopies)+len(r.deregister) == 0 && !r.placePending
+}
+
+// reconcileView is everything a reconciliation decides on.
+type reconcileView struct {
+	containers []*Container                // every record, sorted
+	lookup     func(string) *Container     // one record by name
+	workers    map[string]member           // every worker gossip knows, alive or dead
+	observed   map[string]*observation     // the workers whose containers are known now
+	registered map[string]string           // registration service ID → container
+	moving     func(container string) bool // a move of this container is in progress
+	// following is how long this manager has followed gossip.
+	following time.Duration
+}
+
+// decideRepairs compares the desired state with what the workers run and
+// what is registered, and says what to repair:
 //   - a container that should run but does not is started again, or placed
 //     on another worker when its worker is gone;
 //   - a copy that runs but is not recorded is adopted when it is the one
-//     the record expects, otherwise stopped (an orphan);
-//   - a running container without its registration is registered again
-//     (after a Consul restart), and a registration with no container is
-//     removed;
-//   - stops interrupted by a crash are finished.
-func (m *Manager) reconcile(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
-	defer cancel()
-	// Observe first, then read the desired state: a container or a
-	// registration is only ever created after its record is written, so
-	// anything observed that has no record is truly an orphan.
-	actual, reached := m.observe(ctx)
-	regs, err := m.reg.services(ctx)
-	if err != nil {
-		return err
-	}
-	recs, err := m.store.list(ctx)
-	if err != nil {
-		return err
-	}
-	byName := map[string]*Container{}
-	var pending []*Container
-	for _, c := range recs {
-		byName[c.Name] = c
+//     the record expects, otherwise stopped;
+//   - a running container without its registration is registered again,
+//     and a registration with no container is removed;
+//   - stops and moves interrupted by a crash are finished or rolled back.
+//
+// It does no I/O and changes nothing.
+func decideRepairs(v reconcileView) repairs {
+	var r repairs
+	for _, c := range v.containers {
 		switch c.State {
 		case StateStopping:
-			go func(name string) {
-				if err := m.stopOne(context.WithoutCancel(ctx), name); err != nil {
-					m.log.Warn("stop incomplete; will retry", "container", name, "err", err)
-				}
-			}(c.Name)
+			r.finishStops = append(r.finishStops, c.Name)
 		case StatePending:
-			pending = append(pending, c)
+			r.placePending = true
 		case StateStarting, StateRunning:
 			if c.Move != nil {
-				if !m.isMoving(c.Name) {
-					// A move interrupted by a manager restart: roll it back;
-					// the old copy never stopped.
-					go m.rollbackMove(context.WithoutCancel(ctx), c.Name, "the manager restarted during the move")
+				if !v.moving(c.Name) {
+					r.rollbackMoves = append(r.rollbackMoves, c.Name)
 				}
 				continue
 			}
-			w, known := m.members.get(c.Node)
-			if !known || w.Status != "alive" {
+			w, known := v.workers[c.Node]
+			if !known || w.Status != statusAlive {
 				switch {
 				case known:
-					if m.requeue(ctx, c, "worker "+c.Node+" is "+w.Status) {
-						m.log.Warn("worker is gone; placing its container again", "container", c.Name, "worker", c.Node)
-						m.event(EventRequeued, c.Name, "worker %s is %s; placing it again", c.Node, w.Status)
-						pending = append(pending, c)
-					}
-				case time.Since(m.started) > unknownWorkerGrace:
-					// The worker died while no manager was watching: gossip
-					// will never report it, so it would hold the container
-					// for ever.
-					if m.requeue(ctx, c, "worker "+c.Node+" has not been seen since the manager started") {
-						m.log.Warn("worker not seen since the manager started; placing its container again", "container", c.Name, "worker", c.Node)
-						m.event(EventRequeued, c.Name, "worker %s has not been seen since the manager started; placing it again", c.Node)
-						pending = append(pending, c)
-					}
+					r.requeue = append(r.requeue, requeueAction{name: c.Name, node: c.Node, generation: c.Generation,
+						why: "worker " + c.Node + " is " + w.Status})
+				case v.following > unknownWorkerGrace:
+					// The worker died while no manager watched: gossip will
+					// never report it, so it would hold the container for ever.
+					r.requeue = append(r.requeue, requeueAction{name: c.Name, node: c.Node, generation: c.Generation,
+						why: "worker " + c.Node + " has not been seen since the manager started"})
 				}
 				continue
 			}
-			if !reached[c.Node] {
+			ob, reached := v.observed[c.Node]
+			if !reached {
 				continue // cannot tell; try next round
 			}
-			copies := actual[c.Name]
-			var mine *worker.ContainerInfo
-			for i := range copies {
-				if copies[i].Node == c.Node && copies[i].Generation == c.Generation && copies[i].State == "running" {
-					mine = &copies[i]
+			var mine *copyInfo
+			for i, cp := range ob.copies[c.Name] {
+				if cp.Generation == c.Generation && cp.Running {
+					mine = &ob.copies[c.Name][i]
 				}
 			}
 			switch {
+			case mine == nil && c.State == StateRunning:
+				r.restart = append(r.restart, c.Name)
 			case mine == nil:
-				if c.State == StateRunning {
-					m.log.Warn("container is missing from its worker; starting it again", "container", c.Name, "worker", c.Node)
-					m.event(EventRecovered, c.Name, "missing from %s; starting it again", c.Node)
-					_, _ = m.store.update(ctx, c.Name, func(c *Container) error {
-						if c.State != StateRunning {
-							return ErrConflict
-						}
-						c.State = StateStarting
-						c.Reason = "container disappeared from " + c.Node
-						return nil
-					})
-				}
-				go m.start(context.WithoutCancel(ctx), c.Name)
+				r.start = append(r.start, c.Name)
 			case c.State == StateStarting || c.ContainerID != mine.ID:
-				m.adoptRunning(ctx, c.Name, *mine)
+				r.adopt = append(r.adopt, adoptAction{name: c.Name, node: c.Node, copy: *mine})
 			default:
-				if _, ok := regs[c.ServiceID()]; !ok {
-					m.log.Info("registration missing; registering again", "container", c.Name)
-					m.event(EventRecovered, c.Name, "its Consul registration was missing; registered again")
-					if err := m.reg.register(ctx, c); err != nil {
-						m.log.Warn("register failed", "container", c.Name, "err", err)
-					}
+				if _, ok := v.registered[c.ServiceID()]; !ok {
+					r.register = append(r.register, c.Name)
 				}
 			}
 		}
 	}
-	m.reconcileInstances(ctx)
-	m.reconcileApps(ctx)
-	if len(pending) > 0 {
-		m.placePending(ctx)
-	}
-	// Copies nobody asked for: stop them.
-	for name, copies := range actual {
-		c := byName[name]
-		for _, cp := range copies {
-			// A copy of an older generation on the same worker is stale too:
-			// the worker was cut off, its container placed again, and the
-			// new copy landed on the same worker once it came back.
-			if c != nil && cp.Node == c.Node && (cp.Generation == c.Generation || c.State == StateStopping) &&
-				(c.State == StateRunning || c.State == StateStarting || c.State == StateStopping) {
-				continue
-			}
-			if c != nil && c.Move != nil && cp.Node == c.Move.Node && cp.Generation == c.Move.Generation {
-				continue // the new copy of a move in progress
-			}
-			if c != nil && c.State == StatePending {
-				continue
-			}
-			w, ok := m.members.get(cp.Node)
-			if !ok || w.Load.API == "" || !m.claim(name) {
-				continue
-			}
-			m.log.Warn("stopping a copy that is not desired", "container", name, "worker", cp.Node)
-			m.event(EventRecovered, name, "stopped a copy on %s (generation %d) that is not desired", cp.Node, cp.Generation)
-			if _, err := m.agents.Stop(ctx, w.Load.API, name, cp.Generation); err != nil {
-				m.log.Warn("stop orphan failed", "container", name, "err", err)
-			}
-			m.release(name)
-		}
-	}
-	// Registrations with no running container behind them.
-	valid := map[string]bool{}
-	for _, c := range recs {
-		switch c.State {
-		case StateRunning, StateStarting:
-			valid[c.ServiceID()] = true
-			if c.Move != nil {
-				valid[serviceID(c.Name, c.Move.Generation)] = true
+	// Copies nobody asked for.
+	for node, ob := range v.observed {
+		for name, copies := range ob.copies {
+			c := v.lookup(name)
+			for _, cp := range copies {
+				if c != nil && copyWanted(c, node, cp.Generation) {
+					continue
+				}
+				r.stopCopies = append(r.stopCopies, stopAction{name: name, node: node, api: ob.api, generation: cp.Generation})
 			}
 		}
 	}
-	for id, svc := range regs {
-		if valid[id] || m.isMoving(svc.Meta[MetaInstance]) {
+	// Registrations with no container behind them.
+	for id, name := range v.registered {
+		c := v.lookup(name)
+		if c != nil && (c.State == StateRunning || c.State == StateStarting) &&
+			(isServiceID(id, c.Name, c.Generation) || (c.Move != nil && isServiceID(id, c.Name, c.Move.Generation))) {
 			continue
 		}
-		m.log.Info("removing a stale registration", "service_id", id)
-		_ = m.reg.deregister(ctx, id)
+		if v.moving(name) {
+			continue
+		}
+		r.deregister = append(r.deregister, id)
 	}
+	return r
+}
+
+// copyWanted reports whether the desired state asks for the copy of c of
+// the given generation on node.
+func copyWanted(c *Container, node string, gen int) bool {
+	switch {
+	case c.State == StatePending:
+		// Placed again soon; an older copy goes once the new one exists
+		// (its generation will then be older than the record's).
+		return true
+	case c.Move != nil && node == c.Move.Node && gen == c.Move.Generation:
+		return true // the new copy of a move in progress
+	case node != c.Node:
+		return false
+	case c.State == StateStopping:
+		return true // stopOne removes every copy
+	case c.State == StateRunning || c.State == StateStarting:
+		// A copy of another generation on the same worker is stale: the
+		// worker was cut off, its container placed again, and the new
+		// copy landed on the same worker once it came back.
+		return gen == c.Generation
+	}
+	return false
+}
+
+// isServiceID reports whether id is serviceID(name, gen), without
+// building it.
+func isServiceID(id, name string, gen int) bool {
+	if gen == 0 {
+		return id == name
+	}
+	rest, ok := strings.CutPrefix(id, name)
+	if !ok {
+		return false
+	}
+	rest, ok = strings.CutPrefix(rest, ".g")
+	return ok && rest == strconv.Itoa(gen)
+}
+
+// reconcile runs one round: observe, decide, act.
+func (l *leader) reconcile(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	l.syncRegistry(ctx)
+	// Observe first, then read the desired state: a container or a
+	// registration is only ever created after its record is written, so
+	// anything observed that has no record is truly an orphan.
+	observed := l.observe(ctx)
+	workers := map[string]member{}
+	for _, w := range l.m.members.workers() {
+		workers[w.Name] = w
+	}
+	v := reconcileView{
+		containers: l.store.All(),
+		lookup: func(n string) *Container {
+			c, _ := l.store.Container(n)
+			return c
+		},
+		workers:    workers,
+		observed:   observed,
+		registered: l.m.regs.snapshot(),
+		moving:     l.isMoving,
+		following:  time.Since(l.m.started),
+	}
+	r := decideRepairs(v)
+	l.execute(ctx, r)
+	l.reconcileInstances(ctx)
+	l.reconcileApps(ctx)
+	l.rounds++
+	l.m.metrics.reconciled()
 	return nil
 }
 
-// observe asks every alive worker which containers it runs. It returns
-// the copies by instance name and which workers answered.
-func (m *Manager) observe(ctx context.Context) (map[string][]worker.ContainerInfo, map[string]bool) {
-	var mu sync.Mutex
-	actual := map[string][]worker.ContainerInfo{}
-	reached := map[string]bool{}
+// execute carries out what decideRepairs decided.
+func (l *leader) execute(ctx context.Context, r repairs) {
+	m := l.m
+	for _, n := range r.finishStops {
+		l.spawn(func(ctx context.Context) {
+			if err := l.stopOne(ctx, n); err != nil && ctx.Err() == nil {
+				m.log.Warn("stop incomplete; will retry", "container", n, "err", err)
+			}
+		})
+	}
+	for _, n := range r.rollbackMoves {
+		l.spawn(func(ctx context.Context) { l.rollbackMove(ctx, n, "the leader changed during the move") })
+	}
+	requeued := 0
+	for _, q := range r.requeue {
+		if l.requeue(ctx, q.name, q.node, q.generation, q.why) {
+			m.log.Warn("worker is gone; placing its container again", "container", q.name, "worker", q.node)
+			m.event(EventRequeued, q.name, "%s; placing it again", q.why)
+			requeued++
+		}
+	}
+	for _, n := range r.restart {
+		c, ok := l.store.Container(n)
+		if !ok {
+			continue
+		}
+		m.log.Warn("container is missing from its worker; starting it again", "container", n, "worker", c.Node)
+		m.event(EventRecovered, n, "missing from %s; starting it again", c.Node)
+		_, err := l.store.Modify(ctx, n, func(c *Container) error {
+			if c.State != StateRunning {
+				return ErrConflict
+			}
+			c.State = StateStarting
+			c.Reason = "container disappeared from " + c.Node
+			return nil
+		})
+		if err == nil {
+			l.spawn(func(ctx context.Context) { l.start(ctx, n) })
+		}
+	}
+	for _, n := range r.start {
+		l.spawn(func(ctx context.Context) { l.start(ctx, n) })
+	}
+	for _, a := range r.adopt {
+		l.adoptRunning(ctx, a.name, a.node, a.copy)
+	}
+	l.registerAll(ctx, r.register)
+	if len(r.stopCopies) > 0 {
+		l.stopCopies(ctx, r.stopCopies)
+	}
+	for _, id := range r.deregister {
+		m.log.Info("removing a stale registration", "service_id", id)
+		l.deregister(ctx, id)
+	}
+	if r.placePending || requeued > 0 {
+		l.placePending(ctx)
+	}
+}
+
+// stopCopies stops copies that no record asks for. A deposed leader must
+// never do it on a stale view, so the lease is checked, and the fence
+// proven against the journal, first.
+func (l *leader) stopCopies(ctx context.Context, stops []stopAction) {
+	if !l.acting() || l.store.checkFence(ctx) != nil {
+		return
+	}
+	m := l.m
+	for _, s := range stops {
+		if !l.claim(s.name) {
+			continue
+		}
+		m.log.Warn("stopping a copy that is not desired", "container", s.name, "worker", s.node)
+		m.event(EventRecovered, s.name, "stopped a copy on %s (generation %d) that is not desired", s.node, s.generation)
+		if _, err := l.agents.Stop(ctx, s.api, s.name, s.generation); err != nil {
+			m.log.Warn("stop of a copy that is not desired failed", "container", s.name, "err", err)
+		}
+		l.release(s.name)
+	}
+}
+
+// registerAll registers again running containers whose registration is
+// missing (after a registry restart: possibly all of them), a few at a
+// time.
+func (l *leader) registerAll(ctx context.Context, names []string) {
+	if len(names) == 0 {
+		return
+	}
+	sem := make(chan struct{}, 16)
 	var wg sync.WaitGroup
-	for _, w := range m.members.workers() {
-		if w.Status != "alive" || w.Load.API == "" {
+	for _, n := range names {
+		c, ok := l.store.Container(n)
+		if !ok || c.State != StateRunning {
 			continue
 		}
 		wg.Add(1)
-		go func(w member) {
+		sem <- struct{}{}
+		go func() {
 			defer wg.Done()
-			// Agents answer in milliseconds; a short bound keeps one dead
-			// worker from holding up the whole round.
-			lctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-			defer cancel()
-			cs, err := m.agents.List(lctx, w.Load.API)
-			if err != nil {
-				m.log.Warn("cannot list a worker's containers", "worker", w.Name, "err", err)
-				return
+			defer func() { <-sem }()
+			l.m.log.Info("registration missing; registering again", "container", c.Name)
+			l.m.event(EventRecovered, c.Name, "its registration was missing; registered again")
+			if err := l.register(ctx, c); err != nil {
+				l.m.log.Warn("register failed", "container", c.Name, "err", err)
 			}
-			mu.Lock()
-			defer mu.Unlock()
-			reached[w.Name] = true
-			for _, c := range cs {
-				actual[c.Instance] = append(actual[c.Instance], c)
-			}
-		}(w)
+		}()
 	}
 	wg.Wait()
-	return actual, reached
 }
 
-func (m *Manager) adoptRunning(ctx context.Context, name string, info worker.ContainerInfo) {
-	if !m.claim(name) {
+// register registers c's current copy and remembers it.
+func (l *leader) register(ctx context.Context, c *Container) error {
+	reg := registrationFor(l.m.cfg.Cluster, c)
+	if err := l.m.deps.Registry.Register(ctx, reg); err != nil {
+		return err
+	}
+	l.m.regs.add(reg.ID, c.Name)
+	return nil
+}
+
+// deregister removes a registration and forgets it.
+func (l *leader) deregister(ctx context.Context, id string) {
+	if err := l.m.deps.Registry.Deregister(ctx, id); err != nil {
+		l.m.log.Warn("deregister failed", "service_id", id, "err", err)
 		return
 	}
-	defer m.release(name)
-	c, err := m.store.update(ctx, name, func(c *Container) error {
-		if c.State != StateStarting && c.State != StateRunning {
+	l.m.regs.drop(id)
+}
+
+// syncRegistry compares the remembered registrations with the
+// registry's, every registrySyncInterval or sooner when the health watch
+// suggests one was lost.
+func (l *leader) syncRegistry(ctx context.Context) {
+	now := time.Now()
+	if !l.m.regs.due(now) {
+		return
+	}
+	ids, err := l.m.deps.Registry.List(ctx)
+	if err != nil {
+		l.m.log.Warn("cannot list the registry", "err", err)
+		return
+	}
+	l.m.regs.replace(ids, now)
+}
+
+// adoptRunning records a copy that runs as the record expects.
+func (l *leader) adoptRunning(ctx context.Context, name, node string, cp copyInfo) {
+	if !l.claim(name) {
+		return
+	}
+	defer l.release(name)
+	c, err := l.store.Modify(ctx, name, func(c *Container) error {
+		if (c.State != StateStarting && c.State != StateRunning) || c.Node != node {
 			return ErrConflict
 		}
-		adopt(c, info)
+		adopt(c, node, cp.ID, cp.Address, cp.Ports)
 		return nil
 	})
 	if err != nil {
 		return
 	}
-	m.log.Info("adopted a running copy", "container", name, "worker", c.Node)
-	if err := m.reg.register(ctx, c); err != nil {
-		m.log.Warn("register failed", "container", name, "err", err)
+	l.m.log.Info("adopted a running copy", "container", name, "worker", c.Node)
+	if err := l.register(ctx, c); err != nil {
+		l.m.log.Warn("register failed", "container", name, "err", err)
 	}
 }
 
-// requeue puts a container whose worker is gone back to pending.
-// Only a record still on that worker is changed, so the dead-worker
-// handler and a reconciliation may both try it.
-func (m *Manager) requeue(ctx context.Context, c *Container, why string) bool {
-	node, gen := c.Node, c.Generation
-	_, err := m.store.update(ctx, c.Name, func(c *Container) error {
-		if c.Node != node || c.Generation != gen || (c.State != StateRunning && c.State != StateStarting) {
+// requeue puts a container whose worker is gone back to pending, as a new
+// generation. Only a record still on that worker is changed, so the
+// dead-worker handler and a reconciliation may both try it.
+func (l *leader) requeue(ctx context.Context, name, node string, gen int, why string) bool {
+	_, err := l.store.Modify(ctx, name, func(c *Container) error {
+		if c.Node != node || c.Generation != gen || (c.State != StateRunning && c.State != StateStarting) || c.Move != nil {
 			return ErrConflict
 		}
-		c.State = StatePending
-		c.Reason = why
-		c.Node = ""
-		c.ContainerID = ""
-		c.Bindings = nil
+		setPending(c, why)
 		c.Generation++
-		c.UpdatedAt = time.Now().UTC()
-		c.PendingSince = c.UpdatedAt
 		return nil
 	})
 	if err != nil {
 		return false
 	}
-	_ = m.reg.deregister(ctx, serviceID(c.Name, gen))
+	l.deregister(ctx, serviceID(name, gen))
 	return true
 }
 
+// setPending makes c wait for a worker again.
+func setPending(c *Container, why string) {
+	c.State = StatePending
+	c.Reason = why
+	c.Node = ""
+	c.ContainerID = ""
+	c.Address = ""
+	c.Bindings = nil
+	c.UpdatedAt = time.Now().UTC()
+	c.PendingSince = c.UpdatedAt
+}
+
 // workerDied places the containers of a worker memberlist declared dead
-// at once, without waiting for the next reconciliation (which may itself
-// be waiting on the dead worker's agent).
-func (m *Manager) workerDied(ctx context.Context, node string) {
-	recs, err := m.store.list(ctx)
-	if err != nil {
-		return
-	}
+// at once, without waiting for the next reconciliation.
+func (l *leader) workerDied(ctx context.Context, node string) {
+	l.m.obs.forget(node)
 	n := 0
-	for _, c := range recs {
-		if c.Node != node || c.Move != nil || (c.State != StateRunning && c.State != StateStarting) {
+	for _, c := range l.store.OnNode(node) {
+		if c.Move != nil || (c.State != StateRunning && c.State != StateStarting) {
 			continue
 		}
-		if m.requeue(ctx, c, "worker "+node+" is dead") {
-			m.log.Warn("worker is gone; placing its container again", "container", c.Name, "worker", node)
-			m.event(EventRequeued, c.Name, "worker %s is dead; placing it again", node)
+		if l.requeue(ctx, c.Name, node, c.Generation, "worker "+node+" is dead") {
+			l.m.log.Warn("worker is gone; placing its container again", "container", c.Name, "worker", node)
+			l.m.event(EventRequeued, c.Name, "worker %s is dead; placing it again", node)
 			n++
 		}
 	}
 	if n > 0 {
-		m.placePending(ctx)
+		l.placePending(ctx)
+	}
+}
+
+// watchHealth keeps the health of the cluster's registrations in memory,
+// from the registry's blocking watch: reads of health never call it. A
+// running container whose check vanished suggests a lost registration.
+func (l *leader) watchHealth(ctx context.Context) {
+	var index uint64
+	for ctx.Err() == nil {
+		h, next, err := l.m.deps.Registry.Health(ctx, index, healthWait)
+		if err != nil {
+			if ctx.Err() == nil {
+				l.m.log.Debug("health watch", "err", err)
+				l.m.regs.markStale() // the registry may have restarted
+				sleepCtx(ctx, time.Second)
+			}
+			index = 0
+			continue
+		}
+		if next < index {
+			l.m.regs.markStale() // the registry's index went back: it restarted
+		}
+		index = next
+		l.m.regs.setHealth(h)
+		for _, c := range l.store.All() {
+			if c.State == StateRunning && c.Check.Type != "none" && c.HostPort() != 0 && l.m.regs.registered(c.ServiceID()) {
+				if _, ok := h[c.ServiceID()]; !ok {
+					l.m.regs.markStale()
+					l.kick()
+					break
+				}
+			}
+		}
 	}
 }

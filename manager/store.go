@@ -5,164 +5,444 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sort"
 	"strings"
+	"sync"
+)
 
-	"github.com/hashicorp/consul/api"
+// Journal key prefixes.
+const (
+	containersPrefix = "containers/"
+	instancesPrefix  = "instances/"
+	appsPrefix       = "apps/"
+	membersPrefix    = "members/"
+	eventsPrefix     = "events/"
+	batchesPrefix    = "batches/"
 )
 
 // ErrNotFound is returned for a record that does not exist.
 var ErrNotFound = errors.New("not found")
 
-// ErrConflict is returned when a record changed under a check-and-set.
-var ErrConflict = errors.New("changed concurrently")
+// ErrExists is returned when a record to create already exists.
+var ErrExists = errors.New("already exists")
 
-// store keeps the desired state in Consul KV, one JSON record per
-// container, so that a manager restarted at any moment finds everything
-// the user asked for.
-type store struct {
-	kv     *api.KV
-	prefix string // micado/<cluster>/
+// Store holds the desired state in memory, with the indexes its readers
+// need, and journals every change. Reads never do I/O: they return the
+// immutable records under a read lock. Changes go through Update, which
+// runs on the store's single commit goroutine: concurrent updates are
+// batched into one journal transaction (check-and-set on every record it
+// changes, fenced by the leader lock), and memory changes only once the
+// journal has accepted them, with the indexes it returned.
+//
+// A Store lives for one term of leadership: it is loaded when the manager
+// becomes the leader and dropped when it stops leading.
+type Store struct {
+	j      Journal
+	fence  Fence
+	maxOps int // data ops per commit: the journal's limit less the fence
+	log    *slog.Logger
+
+	mu         sync.RWMutex
+	containers map[string]*Container
+	byService  map[string]map[string]*Container
+	byNode     map[string]map[string]*Container
+	ledger     map[string]ledgerEntry // memory promised to each worker
+	pending    map[string]*Container
+	counts     map[State]int
+	names      []string // container names, naturally sorted; nil when stale
+	instances  map[string]*Instance
+	apps       map[string]*AppRecord
+	members    map[string]string
+	specs      map[string]*Spec // one copy of each distinct spec
+
+	reqs   chan *updateReq
+	next   *updateReq // carried over to the next batch
+	fenced bool       // the journal refused our fence: we were deposed
+	// onFenced is called once when the journal refuses the fence.
+	onFenced func()
 }
 
-func newStore(c *api.Client, cluster string) *store {
-	return &store{kv: c.KV(), prefix: "micado/" + cluster + "/"}
+// ledgerEntry is what the desired state has promised one worker.
+type ledgerEntry struct {
+	reserved int64
+	count    int
 }
 
-func (s *store) containerKey(name string) string { return s.prefix + "containers/" + name }
-
-// list returns every container record, sorted by name.
-func (s *store) list(ctx context.Context) ([]*Container, error) {
-	pairs, _, err := s.kv.List(s.prefix+"containers/", (&api.QueryOptions{RequireConsistent: true}).WithContext(ctx))
-	if err != nil {
-		return nil, fmt.Errorf("read desired state from Consul KV: %w", err)
+func newStore(j Journal, fence Fence, log *slog.Logger) *Store {
+	max := j.MaxOps()
+	if fence.Key != "" {
+		max--
 	}
-	out := make([]*Container, 0, len(pairs))
+	return &Store{
+		j: j, fence: fence, maxOps: max, log: log,
+		containers: map[string]*Container{}, byService: map[string]map[string]*Container{},
+		byNode: map[string]map[string]*Container{}, ledger: map[string]ledgerEntry{},
+		pending: map[string]*Container{}, counts: map[State]int{}, instances: map[string]*Instance{},
+		apps: map[string]*AppRecord{}, members: map[string]string{}, specs: map[string]*Spec{},
+		reqs: make(chan *updateReq, 1024),
+	}
+}
+
+// load reads the whole journal into memory, rolls back the unfinished
+// batches a crashed leader left, and returns the persisted events.
+func (s *Store) load(ctx context.Context) ([]Event, error) {
+	pairs, err := s.j.Load(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("read the desired state: %w", err)
+	}
+	var events []Event
+	var batches []Pair
+	s.mu.Lock()
 	for _, p := range pairs {
-		var c Container
-		if err := json.Unmarshal(p.Value, &c); err != nil {
-			return nil, fmt.Errorf("desired state record %s is damaged: %w", p.Key, err)
+		switch {
+		case strings.HasPrefix(p.Key, containersPrefix):
+			c, err := s.decodeContainer(p)
+			if err != nil {
+				s.mu.Unlock()
+				return nil, err
+			}
+			s.insert(c)
+		case strings.HasPrefix(p.Key, instancesPrefix):
+			var in Instance
+			if err := json.Unmarshal(p.Value, &in); err != nil {
+				s.mu.Unlock()
+				return nil, fmt.Errorf("instance record %s is damaged: %w", p.Key, err)
+			}
+			in.index = p.Index
+			s.instances[in.Name] = &in
+		case strings.HasPrefix(p.Key, appsPrefix):
+			var a AppRecord
+			if err := json.Unmarshal(p.Value, &a); err != nil {
+				s.mu.Unlock()
+				return nil, fmt.Errorf("application record %s is damaged: %w", p.Key, err)
+			}
+			a.index = p.Index
+			s.apps[a.Name] = &a
+		case strings.HasPrefix(p.Key, membersPrefix):
+			s.members[strings.TrimPrefix(p.Key, membersPrefix)] = string(p.Value)
+		case strings.HasPrefix(p.Key, eventsPrefix):
+			var e Event
+			if json.Unmarshal(p.Value, &e) == nil && e.Seq > 0 {
+				events = append(events, e)
+			}
+		case strings.HasPrefix(p.Key, batchesPrefix):
+			batches = append(batches, p)
 		}
-		c.index = p.ModifyIndex
-		out = append(out, &c)
 	}
-	sort.Slice(out, func(i, j int) bool { return naturalLess(out[i].Name, out[j].Name) })
-	return out, nil
+	s.mu.Unlock()
+	for _, b := range batches {
+		if err := s.rollbackBatch(ctx, b); err != nil {
+			return nil, err
+		}
+	}
+	sort.Slice(events, func(i, j int) bool { return events[i].Seq < events[j].Seq })
+	return events, nil
 }
 
-// get returns one record.
-func (s *store) get(ctx context.Context, name string) (*Container, error) {
-	p, _, err := s.kv.Get(s.containerKey(name), (&api.QueryOptions{RequireConsistent: true}).WithContext(ctx))
-	if err != nil {
-		return nil, fmt.Errorf("read %s from Consul KV: %w", name, err)
-	}
-	if p == nil {
-		return nil, ErrNotFound
-	}
+// decodeContainer reads a container record and shares its spec with the
+// records that have the same one.
+func (s *Store) decodeContainer(p Pair) (*Container, error) {
 	var c Container
 	if err := json.Unmarshal(p.Value, &c); err != nil {
 		return nil, fmt.Errorf("desired state record %s is damaged: %w", p.Key, err)
 	}
-	c.index = p.ModifyIndex
+	if c.Spec == nil {
+		c.Spec = &Spec{}
+	}
+	c.Spec = s.intern(c.Spec)
+	c.index = p.Index
 	return &c, nil
 }
 
-// createAll writes new records in one transaction: all or none, and none
-// if any name is taken.
-func (s *store) createAll(ctx context.Context, cs []*Container) error {
-	for start := 0; start < len(cs); start += 64 { // Consul allows 64 ops per txn
-		end := min(start+64, len(cs))
-		var ops api.KVTxnOps
-		for _, c := range cs[start:end] {
-			b, err := json.Marshal(c)
-			if err != nil {
-				return err
-			}
-			ops = append(ops, &api.KVTxnOp{Verb: api.KVCAS, Key: s.containerKey(c.Name), Value: b, Index: 0})
+// intern returns the one copy of spec kept in memory. Call with s.mu held.
+func (s *Store) intern(spec *Spec) *Spec {
+	b, err := json.Marshal(spec)
+	if err != nil {
+		return spec
+	}
+	if have, ok := s.specs[string(b)]; ok {
+		return have
+	}
+	s.specs[string(b)] = spec
+	return spec
+}
+
+// batchMarker is written before the first part of a change too large for
+// one journal transaction, and deleted with its last part: a marker found
+// at load means the change was never complete, and it is rolled back.
+type batchMarker struct {
+	Keys []string `json:"keys"`
+}
+
+func (s *Store) rollbackBatch(ctx context.Context, marker Pair) error {
+	var m batchMarker
+	_ = json.Unmarshal(marker.Value, &m)
+	present, err := s.j.Read(ctx, m.Keys)
+	if err != nil {
+		return fmt.Errorf("roll back an unfinished launch: %w", err)
+	}
+	ops := make([]Op, 0, len(present)+1)
+	for _, p := range present {
+		ops = append(ops, Op{Verb: OpDeleteCAS, Key: p.Key, Index: p.Index})
+	}
+	ops = append(ops, Op{Verb: OpDeleteCAS, Key: marker.Key, Index: marker.Index})
+	for start := 0; start < len(ops); start += s.maxOps {
+		if _, err := s.j.Commit(ctx, s.fence, ops[start:min(start+s.maxOps, len(ops))]); err != nil {
+			return fmt.Errorf("roll back an unfinished launch: %w", err)
 		}
-		ok, resp, _, err := s.kv.Txn(ops, (&api.QueryOptions{}).WithContext(ctx))
-		if err != nil {
-			return fmt.Errorf("write desired state to Consul KV: %w", err)
+	}
+	s.mu.Lock()
+	for _, p := range present {
+		if c, ok := s.containers[strings.TrimPrefix(p.Key, containersPrefix)]; ok {
+			s.remove(c)
 		}
-		if !ok {
-			var msgs []string
-			for _, e := range resp.Errors {
-				msgs = append(msgs, e.What)
-			}
-			return fmt.Errorf("%w: %s", ErrConflict, strings.Join(msgs, "; "))
-		}
+	}
+	s.mu.Unlock()
+	if s.log != nil {
+		s.log.Warn("rolled back a launch a stopped leader left unfinished", "records", len(present))
 	}
 	return nil
 }
 
-// put writes c if it has not changed since it was read.
-func (s *store) put(ctx context.Context, c *Container) error {
-	b, err := json.Marshal(c)
-	if err != nil {
-		return err
+// insert adds or replaces the record of c.Name. Call with s.mu held.
+func (s *Store) insert(c *Container) {
+	if old, ok := s.containers[c.Name]; ok {
+		s.unindex(old)
+	} else {
+		s.names = nil
 	}
-	ok, _, err := s.kv.CAS(&api.KVPair{Key: s.containerKey(c.Name), Value: b, ModifyIndex: c.index}, (&api.WriteOptions{}).WithContext(ctx))
-	if err != nil {
-		return fmt.Errorf("write %s to Consul KV: %w", c.Name, err)
-	}
+	s.containers[c.Name] = c
+	s.index(c)
+}
+
+// remove drops c's record. Call with s.mu held.
+func (s *Store) remove(c *Container) {
+	old, ok := s.containers[c.Name]
 	if !ok {
-		return ErrConflict
+		return
 	}
-	// Re-read the index so a following put on the same value works.
-	p, _, err := s.kv.Get(s.containerKey(c.Name), (&api.QueryOptions{RequireConsistent: true}).WithContext(ctx))
-	if err == nil && p != nil {
-		c.index = p.ModifyIndex
-	}
-	return nil
+	s.unindex(old)
+	delete(s.containers, c.Name)
+	s.names = nil
 }
 
-// update applies fn to the current record and writes it back, retrying on
-// concurrent changes. fn may return ErrNotFound-wrapping errors to abort.
-func (s *store) update(ctx context.Context, name string, fn func(*Container) error) (*Container, error) {
-	for range 10 {
-		c, err := s.get(ctx, name)
-		if err != nil {
-			return nil, err
+func (s *Store) index(c *Container) {
+	addTo(s.byService, c.Service, c)
+	if c.Node != "" {
+		addTo(s.byNode, c.Node, c)
+	}
+	if c.State.holdsMemory() {
+		if c.Node != "" {
+			s.promise(c.Node, c.Memory, 1)
 		}
-		if err := fn(c); err != nil {
-			return nil, err
+		if c.Move != nil && c.Move.Node != "" {
+			s.promise(c.Move.Node, c.Memory, 1)
 		}
-		if err := s.put(ctx, c); errors.Is(err, ErrConflict) {
-			continue
-		} else if err != nil {
-			return nil, err
+	}
+	if c.State == StatePending {
+		s.pending[c.Name] = c
+	}
+	s.counts[c.State]++
+}
+
+func (s *Store) unindex(c *Container) {
+	delFrom(s.byService, c.Service, c.Name)
+	if c.Node != "" {
+		delFrom(s.byNode, c.Node, c.Name)
+	}
+	if c.State.holdsMemory() {
+		if c.Node != "" {
+			s.promise(c.Node, -c.Memory, -1)
 		}
-		return c, nil
+		if c.Move != nil && c.Move.Node != "" {
+			s.promise(c.Move.Node, -c.Memory, -1)
+		}
 	}
-	return nil, fmt.Errorf("update %s: %w too often", name, ErrConflict)
+	delete(s.pending, c.Name)
+	if s.counts[c.State]--; s.counts[c.State] == 0 {
+		delete(s.counts, c.State)
+	}
 }
 
-// delete removes a record.
-func (s *store) delete(ctx context.Context, name string) error {
-	_, err := s.kv.Delete(s.containerKey(name), (&api.WriteOptions{}).WithContext(ctx))
-	if err != nil {
-		return fmt.Errorf("delete %s from Consul KV: %w", name, err)
+func (s *Store) promise(node string, mem int64, n int) {
+	e := s.ledger[node]
+	e.reserved += mem
+	e.count += n
+	if e.count == 0 && e.reserved == 0 {
+		delete(s.ledger, node)
+		return
 	}
-	return nil
+	s.ledger[node] = e
 }
 
-// saveMember remembers a member's gossip address so a restarted manager
-// can rejoin the cluster without waiting for the workers.
-func (s *store) saveMember(ctx context.Context, name, addr string) error {
-	_, err := s.kv.Put(&api.KVPair{Key: s.prefix + "members/" + name, Value: []byte(addr)}, (&api.WriteOptions{}).WithContext(ctx))
-	return err
+func addTo(idx map[string]map[string]*Container, key string, c *Container) {
+	m := idx[key]
+	if m == nil {
+		m = map[string]*Container{}
+		idx[key] = m
+	}
+	m[c.Name] = c
 }
 
-func (s *store) members(ctx context.Context) ([]string, error) {
-	pairs, _, err := s.kv.List(s.prefix+"members/", (&api.QueryOptions{}).WithContext(ctx))
-	if err != nil {
-		return nil, err
+func delFrom(idx map[string]map[string]*Container, key, name string) {
+	if m := idx[key]; m != nil {
+		delete(m, name)
+		if len(m) == 0 {
+			delete(idx, key)
+		}
 	}
-	var out []string
-	for _, p := range pairs {
-		out = append(out, string(p.Value))
+}
+
+// --- Reads. Every record returned is shared and must not be changed. ---
+
+// Container returns one record.
+func (s *Store) Container(name string) (*Container, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	c, ok := s.containers[name]
+	return c, ok
+}
+
+// All returns every container, naturally sorted by name.
+func (s *Store) All() []*Container {
+	s.mu.RLock()
+	names := s.names
+	s.mu.RUnlock()
+	if names == nil {
+		s.mu.Lock()
+		if s.names == nil {
+			s.names = make([]string, 0, len(s.containers))
+			for n := range s.containers {
+				s.names = append(s.names, n)
+			}
+			sort.Slice(s.names, func(i, j int) bool { return naturalLess(s.names[i], s.names[j]) })
+		}
+		names = s.names
+		s.mu.Unlock()
 	}
-	return out, nil
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := make([]*Container, 0, len(names))
+	for _, n := range names {
+		if c, ok := s.containers[n]; ok {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// Service returns the containers of one service, sorted by name.
+func (s *Store) Service(service string) []*Container {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return sortedValues(s.byService[service])
+}
+
+// OnNode returns the containers recorded on one worker, sorted by name.
+func (s *Store) OnNode(node string) []*Container {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return sortedValues(s.byNode[node])
+}
+
+// Pending returns the pending containers, sorted by name.
+func (s *Store) Pending() []*Container {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return sortedValues(s.pending)
+}
+
+// Len returns the number of container records.
+func (s *Store) Len() int {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return len(s.containers)
+}
+
+// Counts returns the number of containers in each state.
+func (s *Store) Counts() map[State]int {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := make(map[State]int, len(s.counts))
+	for k, v := range s.counts {
+		out[k] = v
+	}
+	return out
+}
+
+// Promised returns the memory and the number of containers the desired
+// state has promised each worker (starting, running and stopping
+// containers, and the new copies of moves).
+func (s *Store) Promised() map[string]ledgerEntry {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := make(map[string]ledgerEntry, len(s.ledger))
+	for k, v := range s.ledger {
+		out[k] = v
+	}
+	return out
+}
+
+// Instances returns every instance record, sorted by name.
+func (s *Store) Instances() []*Instance {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := make([]*Instance, 0, len(s.instances))
+	for _, in := range s.instances {
+		out = append(out, in)
+	}
+	sort.Slice(out, func(i, j int) bool { return naturalLess(out[i].Name, out[j].Name) })
+	return out
+}
+
+// Instance returns one instance record.
+func (s *Store) Instance(name string) (*Instance, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	in, ok := s.instances[name]
+	return in, ok
+}
+
+// Apps returns every application record, sorted by name.
+func (s *Store) Apps() []*AppRecord {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := make([]*AppRecord, 0, len(s.apps))
+	for _, a := range s.apps {
+		out = append(out, a)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// App returns one application record.
+func (s *Store) App(name string) (*AppRecord, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	a, ok := s.apps[name]
+	return a, ok
+}
+
+// Members returns the gossip addresses of the members seen so far.
+func (s *Store) Members() []string {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := make([]string, 0, len(s.members))
+	for _, a := range s.members {
+		out = append(out, a)
+	}
+	sort.Strings(out)
+	return out
+}
+
+func sortedValues(m map[string]*Container) []*Container {
+	out := make([]*Container, 0, len(m))
+	for _, c := range m {
+		out = append(out, c)
+	}
+	sort.Slice(out, func(i, j int) bool { return naturalLess(out[i].Name, out[j].Name) })
+	return out
 }
 
 // naturalLess orders "web-2" before "web-10".

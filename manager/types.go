@@ -13,14 +13,26 @@ import (
 	"github.com/micado-scale/micado/worker"
 )
 
-// Container states, as stored in Consul KV.
+// State is a container's state in the desired state.
+type State string
+
+// Container states.
 const (
-	StatePending  = "pending"  // accepted, waiting for a worker
-	StateStarting = "starting" // placed on a worker, being started
-	StateRunning  = "running"  // runs on its worker, registered in Consul
-	StateStopping = "stopping" // the user asked to stop it
-	StateFailed   = "failed"   // cannot run; Reason says why
+	StatePending  State = "pending"  // accepted, waiting for a worker
+	StateStarting State = "starting" // placed on a worker, being started
+	StateRunning  State = "running"  // runs on its worker, registered in Consul
+	StateStopping State = "stopping" // the user asked to stop it
+	StateFailed   State = "failed"   // cannot run; Reason says why
 )
+
+// containerStates lists every state, in the order tables show them.
+var containerStates = []State{StatePending, StateStarting, StateRunning, StateStopping, StateFailed}
+
+// holdsMemory reports whether a container in state s has memory reserved
+// on its worker.
+func (s State) holdsMemory() bool {
+	return s == StateStarting || s == StateRunning || s == StateStopping
+}
 
 // Check is how Consul checks a container's health.
 type Check struct {
@@ -29,11 +41,11 @@ type Check struct {
 	Interval string `json:"interval,omitempty"`
 }
 
-// Container is one desired container instance and what became of it. The
-// record lives in Consul KV under micado/<cluster>/containers/<name> and is
-// written before anything acts on it.
-type Container struct {
-	Name    string            `json:"name"`    // instance name, unique in the cluster ("web-1")
+// Spec is what every replica of a service runs: the part of a container
+// record that its replicas share. Specs are immutable once built; the
+// manager keeps one copy per distinct spec in memory, however many
+// containers use it.
+type Spec struct {
 	Service string            `json:"service"` // Consul service name ("web")
 	App     string            `json:"app,omitempty"`
 	Image   string            `json:"image"`
@@ -48,8 +60,17 @@ type Container struct {
 	// SpecHash identifies an application service's definition, so a
 	// changed image or setting replaces the container.
 	SpecHash string `json:"spec_hash,omitempty"`
+}
 
-	State  string `json:"state"`
+// Container is one desired container instance and what became of it. The
+// record lives in the journal (Consul KV, micado/<cluster>/containers/<name>)
+// and is written before anything acts on it. Records held by the Store
+// are immutable: change a copy (Tx.Container) and put it back.
+type Container struct {
+	Name string `json:"name"` // instance name, unique in the cluster ("web-1")
+	*Spec
+
+	State  State  `json:"state"`
 	Reason string `json:"reason,omitempty"`
 	// Placement says why the container is on its worker, as the
 	// coordinator decided it (kept while Reason is cleared on start).
@@ -73,7 +94,17 @@ type Container struct {
 	CreatedAt time.Time  `json:"created_at"`
 	UpdatedAt time.Time  `json:"updated_at"`
 
-	index uint64 // Consul ModifyIndex, for check-and-set
+	index uint64 // the journal index of its last change, for check-and-set
+}
+
+// clone returns a copy that may be changed (the Spec stays shared).
+func (c *Container) clone() *Container {
+	cp := *c
+	if c.Move != nil {
+		mv := *c.Move
+		cp.Move = &mv
+	}
+	return &cp
 }
 
 // MoveState is a copy being started on another worker.
@@ -154,8 +185,13 @@ type NodeView struct {
 	CPU        float64   `json:"cpu"`
 	Containers int       `json:"containers"`
 	Draining   bool      `json:"draining,omitempty"`
-	Started    time.Time `json:"started,omitempty"`
+	Started    time.Time `json:"started,omitzero"`
 	LastUpdate time.Time `json:"last_update"`
+	// Leader marks the manager that leads the cluster, since when and in
+	// which term.
+	Leader      bool      `json:"leader,omitempty"`
+	LeaderSince time.Time `json:"leader_since,omitzero"`
+	Term        uint64    `json:"term,omitempty"`
 }
 
 // Status answers GET /v1/status.
@@ -165,6 +201,12 @@ type Status struct {
 	Workers    int    `json:"workers"`
 	Containers int    `json:"containers"`
 	Strategy   string `json:"strategy"`
+	// Leader is the manager that answered (the one that leads), since
+	// when and in which term; Managers counts the managers gossip sees.
+	Leader      string    `json:"leader"`
+	LeaderSince time.Time `json:"leader_since"`
+	Term        uint64    `json:"term"`
+	Managers    int       `json:"managers"`
 }
 
 // ErrorBody is every error answer of the API.

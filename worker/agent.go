@@ -105,7 +105,8 @@ type Agent struct {
 	metrics *agentMetrics // Prometheus metrics, served at GET /metrics (metrics.go)
 
 	mu    sync.Mutex
-	left  bool // left the cluster for scale-in; never rejoin
+	term  uint64 // the newest manager term obeyed (TermHeader)
+	left  bool   // left the cluster for scale-in; never rejoin
 	load  Load
 	meta  []byte
 	usage map[string]int64
@@ -272,7 +273,8 @@ func (a *Agent) refreshLoad(ctx context.Context) {
 		a.log.Warn("cannot read containers", "err", err)
 		return
 	}
-	l := Load{Kind: KindWorker, Tags: a.cfg.Tags, Capacity: a.cfg.Memory, Started: a.started.Unix(), CPU: loadAverage()}
+	l := Load{Kind: KindWorker, Tags: a.cfg.Tags, Capacity: a.cfg.Memory, Started: a.started.Unix(), CPU: loadAverage(),
+		Digest: ContainersDigest(cs)}
 	a.mu.Lock()
 	l.API = a.apiAddr
 	for _, c := range cs {
@@ -289,7 +291,7 @@ func (a *Agent) refreshLoad(ctx context.Context) {
 		a.log.Error("load report too large", "err", err)
 		return
 	}
-	changed := a.load.Reserved != l.Reserved || a.load.Containers != l.Containers ||
+	changed := a.load.Reserved != l.Reserved || a.load.Containers != l.Containers || a.load.Digest != l.Digest ||
 		absDiff(a.load.Used, l.Used) > 1<<20 || absDiffF(a.load.CPU, l.CPU) > 0.05 || a.meta == nil
 	l.Seq = a.load.Seq
 	if changed {
@@ -389,7 +391,7 @@ func (a *Agent) routes() http.Handler {
 		a.mu.Unlock()
 		writeJSON(w, http.StatusOK, cs)
 	}))
-	mux.HandleFunc("POST /v1/containers", a.auth(func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("POST /v1/containers", a.auth(a.fenced(func(w http.ResponseWriter, r *http.Request) {
 		var req StartRequest
 		if err := decodeJSON(w, r, &req); err != nil {
 			writeError(w, http.StatusBadRequest, err)
@@ -414,8 +416,8 @@ func (a *Agent) routes() http.Handler {
 		a.refreshLoad(r.Context())
 		a.loadHeader(w)
 		writeJSON(w, http.StatusOK, info)
-	}))
-	mux.HandleFunc("POST /v1/leave", a.auth(func(w http.ResponseWriter, r *http.Request) {
+	})))
+	mux.HandleFunc("POST /v1/leave", a.auth(a.fenced(func(w http.ResponseWriter, r *http.Request) {
 		a.mu.Lock()
 		a.left = true
 		a.mu.Unlock()
@@ -425,8 +427,8 @@ func (a *Agent) routes() http.Handler {
 			return
 		}
 		writeJSON(w, http.StatusOK, map[string]bool{"left": true})
-	}))
-	mux.HandleFunc("DELETE /v1/containers/{instance}", a.auth(func(w http.ResponseWriter, r *http.Request) {
+	})))
+	mux.HandleFunc("DELETE /v1/containers/{instance}", a.auth(a.fenced(func(w http.ResponseWriter, r *http.Request) {
 		gen := -1
 		if g := r.URL.Query().Get("generation"); g != "" {
 			n, err := strconv.Atoi(g)
@@ -446,7 +448,7 @@ func (a *Agent) routes() http.Handler {
 		a.refreshLoad(r.Context())
 		a.loadHeader(w)
 		writeJSON(w, http.StatusOK, map[string]bool{"found": found})
-	}))
+	})))
 	return mux
 }
 
@@ -458,6 +460,34 @@ func (a *Agent) loadHeader(w http.ResponseWriter) {
 	a.mu.Unlock()
 	if meta != nil {
 		w.Header().Set(LoadHeader, string(meta))
+	}
+}
+
+// fenced refuses a command from a manager of an older term than the
+// newest this agent has obeyed: that manager was deposed, and its
+// successor may already have decided otherwise. Commands without a term
+// (tools, tests) are taken.
+func (a *Agent) fenced(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if v := r.Header.Get(TermHeader); v != "" {
+			t, err := strconv.ParseUint(v, 10, 64)
+			if err != nil {
+				writeError(w, http.StatusBadRequest, fmt.Errorf("%s %q is not a number", TermHeader, v))
+				return
+			}
+			a.mu.Lock()
+			newest := a.term
+			if t > a.term {
+				a.term = t
+			}
+			a.mu.Unlock()
+			if t < newest {
+				a.log.Warn("refused a command of a deposed manager", "term", t, "newest", newest)
+				writeError(w, http.StatusConflict, fmt.Errorf("refused: the command comes from manager term %d, and a manager of term %d has since led", t, newest))
+				return
+			}
+		}
+		h(w, r)
 	}
 }
 

@@ -7,11 +7,15 @@ package worker
 
 import (
 	"bytes"
+	"context"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"hash/fnv"
+	"sort"
+	"strconv"
 	"time"
 )
 
@@ -43,6 +47,49 @@ type Load struct {
 	// it already has: the agent also returns its fresh report with every
 	// start and stop (header LoadHeader), ahead of gossip.
 	Seq uint64 `json:"q,omitempty"`
+	// Digest sums up the agent's containers (instance, generation and
+	// state of each): the manager lists a worker's containers again only
+	// when it changes, instead of asking every worker every round.
+	Digest uint64 `json:"h,omitempty"`
+}
+
+// ContainersDigest sums up a list of containers as Load.Digest does: it
+// changes when a container appears, goes, or changes generation or state.
+// Never 0, so that 0 can mean "not reported".
+func ContainersDigest(cs []ContainerInfo) uint64 {
+	keys := make([]string, len(cs))
+	for i, c := range cs {
+		keys[i] = c.Instance + "\x00" + strconv.Itoa(c.Generation) + "\x00" + c.State + "\x00" + c.ID
+	}
+	sort.Strings(keys)
+	h := fnv.New64a()
+	for _, k := range keys {
+		h.Write([]byte(k))
+		h.Write([]byte{0xff})
+	}
+	if d := h.Sum64(); d != 0 {
+		return d
+	}
+	return 1
+}
+
+// TermHeader carries the term of the manager that sends a command: agents
+// refuse commands of an older term than the newest they have obeyed, so a
+// deposed leader cannot start or stop anything once its successor has
+// spoken to the worker.
+const TermHeader = "X-Micado-Term"
+
+type termKey struct{}
+
+// WithTerm returns a context whose agent calls carry the manager's term.
+func WithTerm(ctx context.Context, term uint64) context.Context {
+	return context.WithValue(ctx, termKey{}, term)
+}
+
+// TermOf returns the term WithTerm put in ctx (0 when none).
+func TermOf(ctx context.Context) uint64 {
+	t, _ := ctx.Value(termKey{}).(uint64)
+	return t
 }
 
 // loadMsgTag starts a load message: an agent sends its new load report

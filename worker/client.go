@@ -56,6 +56,9 @@ func (c *Client) do(ctx context.Context, method, addr, path string, in, out any)
 		return err
 	}
 	req.Header.Set("Authorization", "Bearer "+c.Token)
+	if t := TermOf(ctx); t > 0 {
+		req.Header.Set(TermHeader, strconv.FormatUint(t, 10))
+	}
 	if in != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}

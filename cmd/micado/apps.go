@@ -134,7 +134,7 @@ func summary(st manager.AppStatus) string {
 	for _, s := range st.Services {
 		parts = append(parts, fmt.Sprintf("%s %d/%d", s.Name, s.Passing, s.Desired))
 	}
-	return st.State + " (" + strings.Join(parts, ", ") + ")"
+	return string(st.State) + " (" + strings.Join(parts, ", ") + ")"
 }
 
 func printAppStatus(w io.Writer, st manager.AppStatus) {
@@ -176,7 +176,7 @@ func appsCmd(g *globals) *cobra.Command {
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "APPLICATION\tFILE\tSTATE\tSERVICES")
 			for _, a := range as {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", a.Name, a.File, a.State, strings.TrimPrefix(summary(a), a.State+" "))
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", a.Name, a.File, a.State, strings.TrimPrefix(summary(a), string(a.State)+" "))
 			}
 			return tw.Flush()
 		},

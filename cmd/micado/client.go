@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/micado-scale/micado/manager"
@@ -23,7 +24,8 @@ import (
 // cluster: MICADO_HOME/<cluster>/cluster.json (mode 0600).
 type clusterState struct {
 	Name      string    `json:"name"`
-	Manager   string    `json:"manager"`           // http://127.0.0.1:PORT, or https:// with TLS
+	Manager   string    `json:"manager"`            // http://127.0.0.1:PORT, or https:// with TLS: the first manager
+	Managers  []string  `json:"managers,omitempty"` // every manager's URL (micado up --managers N)
 	Consul    string    `json:"consul"`            // http://127.0.0.1:PORT
 	ConsulDNS string    `json:"consul_dns"`        // 127.0.0.1:PORT
 	Network   string    `json:"network"`           // Docker network name
@@ -50,11 +52,37 @@ func loadState(g *globals) (*clusterState, error) {
 	return &s, nil
 }
 
-// client talks to the manager API.
+// client talks to the manager API. It knows every manager's address and
+// reaches whichever answers: a standby forwards to the leader, and while
+// the lead changes hands (a standby answers 503 with Retry-After, or a
+// manager does not answer at all) it tries the others and waits, up to
+// failoverWait, so a user notices a failover only as a short wait.
 type client struct {
-	base  string
+	base  string   // the manager that answered last
+	bases []string // every manager
 	token string
 	http  *http.Client
+	// failoverWait bounds how long a call waits for some manager to lead.
+	failoverWait time.Duration
+}
+
+// defaultFailoverWait covers a leader dying unseen by gossip: its session
+// expires within two TTLs (20 s), and a standby takes the lock at once.
+const defaultFailoverWait = 30 * time.Second
+
+// splitAddrs reads a comma-separated list of manager addresses.
+func splitAddrs(s string) []string {
+	var out []string
+	for _, a := range strings.Split(s, ",") {
+		if a = strings.TrimSpace(a); a == "" {
+			continue
+		}
+		if !strings.Contains(a, "://") {
+			a = "http://" + a
+		}
+		out = append(out, strings.TrimRight(a, "/"))
+	}
+	return out
 }
 
 // newClient finds the manager: MICADO_ADDR (and MICADO_TOKEN) if set,
@@ -62,12 +90,9 @@ type client struct {
 // verified with the CA of --ca-cert (env MICADO_CA_CERT), else the one
 // `micado up` saved, else the system's roots.
 func newClient(g *globals) (*client, error) {
-	c := &client{}
-	if addr := os.Getenv("MICADO_ADDR"); addr != "" {
-		if !strings.Contains(addr, "://") {
-			addr = "http://" + addr
-		}
-		c.base = strings.TrimRight(addr, "/")
+	c := &client{failoverWait: defaultFailoverWait}
+	if addrs := splitAddrs(os.Getenv("MICADO_ADDR")); len(addrs) > 0 {
+		c.base, c.bases = addrs[0], addrs
 		c.token = os.Getenv("MICADO_TOKEN")
 		hc, err := newHTTPClient(g.caCert, 60*time.Second)
 		if err != nil {
@@ -83,7 +108,10 @@ func newClient(g *globals) (*client, error) {
 	if err != nil {
 		return nil, err
 	}
-	c.base = st.Manager
+	c.base, c.bases = st.Manager, st.Managers
+	if len(c.bases) == 0 {
+		c.bases = []string{st.Manager}
+	}
 	hc, err := newHTTPClient(cmp.Or(g.caCert, st.CAFile), 60*time.Second)
 	if err != nil {
 		return nil, err
@@ -146,18 +174,69 @@ func certErr(err error) bool {
 	return errors.As(err, &unknown) || errors.As(err, &host) || errors.As(err, &invalid) || errors.As(err, &verifErr)
 }
 
+// errTryAnother says a manager cannot answer now (it does not answer, or
+// it stands by without a leader to forward to): another may.
+type errTryAnother struct{ err error }
+
+func (e errTryAnother) Error() string { return e.err.Error() }
+
+// do calls the API on whichever manager answers, riding out a failover.
 func (c *client) do(ctx context.Context, method, path string, in, out any) error {
-	var body io.Reader
+	var body []byte
 	if in != nil {
 		b, err := json.Marshal(in)
 		if err != nil {
 			return err
 		}
-		body = bytes.NewReader(b)
+		body = b
 	}
-	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
+	bases := c.bases
+	if len(bases) == 0 {
+		bases = []string{c.base}
+	}
+	wait := c.failoverWait
+	deadline := time.Now().Add(wait)
+	first := c.base
+	for {
+		var last error
+		// The manager that answered last first, then the others.
+		order := append([]string{first}, bases...)
+		tried := map[string]bool{}
+		for _, base := range order {
+			if tried[base] {
+				continue
+			}
+			tried[base] = true
+			err := c.doOn(ctx, base, method, path, body, out)
+			var again errTryAnother
+			if !errors.As(err, &again) {
+				if err == nil {
+					c.base = base
+				}
+				return err
+			}
+			last = again.err
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return last
+		}
+		select {
+		case <-ctx.Done():
+			return last
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+// doOn calls the API of the manager at base.
+func (c *client) doOn(ctx context.Context, base, method, path string, in []byte, out any) error {
+	var body io.Reader
+	if in != nil {
+		body = bytes.NewReader(in)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, base+path, body)
 	if err != nil {
-		return userErr("bad manager address %q: %v", c.base, err)
+		return userErr("bad manager address %q: %v", base, err)
 	}
 	if in != nil {
 		req.Header.Set("Content-Type", "application/json")
@@ -167,23 +246,31 @@ func (c *client) do(ctx context.Context, method, path string, in, out any) error
 	}
 	resp, err := c.http.Do(req)
 	if err != nil && certErr(err) {
-		return userErr("the micado manager at %s presented a certificate this client does not trust: %v (give the CA that signed it with --ca-cert or MICADO_CA_CERT)", c.base, rootCause(err))
+		return userErr("the micado manager at %s presented a certificate this client does not trust: %v (give the CA that signed it with --ca-cert or MICADO_CA_CERT)", base, rootCause(err))
 	}
 	if err != nil {
-		return userErr("cannot reach the micado manager at %s: %v (is the cluster up? run `micado up`, or set MICADO_ADDR)", c.base, rootCause(err))
+		err = userErr("cannot reach the micado manager at %s: %v (is the cluster up? run `micado up`, or set MICADO_ADDR)", base, rootCause(err))
+		if isConnRefused(err) || method == http.MethodGet {
+			// Never reached (or only read): safe to ask another.
+			return errTryAnother{err}
+		}
+		return err
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
 	if err != nil {
 		return userErr("reading the manager's answer: %v", err)
 	}
-	if resp.StatusCode == http.StatusBadRequest && strings.HasPrefix(c.base, "http://") && bytes.Contains(b, []byte("HTTP request to an HTTPS server")) {
-		return userErr("the micado manager at %s serves HTTPS only: use https://%s", c.base, strings.TrimPrefix(c.base, "http://"))
+	if resp.StatusCode == http.StatusBadRequest && strings.HasPrefix(base, "http://") && bytes.Contains(b, []byte("HTTP request to an HTTPS server")) {
+		return userErr("the micado manager at %s serves HTTPS only: use https://%s", base, strings.TrimPrefix(base, "http://"))
 	}
 	if resp.StatusCode >= 300 {
 		var e manager.ErrorBody
 		if json.Unmarshal(b, &e) != nil || e.Error == "" {
 			return userErr("the manager answered %s", resp.Status)
+		}
+		if resp.StatusCode == http.StatusServiceUnavailable && resp.Header.Get("Retry-After") != "" {
+			return errTryAnother{&apiError{status: resp.StatusCode, msg: e.Error}}
 		}
 		return &apiError{status: resp.StatusCode, msg: e.Error}
 	}
@@ -204,6 +291,12 @@ func (e *apiError) Error() string { return e.msg }
 
 func (c *client) get(ctx context.Context, path string, out any) error {
 	return c.do(ctx, http.MethodGet, path, nil, out)
+}
+
+// isConnRefused reports whether err is a refused connection: the request
+// never reached a manager.
+func isConnRefused(err error) bool {
+	return errors.Is(err, syscall.ECONNREFUSED) || strings.Contains(err.Error(), "connection refused")
 }
 
 func rootCause(err error) error {

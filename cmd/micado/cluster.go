@@ -457,7 +457,7 @@ func up(ctx context.Context, cmd *cobra.Command, g *globals, o upOptions) (err e
 		err := c.get(ctx, "/v1/nodes", &nodes)
 		alive := 0
 		for _, n := range nodes {
-			if n.Status == "alive" {
+			if n.Status == "alive" && n.Kind == worker.KindWorker {
 				alive++
 			}
 		}

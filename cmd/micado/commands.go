@@ -15,6 +15,7 @@ import (
 	"github.com/micado-scale/micado/coordinator"
 	"github.com/micado-scale/micado/definitions"
 	"github.com/micado-scale/micado/manager"
+	"github.com/micado-scale/micado/worker"
 	"github.com/spf13/cobra"
 )
 
@@ -156,7 +157,7 @@ func waitPassing(ctx context.Context, c *client, service string, want int, repor
 		}
 		passing := 0
 		for _, x := range cs {
-			st := x.State
+			st := string(x.State)
 			if x.State == manager.StateRunning {
 				st += "/" + orDash(x.Health)
 			}
@@ -263,16 +264,41 @@ func nodesCmd(g *globals) *cobra.Command {
 				return printJSON(cmd.OutOrStdout(), ns)
 			}
 			sort.SliceStable(ns, func(i, j int) bool { return ns[i].Name < ns[j].Name })
+			age := func(t time.Time) string {
+				if t.IsZero() {
+					return "-"
+				}
+				return time.Since(t).Round(time.Second).String()
+			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "NAME\tSTATUS\tTAGS\tCAPACITY\tRESERVED\tFREE\tUSED\tCPU\tCONTAINERS\tAGE")
+			var managers []manager.NodeView
 			for _, n := range ns {
-				age := "-"
-				if !n.Started.IsZero() {
-					age = time.Since(n.Started).Round(time.Second).String()
+				if n.Kind == worker.KindManager {
+					managers = append(managers, n)
+					continue
 				}
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.2f\t%d\t%s\n", n.Name, n.Status, strings.Join(n.Tags, ","),
 					coordinator.FormatBytes(n.Capacity), coordinator.FormatBytes(n.Reserved), coordinator.FormatBytes(n.Free),
-					coordinator.FormatBytes(n.Used), n.CPU, n.Containers, age)
+					coordinator.FormatBytes(n.Used), n.CPU, n.Containers, age(n.Started))
+			}
+			if err := tw.Flush(); err != nil {
+				return err
+			}
+			if len(managers) == 0 {
+				return nil
+			}
+			fmt.Fprintln(cmd.OutOrStdout())
+			tw = tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "MANAGER\tSTATUS\tROLE\tLEADS SINCE\tTERM\tAGE")
+			for _, n := range managers {
+				role, since, term := "standby", "-", "-"
+				if n.Leader {
+					role = "leader"
+					since = n.LeaderSince.Local().Format("15:04:05") + " (" + age(n.LeaderSince) + ")"
+					term = strconv.FormatUint(n.Term, 10)
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", n.Name, n.Status, role, since, term, age(n.Started))
 			}
 			return tw.Flush()
 		},

@@ -14,6 +14,7 @@ import (
 	"github.com/micado-scale/micado/coordinator"
 	"github.com/micado-scale/micado/definitions"
 	"github.com/micado-scale/micado/manager"
+	"github.com/micado-scale/micado/manager/daemon"
 	"github.com/micado-scale/micado/worker"
 	"github.com/spf13/cobra"
 )
@@ -147,7 +148,7 @@ over HTTPS only (TLS 1.2 or newer).`,
 			if err := scaleIn.apply(&cfg); err != nil {
 				return err
 			}
-			return manager.Run(ctx, cfg)
+			return daemon.Run(ctx, cfg)
 		},
 	}
 	f := cmd.Flags()

@@ -141,7 +141,7 @@ func TestDashboard(t *testing.T) {
 	eventually(t, time.Minute, "big-1 waits for the instance limit", func() (bool, string) {
 		for _, x := range c.ps() {
 			if x.Name == "big-1" {
-				return x.State == manager.StatePending && strings.Contains(x.Reason, "limit of 2 instances"), x.State + ": " + x.Reason
+				return x.State == manager.StatePending && strings.Contains(x.Reason, "limit of 2 instances"), string(x.State) + ": " + x.Reason
 			}
 		}
 		return false, "no big-1"

@@ -210,7 +210,14 @@ func TestClusterEndToEnd(t *testing.T) {
 			t.Fatal(err)
 		}
 		roles := map[string]string{}
+		leaders := 0
 		for _, n := range ns {
+			if n.Kind == worker.KindManager {
+				if n.Leader {
+					leaders++
+				}
+				continue
+			}
 			if n.Status != "alive" || n.Capacity != 1<<30 {
 				t.Errorf("node %s: status %s capacity %d", n.Name, n.Status, n.Capacity)
 			}
@@ -218,6 +225,9 @@ func TestClusterEndToEnd(t *testing.T) {
 		}
 		if roles["w-1"] != "role=proxy" || roles["w-2"] != "role=app" {
 			t.Fatalf("roles = %v", roles)
+		}
+		if leaders != 1 {
+			t.Fatalf("%d managers lead: %+v", leaders, ns)
 		}
 		out := c.mustMicado("nodes")
 		if !strings.Contains(out, "w-1") || !strings.Contains(out, "role=proxy") {

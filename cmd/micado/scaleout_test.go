@@ -222,7 +222,7 @@ func TestScaleOutJoinTimeoutAndSweep(t *testing.T) {
 	eventually(t, 3*time.Minute, "the held container fails after its instances never join", func() (bool, string) {
 		for _, x := range c.ps() {
 			if x.Name == "demo-web-1" {
-				return x.State == manager.StateFailed && strings.Contains(x.Reason, "did not join within 10s"), x.State + ": " + x.Reason
+				return x.State == manager.StateFailed && strings.Contains(x.Reason, "did not join within 10s"), string(x.State) + ": " + x.Reason
 			}
 		}
 		return false, "no record"

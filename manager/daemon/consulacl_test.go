@@ -1,4 +1,4 @@
-package manager
+package daemon
 
 import (
 	"bytes"
@@ -12,7 +12,6 @@ import (
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
-	"os/exec"
 	"sort"
 	"strconv"
 	"strings"
@@ -22,6 +21,9 @@ import (
 
 	"github.com/hashicorp/consul/api"
 	"github.com/hashicorp/memberlist"
+	"github.com/micado-scale/micado/internal/testconsul"
+	"github.com/micado-scale/micado/internal/testnet"
+	. "github.com/micado-scale/micado/manager"
 	"github.com/micado-scale/micado/worker"
 )
 
@@ -43,45 +45,24 @@ func (b *aclLogBuffer) String() string {
 	return b.buf.String()
 }
 
-// startConsulWithACL runs a real Consul dev agent on loopback with ACLs
-// on, every request without a token denied, and mgmt as the initial
-// management token (also the agent's own token, as an operator sets it,
-// so the agent can keep its node in the catalog).
 func startConsulWithACL(tb testing.TB, mgmt string) string {
-	tb.Helper()
-	httpPort := freePort(tb)
-	hcl := fmt.Sprintf(`acl {
-  enabled = true
-  default_policy = "deny"
-  enable_token_persistence = false
-  tokens {
-    initial_management = %q
-    agent = %q
-  }
+	return testconsul.StartWithACL(tb, mgmt).Addr
 }
-ports { http = %d, dns = -1, grpc = -1, grpc_tls = -1, serf_lan = %d, serf_wan = %d, server = %d }`,
-		mgmt, mgmt, httpPort, freePort(tb), freePort(tb), freePort(tb))
-	cmd := exec.Command(consulBinary(tb), "agent", "-dev", "-bind=127.0.0.1", "-client=127.0.0.1", "-log-level=error", "-hcl", hcl)
-	var out aclLogBuffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
-		tb.Fatalf("start consul: %v", err)
+
+func startConsul(tb testing.TB) string { return testconsul.Start(tb).Addr }
+
+func freePort(tb testing.TB) int { return testnet.FreePort(tb) }
+
+func postLaunch(tb testing.TB, base string, req LaunchRequest) (int, []byte) {
+	tb.Helper()
+	b, _ := json.Marshal(req)
+	resp, err := http.Post(base+"/v1/containers", "application/json", bytes.NewReader(b))
+	if err != nil {
+		tb.Fatal(err)
 	}
-	tb.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	addr := "127.0.0.1:" + strconv.Itoa(httpPort)
-	cl, _ := api.NewClient(&api.Config{Address: addr, Token: mgmt})
-	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) {
-		// Leader elected and the management token known (ACL bootstrap done).
-		if l, err := cl.Status().Leader(); err == nil && l != "" {
-			if _, _, err := cl.KV().Get("probe", nil); err == nil {
-				return addr
-			}
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	tb.Fatalf("consul with ACLs did not come up in 30s:\n%s", out.String())
-	return ""
+	defer resp.Body.Close()
+	out, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, out
 }
 
 // consulCall is one request the manager made to Consul.
@@ -347,7 +328,7 @@ func TestManagerUsesTheConsulTokenForEveryCall(t *testing.T) {
 			t.Errorf("Consul call without the manager's token: %s %s (token %q)", c.Method, c.Path, c.Token)
 		}
 		p := c.Path
-		for _, pre := range []string{"/v1/kv/", "/v1/agent/service/register", "/v1/agent/service/deregister/", "/v1/catalog/service/", "/v1/health/service/"} {
+		for _, pre := range []string{"/v1/kv/", "/v1/agent/service/register", "/v1/agent/service/deregister/", "/v1/catalog/service/", "/v1/health/service/", "/v1/session/destroy/", "/v1/session/renew/"} {
 			if strings.HasPrefix(p, pre) {
 				p = pre + "…"
 			}
@@ -360,7 +341,8 @@ func TestManagerUsesTheConsulTokenForEveryCall(t *testing.T) {
 	}
 	sort.Strings(seen)
 	t.Logf("%d Consul calls, all with the token:\n  %s", len(calls), strings.Join(seen, "\n  "))
-	for _, want := range []string{"PUT /v1/kv/…", "GET /v1/kv/…", "PUT /v1/agent/service/register…", "PUT /v1/agent/service/deregister/…", "PUT /v1/txn", "GET /v1/health/state/any", "GET /v1/agent/services"} {
+	for _, want := range []string{"PUT /v1/kv/…", "GET /v1/kv/…", "PUT /v1/agent/service/register…", "PUT /v1/agent/service/deregister/…", "PUT /v1/txn",
+		"GET /v1/health/state/any", "GET /v1/agent/services", "PUT /v1/session/create", "PUT /v1/session/destroy/…"} {
 		if paths[want] == 0 {
 			t.Errorf("the manager never made %s: the proof does not cover it", want)
 		}
@@ -420,7 +402,7 @@ node_prefix "" { policy = "read" }`}, nil)
 	}{
 		{"none", "", []string{"consul ACL:", "has ACLs on and the manager has no token", "CONSUL_HTTP_TOKEN", "--consul-token-file", `key_prefix "micado/acl/" write`, "Permission denied"}},
 		{"unknown", "4d3c2b1a-0000-4000-8000-000000000000", []string{"consul ACL:", "does not know the manager's token", "ACL not found"}},
-		{"read-only", ro.SecretID, []string{"consul ACL:", "the manager's token lacks permissions", "lacks permission 'key:write'"}},
+		{"read-only", ro.SecretID, []string{"consul ACL:", "the manager's token may not write keys under micado/acl/", "lacks permission 'key:write'"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			m := startACLManager(t, consulAddr, tc.token)

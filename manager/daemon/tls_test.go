@@ -1,4 +1,4 @@
-package manager
+package daemon
 
 import (
 	"context"
@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/micado-scale/micado/internal/testtls"
+	. "github.com/micado-scale/micado/manager"
 )
 
 // TestAPIOverTLS runs a real manager with a certificate signed by a CA

@@ -1,0 +1,78 @@
+package consul
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+)
+
+// WaitReady waits until Consul at addr has elected a leader, up to wait.
+func WaitReady(ctx context.Context, c *api.Client, addr string, wait time.Duration) error {
+	deadline := time.Now().Add(wait)
+	for {
+		leader, err := c.Status().LeaderWithQueryOptions((&api.QueryOptions{}).WithContext(ctx))
+		if err == nil && leader != "" {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			if err == nil {
+				err = errors.New("no leader elected")
+			}
+			return fmt.Errorf("consul at %s is not ready after %s: %w", addr, wait, err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+// CheckAccess proves at start that Consul accepts the manager's ACL token
+// for what the manager does, and says which right is missing if not: it
+// matters because Consul with ACLs answers reads by a token without rights
+// with an empty result, not an error, and a manager that saw no desired
+// state would stop every container as an orphan.
+//   - KV: a check-and-set under micado/<cluster>/ that can never succeed,
+//     so it writes nothing (Consul checks the token before the index);
+//   - sessions (the leader lock): a session is created and destroyed.
+//
+// With ACLs off both pass.
+func CheckAccess(ctx context.Context, c *api.Client, addr, cluster string) error {
+	key := Prefix(cluster) + ".access-check"
+	if _, _, err := c.KV().CAS(&api.KVPair{Key: key, ModifyIndex: math.MaxInt64}, (&api.WriteOptions{}).WithContext(ctx)); err != nil {
+		return AccessError(addr, cluster, "write keys under "+Prefix(cluster), err)
+	}
+	id, _, err := c.Session().Create(&api.SessionEntry{Name: "micado access check", TTL: "10s"}, (&api.WriteOptions{}).WithContext(ctx))
+	if err != nil {
+		return AccessError(addr, cluster, "create sessions (the leader lock)", err)
+	}
+	_, _ = c.Session().Destroy(id, (&api.WriteOptions{}).WithContext(ctx))
+	return nil
+}
+
+// AccessError explains a Consul error that is an ACL refusal (naming the
+// right that is missing), and returns other errors wrapped as they are.
+func AccessError(addr, cluster, right string, err error) error {
+	var se api.StatusError
+	denied := errors.As(err, &se) && se.Code == http.StatusForbidden
+	msg := err.Error()
+	if !denied {
+		return fmt.Errorf("consul at %s: %w", addr, err)
+	}
+	need := fmt.Sprintf("a token that may write keys under micado/%s/, create sessions and register services (key_prefix \"micado/%s/\" write, session_prefix \"\" write, service_prefix \"\" write, node_prefix \"\" read)", cluster, cluster)
+	switch {
+	case strings.Contains(msg, "ACL not found"):
+		return fmt.Errorf("consul ACL: Consul at %s does not know the manager's token (CONSUL_HTTP_TOKEN or --consul-token-file): it is mistyped or was deleted; give it %s: %w", addr, need, err)
+	case strings.Contains(msg, "anonymous token"):
+		return fmt.Errorf("consul ACL: Consul at %s has ACLs on and the manager has no token: set CONSUL_HTTP_TOKEN or --consul-token-file to %s: %w", addr, need, err)
+	default:
+		return fmt.Errorf("consul ACL: the manager's token may not %s at Consul %s: the manager needs %s: %w", right, addr, need, err)
+	}
+}

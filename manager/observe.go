@@ -1,0 +1,125 @@
+package manager
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/micado-scale/micado/worker"
+)
+
+// Observation bounds.
+const (
+	// listTimeout bounds one call listing a worker's containers: agents
+	// answer in milliseconds, and one dead worker must not hold up a
+	// reconciliation.
+	listTimeout = 2 * time.Second
+	// listConcurrency bounds the lists in flight, so that a new leader of
+	// thousands of workers does not open thousands of connections at once.
+	listConcurrency = 64
+)
+
+// copyInfo is one container copy a worker runs, as its agent listed it:
+// what reconciliation needs, no more (a leader of 100,000 containers
+// keeps one of these for each).
+type copyInfo struct {
+	ID         string
+	Generation int
+	Running    bool
+	Address    string
+	Ports      []worker.Binding
+}
+
+// observation is what one worker ran when its agent last listed it.
+type observation struct {
+	api     string // the agent it came from
+	started int64  // the agent's run (Load.Started)
+	digest  uint64 // worker.ContainersDigest of the list
+	at      time.Time
+	copies  map[string][]copyInfo // by container name
+}
+
+// observer keeps every worker's containers as last listed, and lists a
+// worker again only when the digest in its load report no longer matches
+// the list (its containers changed), so an idle reconciliation of
+// thousands of workers calls none of them. Agents that report no digest
+// are listed every round. Safe for concurrent use.
+type observer struct {
+	mu       sync.Mutex
+	byWorker map[string]*observation
+}
+
+func newObserver() *observer { return &observer{byWorker: map[string]*observation{}} }
+
+// fresh reports whether the list of worker w still describes it: it came
+// from the same agent run and matches the digest of its latest report.
+func (o *observation) fresh(l worker.Load) bool {
+	return o != nil && o.api == l.API && o.started == l.Started && l.Digest != 0 && o.digest == l.Digest
+}
+
+// get returns the observation of a worker if it is fresh for load l.
+func (o *observer) get(name string, l worker.Load) (*observation, bool) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	ob := o.byWorker[name]
+	return ob, ob.fresh(l)
+}
+
+// forget drops a worker's observation (it left or was lost).
+func (o *observer) forget(name string) {
+	o.mu.Lock()
+	delete(o.byWorker, name)
+	o.mu.Unlock()
+}
+
+func (o *observer) put(name string, ob *observation) {
+	o.mu.Lock()
+	o.byWorker[name] = ob
+	o.mu.Unlock()
+}
+
+// refresh lists, in parallel, every alive worker whose observation is not
+// fresh, and waits for the answers (each bounded by listTimeout). It
+// returns the workers whose containers are known now, with what they run.
+func (l *leader) observe(ctx context.Context) map[string]*observation {
+	out := map[string]*observation{}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, listConcurrency)
+	for _, w := range l.m.members.workers() {
+		if w.Status != statusAlive || w.Load.API == "" {
+			continue
+		}
+		if ob, ok := l.m.obs.get(w.Name, w.Load); ok {
+			out[w.Name] = ob
+			continue
+		}
+		wg.Add(1)
+		go func(w member) {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			lctx, cancel := context.WithTimeout(ctx, listTimeout)
+			defer cancel()
+			cs, err := l.agents.List(lctx, w.Load.API)
+			if err != nil {
+				if ctx.Err() == nil {
+					l.m.log.Warn("cannot list a worker's containers", "worker", w.Name, "err", err)
+				}
+				return
+			}
+			ob := &observation{api: w.Load.API, started: w.Load.Started, digest: worker.ContainersDigest(cs),
+				at: time.Now(), copies: make(map[string][]copyInfo, len(cs))}
+			for _, c := range cs {
+				ob.copies[c.Instance] = append(ob.copies[c.Instance], copyInfo{ID: c.ID, Generation: c.Generation,
+					Running: c.State == "running", Address: c.Address, Ports: c.Ports})
+			}
+			l.m.obs.put(w.Name, ob)
+			mu.Lock()
+			out[w.Name] = ob
+			mu.Unlock()
+		}(w)
+	}
+	wg.Wait()
+	return out
+}
