@@ -26,13 +26,13 @@ type clusterState struct {
 	Name      string    `json:"name"`
 	Manager   string    `json:"manager"`            // http://127.0.0.1:PORT, or https:// with TLS: the first manager
 	Managers  []string  `json:"managers,omitempty"` // every manager's URL (micado up --managers N)
-	Consul    string    `json:"consul"`            // http://127.0.0.1:PORT
-	ConsulDNS string    `json:"consul_dns"`        // 127.0.0.1:PORT
-	Network   string    `json:"network"`           // Docker network name
-	Gateway   string    `json:"gateway"`           // the network's gateway: where published ports are reached
-	TokenFile string    `json:"token_file"`        // file holding the API token
-	KeyFile   string    `json:"key_file"`          // file holding the cluster key
-	CAFile    string    `json:"ca_file,omitempty"` // CA certificate that verifies the manager's (TLS)
+	Consul    string    `json:"consul"`             // http://127.0.0.1:PORT
+	ConsulDNS string    `json:"consul_dns"`         // 127.0.0.1:PORT
+	Network   string    `json:"network"`            // Docker network name
+	Gateway   string    `json:"gateway"`            // the network's gateway: where published ports are reached
+	TokenFile string    `json:"token_file"`         // file holding the API token
+	KeyFile   string    `json:"key_file"`           // file holding the cluster key
+	CAFile    string    `json:"ca_file,omitempty"`  // CA certificate that verifies the manager's (TLS)
 	CreatedAt time.Time `json:"created_at"`
 	Workers   int       `json:"workers"`
 	WorkerMem int64     `json:"worker_memory"`
