@@ -186,6 +186,32 @@ func (l *eventLog) persist(ctx context.Context, j Journal, fence Fence) {
 		var batch []Event
 		select {
 		case <-ctx.Done():
+			// The term ends: write what is queued while the lock may still
+			// be ours (a clean stop); a deposed leader's fence refuses it.
+			fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+			for {
+				select {
+				case e := <-l.queue:
+					batch = append(batch, e)
+					if len(batch) < max {
+						continue
+					}
+				default:
+				}
+				if len(batch) == 0 {
+					break
+				}
+				ops := make([]Op, 0, len(batch))
+				for _, e := range batch {
+					b, _ := json.Marshal(e)
+					ops = append(ops, Op{Verb: OpSet, Key: eventKey(e.Seq), Value: b})
+				}
+				if _, err := j.Commit(fctx, fence, ops); err != nil {
+					break
+				}
+				batch = batch[:0]
+			}
+			cancel()
 			return
 		case e := <-l.queue:
 			batch = append(batch, e)
@@ -204,7 +230,9 @@ func (l *eventLog) persist(ctx context.Context, j Journal, fence Fence) {
 			b, _ := json.Marshal(e)
 			ops = append(ops, Op{Verb: OpSet, Key: eventKey(e.Seq), Value: b})
 		}
-		cctx, cancel := context.WithTimeout(ctx, commitTimeout)
+		// Not cancelled with the term: a batch taken from the queue is
+		// written (or fenced), never dropped half way.
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), commitTimeout)
 		_, err := j.Commit(cctx, fence, ops)
 		cancel()
 		if err != nil {

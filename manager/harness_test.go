@@ -335,6 +335,16 @@ func (w *world) kill(name string) {
 	}
 }
 
+// revive brings a killed worker back (a partition healed) with what it
+// ran, and gossip announces it again.
+func (w *world) revive(name string) {
+	w.agents.mu.Lock()
+	sw := w.agents.byName[name]
+	sw.dead = false
+	w.agents.mu.Unlock()
+	w.gossip(sw)
+}
+
 func (a *simAgents) all() []*simWorker {
 	a.mu.Lock()
 	defer a.mu.Unlock()

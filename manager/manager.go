@@ -163,7 +163,14 @@ func (m *Manager) leadTerm(ctx context.Context, lease Lease) {
 	l.store = store
 	l.spawn(store.run)
 	m.events.reset(events, m.cfg.NodeName, lease.Term())
-	l.spawn(func(ctx context.Context) { m.events.persist(ctx, m.deps.Journal, lease.Fence()) })
+	// The event log is written until every other task of the term has
+	// ended, so their last events are journaled too.
+	pctx, pcancel := context.WithCancel(context.WithoutCancel(tctx))
+	persisted := make(chan struct{})
+	go func() {
+		defer close(persisted)
+		m.events.persist(pctx, m.deps.Journal, lease.Fence())
+	}()
 	l.spawn(l.watchLease)
 	m.mu.Lock()
 	m.lead = l
@@ -192,6 +199,8 @@ func (m *Manager) leadTerm(ctx context.Context, lease Lease) {
 	m.mu.Unlock()
 	m.metrics.leading(false)
 	l.wg.Wait()
+	pcancel()
+	<-persisted
 	rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
 	_ = lease.Release(rctx)
 	rcancel()

@@ -43,7 +43,7 @@ func TestWorkerDeathRequeuesAndStaleCopiesStop(t *testing.T) {
 		}
 	}
 	// w-1 comes back (a partition healed) with its generation-0 copies.
-	w.gossip(w.agents.worker("w-1"))
+	w.revive("w-1")
 	eventually(t, 5*time.Second, "w-1's stale copies stop", func() bool {
 		return len(w.agents.worker("w-1").running(w.agents)) == 0
 	})

@@ -162,8 +162,8 @@ func TestSecretsStayHiddenAndTLS(t *testing.T) {
 			jsonOuts = append(jsonOuts, c.mustMicado(args...))
 		}
 		var ns []manager.NodeView
-		if err := json.Unmarshal([]byte(jsonOuts[2]), &ns); err != nil || len(ns) != 2 {
-			t.Fatalf("nodes --json: %v %s", err, jsonOuts[2])
+		if err := json.Unmarshal([]byte(jsonOuts[2]), &ns); err != nil || len(ns) != 3 || ns[2].Kind != worker.KindManager {
+			t.Fatalf("nodes --json (two workers, then the manager): %v %s", err, jsonOuts[2])
 		}
 		for _, n := range ns {
 			if n.Status != "alive" {

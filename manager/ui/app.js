@@ -120,6 +120,7 @@
       ['pending', count('pending')],
     ];
     if (count('failed')) items.push(['failed', count('failed')]);
+    if (st.leader) items.push(['leader', st.leader + (st.managers > 1 ? ' of ' + st.managers + ' managers' : '')]);
     items.push(['strategy', st.strategy || '']);
     items.push(['version', st.version || '']);
     $('summary').replaceChildren(...items.map(([k, v]) => h('span', { class: 'stat' }, h('b', {}, String(v)), ' ' + k)));
@@ -280,7 +281,8 @@
     timer = null;
     try {
       const evPath = lastSeq ? `/v1/events?since=${lastSeq}&limit=${MAX_EVENTS}` : `/v1/events?limit=${MAX_EVENTS}`;
-      const [st, nodes, cs, evs] = await Promise.all([api('/v1/status'), api('/v1/nodes'), api('/v1/containers'), api(evPath)]);
+      const [st, all, cs, evs] = await Promise.all([api('/v1/status'), api('/v1/nodes'), api('/v1/containers'), api(evPath)]);
+      const nodes = (all || []).filter((n) => n.kind !== 'manager');
       let newEvents = false;
       for (const e of evs || []) {
         if (e.seq > lastSeq) {

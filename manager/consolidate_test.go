@@ -1,0 +1,154 @@
+package manager
+
+import (
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/micado-scale/micado/cloudapi"
+)
+
+// consolidationWorld has two app workers known to the cloud, with one
+// container each; the consolidator can empty one into the other.
+func consolidationWorld(t *testing.T) (*world, *testManager) {
+	w := newWorld(t)
+	for _, n := range []string{"w-1", "w-2"} {
+		w.addWorker(n, 1<<30, "role=app")
+		w.cloud.listed = append(w.cloud.listed, cloudapi.Instance{ID: "i-" + n, Name: n, Cluster: "mt", State: cloudapi.StateRunning})
+	}
+	cfg := scaleConfig()
+	cfg.Provider = w.cloud
+	m := w.start("m1", cfg)
+	w.leader()
+	if code, msg := m.launch(LaunchRequest{Image: "micado/demo-web", Name: "web", Role: "app", Memory: "64MiB", Ports: []string{"8080"}, Replicas: 2}); code != http.StatusAccepted {
+		t.Fatalf("launch: %d %s", code, msg)
+	}
+	eventually(t, 5*time.Second, "web passes on both workers", func() bool { return m.passing("web") == 2 })
+	return w, m
+}
+
+// A manual round drains the least utilized worker make before break (the
+// new copy passes before the old one stops) and terminates it; a dry run
+// changes nothing; every skipped worker has a reason.
+func TestConsolidateDrainsAndTerminates(t *testing.T) {
+	w, m := consolidationWorld(t)
+	before := w.journal.Keys("")
+	var dry ConsolidateResult
+	if code := m.do("POST", "/v1/consolidate", ConsolidateRequest{DryRun: true}, &dry); code != 200 || dry.Outcome != "planned" || len(dry.Plan.Remove) != 1 {
+		t.Fatalf("dry run: %d %+v", code, dry)
+	}
+	if !strings.HasPrefix(dry.Actions[0], "would move web-") {
+		t.Fatalf("dry-run actions: %v", dry.Actions)
+	}
+	if after := w.journal.Keys(""); strings.Join(after, ",") != strings.Join(before, ",") {
+		t.Fatalf("a dry run changed the journal: %v → %v", before, after)
+	}
+	var res ConsolidateResult
+	if code := m.do("POST", "/v1/consolidate", nil, &res); code != 200 || res.Outcome != "removed" {
+		t.Fatalf("round: %d %+v", code, res)
+	}
+	gone := res.Plan.Remove[0]
+	kept := "w-1"
+	if gone == "w-1" {
+		kept = "w-2"
+	}
+	for _, c := range m.ps() {
+		if c.Node != kept || c.State != StateRunning || c.Health != HealthPassing {
+			t.Fatalf("after the round: %+v", c)
+		}
+	}
+	w.cloud.mu.Lock()
+	terminated := append([]string(nil), w.cloud.terminated...)
+	w.cloud.mu.Unlock()
+	if len(terminated) != 1 || terminated[0] != "i-"+gone {
+		t.Fatalf("terminated %v, want i-%s", terminated, gone)
+	}
+	if _, ok := m.current().store.Instance(gone); ok {
+		t.Fatalf("the instance record of %s is left", gone)
+	}
+	var evs []Event
+	m.do("GET", "/v1/events", nil, &evs)
+	kinds := map[string]int{}
+	for _, e := range evs {
+		kinds[e.Kind]++
+	}
+	if kinds[EventScaleIn] != 1 || kinds[EventMoved] != 1 || kinds[EventTerminated] != 1 {
+		t.Fatalf("events by kind: %v", kinds)
+	}
+	// Nothing more to do: the last worker holds a container that cannot go.
+	if code := m.do("POST", "/v1/consolidate", nil, &res); code != 200 || res.Outcome != "nothing-to-do" || len(res.Plan.Skipped) != 1 {
+		t.Fatalf("second round: %d %+v", code, res)
+	}
+}
+
+// A move whose new copy never passes is rolled back: the new copy stops,
+// the old one never did, and the worker stays.
+func TestConsolidateRollsBackAMoveThatDoesNotPass(t *testing.T) {
+	w, m := consolidationWorld(t)
+	m.cfg.MoveTimeout = 300 * time.Millisecond
+	w.reg.mu.Lock()
+	w.reg.critical["web-1.g1"], w.reg.critical["web-2.g1"] = true, true
+	w.reg.mu.Unlock()
+	var res ConsolidateResult
+	if code := m.do("POST", "/v1/consolidate", nil, &res); code != 200 || res.Outcome != "failed" || !strings.Contains(res.Error, "did not pass its check") {
+		t.Fatalf("round: %d %+v", code, res)
+	}
+	eventually(t, 5*time.Second, "both original copies run, no new one", func() bool {
+		n := 0
+		for _, sw := range w.agents.all() {
+			for _, gens := range sw.running(w.agents) {
+				for _, g := range gens {
+					if g != 0 {
+						return false
+					}
+					n++
+				}
+			}
+		}
+		return n == 2 && m.passing("web") == 2
+	})
+	for _, c := range m.ps() {
+		if c.Move != nil {
+			t.Fatalf("a move mark is left: %+v", c)
+		}
+	}
+	if m.current().isDraining("w-1") || m.current().isDraining("w-2") {
+		t.Fatal("a draining mark is left")
+	}
+}
+
+// Without a provider, a round says why it cannot run.
+func TestConsolidateWithoutAProvider(t *testing.T) {
+	w := newWorld(t)
+	m := w.start("m1", testConfig())
+	w.leader()
+	var res ConsolidateResult
+	if code := m.do("POST", "/v1/consolidate", nil, &res); code != http.StatusConflict || !strings.Contains(res.Error, "needs a cloud provider") {
+		t.Fatalf("round without a provider: %d %+v", code, res)
+	}
+}
+
+// The cron schedule runs unattended rounds while the manager leads.
+func TestUnattendedRoundsRunOnSchedule(t *testing.T) {
+	w := newWorld(t)
+	w.addWorker("w-1", 1<<30, "role=app")
+	w.cloud.listed = []cloudapi.Instance{{ID: "i-w-1", Name: "w-1", Cluster: "mt"}}
+	cfg := scaleConfig()
+	cfg.Provider = w.cloud
+	cfg.ConsolidateSchedule = "@every 1s"
+	cfg.Consolidate.Threshold = 0.5
+	cfg.Consolidate.DelayAfterAdd = time.Hour
+	m := w.start("m1", cfg)
+	w.leader()
+	eventually(t, 5*time.Second, "a round ran and recorded why w-1 stays", func() bool {
+		var evs []Event
+		m.do("GET", "/v1/events", nil, &evs)
+		for _, e := range evs {
+			if e.Kind == EventSkipped && e.Subject == "w-1" {
+				return true
+			}
+		}
+		return false
+	})
+}
