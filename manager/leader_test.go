@@ -37,10 +37,13 @@ func TestFailoverToAStandby(t *testing.T) {
 	oldTerm := st.Term
 
 	// The leader is deposed (its session expired, gossip declared it
-	// dead): the standby leads with the state it loads from the journal.
+	// dead) and cannot take the lock again for now: the standby leads with
+	// the state it loads from the journal.
+	w.lock.Pause("m1")
 	w.lock.Break()
 	eventually(t, 5*time.Second, "m2 leads", func() bool { return m2.IsLeader() })
 	eventually(t, 5*time.Second, "m1 stands by", func() bool { return !m1.IsLeader() })
+	w.lock.Resume("m1")
 	if m2.do("GET", "/v1/status", nil, &st); st.Leader != "m2" || st.Containers != 2 || st.Term <= oldTerm {
 		t.Fatalf("status after the failover: %+v", st)
 	}

@@ -69,13 +69,29 @@ type MemLock struct {
 	freed   chan struct{} // closed when the lock becomes free
 	now     func() time.Time
 	expired map[string]bool // sessions whose lease tests made invalid
+	paused  map[string]bool // managers that may not take the lock now
 }
 
 // NewMemLock returns a free lock.
 func NewMemLock() *MemLock {
 	f := make(chan struct{})
 	close(f)
-	return &MemLock{freed: f, now: time.Now, expired: map[string]bool{}}
+	return &MemLock{freed: f, now: time.Now, expired: map[string]bool{}, paused: map[string]bool{}}
+}
+
+// Pause keeps the manager name from taking the lock until Resume (tests:
+// a manager cut off from the store).
+func (l *MemLock) Pause(name string) {
+	l.mu.Lock()
+	l.paused[name] = true
+	l.mu.Unlock()
+}
+
+// Resume lets the manager name take the lock again.
+func (l *MemLock) Resume(name string) {
+	l.mu.Lock()
+	delete(l.paused, name)
+	l.mu.Unlock()
 }
 
 // For returns the lock as the manager name sees it.
@@ -127,7 +143,7 @@ func (h *memLockHandle) Acquire(ctx context.Context) (Lease, error) {
 	l := h.l
 	for {
 		l.mu.Lock()
-		if l.holder == "" {
+		if l.holder == "" && !l.paused[h.name] {
 			l.term++
 			l.holder, l.since = h.name, l.now()
 			l.session = h.name + "#" + strconv.FormatUint(l.term, 10)
@@ -137,7 +153,16 @@ func (h *memLockHandle) Acquire(ctx context.Context) (Lease, error) {
 			return ls, nil
 		}
 		freed := l.freed
+		paused := l.paused[h.name]
 		l.mu.Unlock()
+		if paused {
+			select {
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			case <-time.After(10 * time.Millisecond):
+			}
+			continue
+		}
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()
