@@ -88,7 +88,8 @@ type Config struct {
 	// Image is the micado image workers run, e.g. "micado/micado:dev". It is
 	// never pulled: it must exist on the engine.
 	Image string
-	// JoinAddr is the manager's gossip address (host:port), e.g.
+	// JoinAddr is the managers' gossip address (host:port, or several,
+	// comma-separated), e.g.
 	// "micado-<cluster>-manager:7946".
 	JoinAddr string
 	// PublishAddr is where published container ports are reached: the
@@ -149,15 +150,17 @@ func (c Config) validate() error {
 	case c.Image == "":
 		return errors.New("Config.Image is empty: give the micado image workers run, e.g. micado/micado:dev")
 	}
-	host, port, err := net.SplitHostPort(c.JoinAddr)
 	if c.JoinAddr == "" {
 		return errors.New("Config.JoinAddr is empty: give the manager's gossip address host:port")
 	}
-	if err != nil || host == "" {
-		return fmt.Errorf("Config.JoinAddr %q is not host:port", c.JoinAddr)
-	}
-	if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 {
-		return fmt.Errorf("Config.JoinAddr %q: port %q is not a number from 1 to 65535", c.JoinAddr, port)
+	for _, a := range strings.Split(c.JoinAddr, ",") {
+		host, port, err := net.SplitHostPort(a)
+		if err != nil || host == "" {
+			return fmt.Errorf("Config.JoinAddr %q is not host:port (or a comma-separated list of them)", a)
+		}
+		if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 {
+			return fmt.Errorf("Config.JoinAddr %q: port %q is not a number from 1 to 65535", a, port)
+		}
 	}
 	if c.PublishAddr == "" {
 		return errors.New("Config.PublishAddr is empty: give the address where published ports are reached (the network's gateway IP)")

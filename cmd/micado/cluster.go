@@ -76,6 +76,8 @@ func upCmd(g *globals) *cobra.Command {
 		minRole   string
 		tlsCert   string
 		tlsKey    string
+		managers  int
+		servers   int
 	)
 	cmd := &cobra.Command{
 		Use:   "up",
@@ -100,6 +102,12 @@ roots).`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if workers < 0 || workers > 50 {
 				return userErr("--workers %d is out of range: use 0 to 50", workers)
+			}
+			if managers < 1 || managers > 5 {
+				return userErr("--managers %d is out of range: use 1 to 5 (3 survives the loss of one manager)", managers)
+			}
+			if servers != 1 && servers != 3 && servers != 5 {
+				return userErr("--consul-servers %d: use 1, 3 or 5 (an odd number keeps a Raft quorum)", servers)
 			}
 			rs := splitList(roles)
 			if workers > 0 && len(rs) == 0 {
@@ -135,12 +143,14 @@ roots).`,
 			if err != nil {
 				return err
 			}
-			return up(ctx, cmd, g, upOptions{tls: tlsFiles, workers: workers, roles: rs, memory: mem, strategy: strategy,
+			return up(ctx, cmd, g, upOptions{tls: tlsFiles, workers: workers, managers: managers, consulServers: servers, roles: rs, memory: mem, strategy: strategy,
 				provider: provider, types: types, maxTotal: maxTotal, maxPerRole: maxRole, joinTimeout: joinWait, scaleImage: scaleImg,
 				schedule: schedule, scaleInDelay: siDelay, unneeded: unneeded, minPerRole: minRole})
 		},
 	}
 	cmd.Flags().IntVar(&workers, "workers", 2, "number of worker agents")
+	cmd.Flags().IntVar(&managers, "managers", 1, "number of managers: one leads, the others stand by and take over (3 survives the loss of one)")
+	cmd.Flags().IntVar(&servers, "consul-servers", 1, "Consul servers: 1, or 3 or 5 for a Raft cluster that survives the loss of one (or two)")
 	cmd.Flags().StringVar(&roles, "roles", "proxy,app", "comma-separated roles, given to workers in turn")
 	cmd.Flags().StringVar(&workerMem, "worker-memory", "1GiB", "memory each worker offers to containers")
 	cmd.Flags().StringVar(&strategy, "strategy", "spread", "placement ranking: spread or binpack")
@@ -228,7 +238,9 @@ func clusterNameOK(s string) bool {
 }
 
 type upOptions struct {
-	workers      int
+	workers       int
+	managers      int // manager containers (1: "manager"; more: "manager-1" …)
+	consulServers int // Consul servers (more than 1: plus a client agent "consul")
 	roles        []string
 	memory       int64
 	strategy     string
@@ -376,12 +388,45 @@ func up(ctx context.Context, cmd *cobra.Command, g *globals, o upOptions) (err e
 	}
 
 	// Consul: one server agent with its data on a volume, so KV and
-	// registrations survive a restart.
+	// registrations survive a restart; or a Raft cluster of servers
+	// (--consul-servers 3 or 5) and one client agent, "consul", that the
+	// managers and the workloads talk to (as a Consul agent on a manager's
+	// host would be).
+	consulCmd := func(node string, server bool) []string {
+		args := []string{"agent", "-node=" + node, "-data-dir=/consul/data", "-client=0.0.0.0",
+			`-bind={{ GetInterfaceIP "eth0" }}`, "-log-level=warn"}
+		if server {
+			args = append(args, "-server", "-bootstrap-expect="+strconv.Itoa(o.consulServers))
+		}
+		if o.consulServers > 1 {
+			for i := 1; i <= o.consulServers; i++ {
+				if n := "consul-" + strconv.Itoa(i); n != node {
+					args = append(args, "-retry-join="+prefix+n)
+				}
+			}
+		}
+		return args
+	}
+	if o.consulServers > 1 {
+		for i := 1; i <= o.consulServers; i++ {
+			name := "consul-" + strconv.Itoa(i)
+			v := vol + "-" + strconv.Itoa(i)
+			if _, err := dc.VolumeCreate(ctx, volume.CreateOptions{Name: v, Labels: labels("consul")}); err != nil {
+				return userErr("cannot create volume %s: %v", v, err)
+			}
+			cl := labels("consul-server")
+			cl[worker.LabelNode] = name
+			if _, err := run(name, &container.Config{Image: consulImage, Labels: cl, Hostname: name, Cmd: consulCmd(name, true)},
+				&container.HostConfig{Mounts: []mount.Mount{{Type: mount.TypeVolume, Source: v, Target: "/consul/data"}}}); err != nil {
+				return err
+			}
+			fmt.Fprintf(out, "consul    %s (server)\n", name)
+		}
+	}
 	exp, pm := loopback("8500/tcp", "8600/udp", "8600/tcp")
 	ci, err := run("consul", &container.Config{
 		Image: consulImage, Labels: labels("consul"), ExposedPorts: exp, Hostname: "consul",
-		Cmd: []string{"agent", "-server", "-bootstrap-expect=1", "-node=consul", "-data-dir=/consul/data",
-			"-client=0.0.0.0", `-bind={{ GetInterfaceIP "eth0" }}`, "-log-level=warn"},
+		Cmd: consulCmd("consul", o.consulServers == 1),
 	}, &container.HostConfig{PortBindings: pm, Mounts: []mount.Mount{{Type: mount.TypeVolume, Source: vol, Target: "/consul/data"}}})
 	if err != nil {
 		return err
@@ -401,23 +446,52 @@ func up(ctx context.Context, cmd *cobra.Command, g *globals, o upOptions) (err e
 		mounts = append(mounts, secretMount(o.tls.cert, tlsCertMountPath), secretMount(o.tls.key, tlsKeyMountPath))
 		tlsArgs = []string{"--tls-cert", tlsCertMountPath, "--tls-key", tlsKeyMountPath}
 	}
-	exp, pm = loopback("8080/tcp")
-	mi, err := run("manager", &container.Config{
-		Image: micadoImage, Labels: labels("manager"), ExposedPorts: exp, Hostname: "manager",
-		Cmd: append([]string{"manager", "--cluster", g.cluster, "--key-file", keyMountPath, "--token-file", tokenMountPath,
+	// Managers: one leads, the others stand by; each knows the others'
+	// gossip addresses, and workers join all of them.
+	names := []string{"manager"}
+	if o.managers > 1 {
+		names = names[:0]
+		for i := 1; i <= o.managers; i++ {
+			names = append(names, "manager-"+strconv.Itoa(i))
+		}
+	}
+	var gossipAddrs []string
+	for _, n := range names {
+		gossipAddrs = append(gossipAddrs, prefix+n+":7946")
+	}
+	join := strings.Join(gossipAddrs, ",")
+	var managerURLs []string
+	for i, n := range names {
+		var others []string
+		for j, a := range gossipAddrs {
+			if j != i {
+				others = append(others, a)
+			}
+		}
+		exp, pm = loopback("8080/tcp")
+		ml := labels("manager")
+		ml[worker.LabelNode] = n
+		args := []string{"manager", "--cluster", g.cluster, "--node-name", n, "--key-file", keyMountPath, "--token-file", tokenMountPath,
 			"--consul", prefix + "consul:8500", "--api", ":8080", "--strategy", o.strategy,
 			"--provider", o.provider, "--instance-types", o.types, "--scale-roles", strings.Join(o.roles, ","),
 			"--max-instances", strconv.Itoa(o.maxTotal), "--max-per-role", strconv.Itoa(o.maxPerRole),
 			"--join-timeout", o.joinTimeout.String(), "--docker-network", netName, "--docker-image", cmp.Or(o.scaleImage, micadoImage),
-			"--docker-publish-addr", gateway,
+			"--docker-publish-addr", gateway, "--join-addr", join,
 			"--consolidate-schedule", o.schedule, "--scale-in-delay", o.scaleInDelay.String(),
-			"--unneeded-time", o.unneeded.String(), "--min-per-role", o.minPerRoleFlag()}, tlsArgs...),
-	}, &container.HostConfig{PortBindings: pm, Mounts: mounts})
-	if err != nil {
-		return err
+			"--unneeded-time", o.unneeded.String(), "--min-per-role", o.minPerRoleFlag()}
+		if len(others) > 0 {
+			args = append(args, "--join", strings.Join(others, ","))
+		}
+		mi, err := run(n, &container.Config{Image: micadoImage, Labels: ml, ExposedPorts: exp, Hostname: n,
+			Cmd: append(args, tlsArgs...)}, &container.HostConfig{PortBindings: pm, Mounts: mounts})
+		if err != nil {
+			return err
+		}
+		u := scheme + "://127.0.0.1:" + hostPort(mi, "8080/tcp")
+		managerURLs = append(managerURLs, u)
+		fmt.Fprintf(out, "%-9s %s\n", n, u)
 	}
-	managerURL := scheme + "://127.0.0.1:" + hostPort(mi, "8080/tcp")
-	fmt.Fprintf(out, "manager   %s\n", managerURL)
+	managerURL := managerURLs[0]
 
 	for i := 1; i <= o.workers; i++ {
 		name := "w-" + strconv.Itoa(i)
@@ -427,7 +501,7 @@ func up(ctx context.Context, cmd *cobra.Command, g *globals, o upOptions) (err e
 		if _, err := run(name, &container.Config{
 			Image: micadoImage, Labels: wl, Hostname: name,
 			Cmd: []string{"worker", "--cluster", g.cluster, "--name", name, "--tag", "role=" + role,
-				"--memory", strconv.FormatInt(o.memory, 10), "--join", prefix + "manager:7946",
+				"--memory", strconv.FormatInt(o.memory, 10), "--join", join,
 				"--publish-addr", gateway, "--container-network", netName, "--pull=false", "--key-file", keyMountPath},
 		}, &container.HostConfig{Mounts: []mount.Mount{dockerSocketMount, keyMount}}); err != nil {
 			return err
@@ -435,7 +509,7 @@ func up(ctx context.Context, cmd *cobra.Command, g *globals, o upOptions) (err e
 		fmt.Fprintf(out, "worker    %s (role=%s, %s)\n", name, role, definitions.FormatSize(o.memory))
 	}
 
-	st := clusterState{Name: g.cluster, Manager: managerURL, Consul: consulHTTP, ConsulDNS: consulDNS,
+	st := clusterState{Name: g.cluster, Manager: managerURL, Managers: managerURLs, Consul: consulHTTP, ConsulDNS: consulDNS,
 		Network: netName, Gateway: gateway, TokenFile: tokenFile, KeyFile: keyFile,
 		CreatedAt: time.Now().UTC(), Workers: o.workers, WorkerMem: o.memory}
 	if o.tls != nil {
@@ -451,7 +525,7 @@ func up(ctx context.Context, cmd *cobra.Command, g *globals, o upOptions) (err e
 	if err != nil {
 		return err
 	}
-	c := &client{base: managerURL, token: token, http: hc}
+	c := &client{base: managerURL, bases: managerURLs, token: token, http: hc, failoverWait: defaultFailoverWait}
 	for {
 		var nodes []manager.NodeView
 		err := c.get(ctx, "/v1/nodes", &nodes)

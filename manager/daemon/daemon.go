@@ -108,9 +108,7 @@ func Start(ctx context.Context, cfg manager.Config) (*Process, error) {
 		Registry: consul.NewRegistry(cl, cfg.Cluster),
 		Agents:   agents,
 	}
-	if tlsCfg != nil {
-		deps.Forward = peerTransport(tlsCfg)
-	}
+	deps.Forward = peerTransport(tlsCfg)
 	g := &gossip{}
 	deps.Gossip = g
 	m, err := manager.New(cfg, deps)
@@ -191,15 +189,25 @@ func (g *gossip) Addr() string {
 	return net.JoinHostPort(n.Addr.String(), strconv.Itoa(int(n.Port)))
 }
 
-// peerTransport is how a standby reaches the leader's API over TLS: the
+// peerDialTimeout bounds a standby's connection to the leader: managers
+// share a network, and a leader that died does not answer at all (its
+// address no longer routes), so a long wait only delays the 503 that
+// sends the CLI to another manager.
+const peerDialTimeout = 2 * time.Second
+
+// peerTransport is how a standby reaches the leader's API. Over TLS: the
 // managers of a cluster serve one certificate (micado up gives them the
 // same files), valid for the address users reach, not necessarily for
 // the address managers reach each other on. So the leader must present
 // exactly our certificate, or one that the system's roots verify for the
 // address dialled.
 func peerTransport(own *tls.Config) http.RoundTripper {
-	ownDER := own.Certificates[0].Certificate[0]
 	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.DialContext = (&net.Dialer{Timeout: peerDialTimeout, KeepAlive: 30 * time.Second}).DialContext
+	if own == nil {
+		return tr
+	}
+	ownDER := own.Certificates[0].Certificate[0]
 	tr.TLSClientConfig = &tls.Config{
 		MinVersion:         tls.VersionTLS12,
 		InsecureSkipVerify: true, // verified below, by pinning
