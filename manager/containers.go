@@ -31,7 +31,7 @@ func (l *leader) Launch(ctx context.Context, req LaunchRequest) (LaunchResponse,
 	service := cs[0].Service
 	return l.admit(ctx, cs, func() error {
 		_, named := l.store.Container(service)
-		if len(l.store.Service(service)) > 0 || named {
+		if len(l.store.Service(service)) > 0 || named || l.store.heldName("service:"+service) || l.store.heldName(service) {
 			return &RequestError{Status: http.StatusConflict,
 				Msg: fmt.Sprintf("a service named %s already exists: stop it first (micado stop %s) or choose another --name", service, service)}
 		}
@@ -100,6 +100,16 @@ func (l *leader) admit(ctx context.Context, cs []*Container, check func() error)
 		}
 		return LaunchResponse{}, &RequestError{Status: http.StatusUnprocessableEntity, Msg: msg, Decisions: decisions}
 	}
+	for _, c := range cs {
+		if l.store.heldName(c.Name) {
+			l.placeMu.Unlock()
+			return LaunchResponse{}, &RequestError{Status: http.StatusConflict, Msg: fmt.Sprintf("a container named %s is being created", c.Name)}
+		}
+	}
+	// Placement may go on for other requests while these records are
+	// written: they hold their memory and names meanwhile.
+	unhold := l.store.hold(cs)
+	l.placeMu.Unlock()
 	err := l.store.Update(ctx, func(tx *Tx) error {
 		for _, c := range cs {
 			if err := tx.Create(c.clone()); err != nil {
@@ -108,7 +118,7 @@ func (l *leader) admit(ctx context.Context, cs []*Container, check func() error)
 		}
 		return nil
 	})
-	l.placeMu.Unlock()
+	unhold()
 	if errors.Is(err, ErrExists) {
 		return LaunchResponse{}, &RequestError{Status: http.StatusConflict, Msg: fmt.Sprintf("a container of service %s already exists: %v", service, err)}
 	}

@@ -3,7 +3,6 @@ package manager
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"sort"
@@ -76,10 +75,25 @@ type eventLog struct {
 	log     *slog.Logger
 	now     func() time.Time
 	onAdd   func(Event) // metrics hook
-	// persisted holds the sequence numbers written to the journal and not
-	// yet pruned, oldest first.
-	persisted []uint64
+	// chunks are the event records in the journal, oldest first.
+	chunks []eventChunk
 }
+
+// eventChunk is one journal record of events: every event the log wrote
+// at once (events/<seq of the first>), so a busy manager writes one
+// record, not one per event.
+type eventChunk struct {
+	key  string
+	last uint64 // sequence number of its newest event
+}
+
+// Event chunks' limits.
+const (
+	// maxChunkEvents and maxChunkBytes bound one record of events, well
+	// below Consul's 512 KiB per value.
+	maxChunkEvents = 1000
+	maxChunkBytes  = 128 << 10
+)
 
 func newEventLog(keep int, log *slog.Logger) *eventLog {
 	if keep <= 0 {
@@ -90,16 +104,27 @@ func newEventLog(keep int, log *slog.Logger) *eventLog {
 
 func eventKey(seq uint64) string { return eventsPrefix + fmt.Sprintf("%020d", seq) }
 
+// decodeEventChunk reads one journal record of events: a JSON array (a
+// chunk) or, as older managers wrote them, one event.
+func decodeEventChunk(b []byte) []Event {
+	var evs []Event
+	if json.Unmarshal(b, &evs) == nil {
+		return evs
+	}
+	var e Event
+	if json.Unmarshal(b, &e) == nil && e.Seq > 0 {
+		return []Event{e}
+	}
+	return nil
+}
+
 // reset starts a term: the events an earlier leader left (oldest first)
 // become the ring, numbering continues after them, and new events carry
-// this manager's name and term.
-func (l *eventLog) reset(evs []Event, manager string, term uint64) {
+// this manager's name and term. chunks are the journal's event records.
+func (l *eventLog) reset(evs []Event, chunks []eventChunk, manager string, term uint64) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.persisted = l.persisted[:0]
-	for _, e := range evs {
-		l.persisted = append(l.persisted, e.Seq)
-	}
+	l.chunks = append(l.chunks[:0], chunks...)
 	if len(evs) > l.keep {
 		evs = evs[len(evs)-l.keep:]
 	}
@@ -175,94 +200,99 @@ func (l *eventLog) wait(ctx context.Context, seq uint64, limit int, d time.Durat
 	return evs
 }
 
-// persist writes queued events to the journal, many per transaction, and
-// deletes those beyond the newest keep, until ctx (the term) ends.
+// persist writes queued events to the journal, as few records as it can
+// (one per batch, up to maxChunkEvents), and deletes the records whose
+// events are all beyond the newest keep, until ctx (the term) ends; then
+// it writes what is left while the lock may still be ours (a clean stop;
+// a deposed leader's fence refuses it).
 func (l *eventLog) persist(ctx context.Context, j Journal, fence Fence) {
-	max := j.MaxOps()
-	if fence.Key != "" {
-		max--
-	}
 	for {
 		var batch []Event
 		select {
 		case <-ctx.Done():
-			// The term ends: write what is queued while the lock may still
-			// be ours (a clean stop); a deposed leader's fence refuses it.
 			fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
 			for {
-				select {
-				case e := <-l.queue:
-					batch = append(batch, e)
-					if len(batch) < max {
-						continue
-					}
-				default:
-				}
-				if len(batch) == 0 {
+				evs := l.take(nil)
+				if len(evs) == 0 || !l.writeChunk(fctx, j, fence, evs) {
 					break
 				}
-				ops := make([]Op, 0, len(batch))
-				for _, e := range batch {
-					b, _ := json.Marshal(e)
-					ops = append(ops, Op{Verb: OpSet, Key: eventKey(e.Seq), Value: b})
-				}
-				if _, err := j.Commit(fctx, fence, ops); err != nil {
-					break
-				}
-				batch = batch[:0]
 			}
 			cancel()
 			return
 		case e := <-l.queue:
 			batch = append(batch, e)
 		}
-	more:
-		for len(batch) < max {
-			select {
-			case e := <-l.queue:
-				batch = append(batch, e)
-			default:
-				break more
-			}
-		}
-		ops := make([]Op, 0, len(batch))
-		for _, e := range batch {
-			b, _ := json.Marshal(e)
-			ops = append(ops, Op{Verb: OpSet, Key: eventKey(e.Seq), Value: b})
-		}
 		// Not cancelled with the term: a batch taken from the queue is
 		// written (or fenced), never dropped half way.
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), commitTimeout)
-		_, err := j.Commit(cctx, fence, ops)
+		l.writeChunk(cctx, j, fence, l.take(batch))
 		cancel()
-		if err != nil {
+		l.prune(ctx, j, fence)
+	}
+}
+
+// take adds what is queued to batch, up to one chunk.
+func (l *eventLog) take(batch []Event) []Event {
+	for len(batch) < maxChunkEvents {
+		select {
+		case e := <-l.queue:
+			batch = append(batch, e)
+		default:
+			return batch
+		}
+	}
+	return batch
+}
+
+// writeChunk writes events as one record (or a few, if large); it
+// reports whether it wrote something.
+func (l *eventLog) writeChunk(ctx context.Context, j Journal, fence Fence, evs []Event) bool {
+	for len(evs) > 0 {
+		n := len(evs)
+		b, _ := json.Marshal(evs[:n])
+		for len(b) > maxChunkBytes && n > 1 {
+			n /= 2
+			b, _ = json.Marshal(evs[:n])
+		}
+		key := eventKey(evs[0].Seq)
+		if _, err := j.Commit(ctx, fence, []Op{{Verb: OpSet, Key: key, Value: b}}); err != nil {
 			if ctx.Err() == nil {
-				l.log.Debug("cannot persist events", "first", batch[0].Seq, "n", len(batch), "err", err)
+				l.log.Debug("cannot persist events", "first", evs[0].Seq, "n", n, "err", err)
 			}
-			if errors.Is(err, ErrFenced) {
-				return
-			}
-			continue
+			return false
 		}
 		l.mu.Lock()
-		for _, e := range batch {
-			l.persisted = append(l.persisted, e.Seq)
-		}
-		var old []uint64
-		if n := len(l.persisted) - l.keep; n >= max/2 {
-			old = append(old, l.persisted[:n]...)
-			l.persisted = append(l.persisted[:0:0], l.persisted[n:]...)
-		}
+		l.chunks = append(l.chunks, eventChunk{key: key, last: evs[n-1].Seq})
 		l.mu.Unlock()
-		for start := 0; start < len(old); start += max {
-			var del []Op
-			for _, seq := range old[start:min(start+max, len(old))] {
-				del = append(del, Op{Verb: OpDelete, Key: eventKey(seq)})
-			}
-			cctx, cancel := context.WithTimeout(ctx, commitTimeout)
-			_, _ = j.Commit(cctx, fence, del)
-			cancel()
+		evs = evs[n:]
+	}
+	return true
+}
+
+// prune deletes the event records whose events are all older than the
+// newest keep.
+func (l *eventLog) prune(ctx context.Context, j Journal, fence Fence) {
+	l.mu.Lock()
+	var old []eventChunk
+	if l.seq > uint64(l.keep) {
+		limit := l.seq - uint64(l.keep)
+		i := 0
+		for i < len(l.chunks) && l.chunks[i].last <= limit {
+			i++
 		}
+		old = append(old, l.chunks[:i]...)
+		l.chunks = append(l.chunks[:0:0], l.chunks[i:]...)
+	}
+	l.mu.Unlock()
+	max := j.MaxOps() - 1
+	for start := 0; start < len(old); start += max {
+		var del []Op
+		for _, c := range old[start:min(start+max, len(old))] {
+			del = append(del, Op{Verb: OpDelete, Key: c.key})
+		}
+		cctx, cancel := context.WithTimeout(ctx, commitTimeout)
+		_, _ = j.Commit(cctx, fence, del)
+		cancel()
 	}
 }
 

@@ -59,7 +59,7 @@ func TestFailoverToAStandby(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go stale.run(ctx)
-	if _, err := stale.load(ctx); err != nil {
+	if _, _, err := stale.load(ctx); err != nil {
 		t.Fatal(err)
 	}
 	err := stale.Update(ctx, func(tx *Tx) error {

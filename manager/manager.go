@@ -152,7 +152,7 @@ func (m *Manager) leadTerm(ctx context.Context, lease Lease) {
 	store := newStore(m.deps.Journal, lease.Fence(), m.log)
 	store.onFenced = cancel
 	lctx, lcancel := context.WithTimeout(tctx, 2*time.Minute)
-	events, err := store.load(lctx)
+	events, chunks, err := store.load(lctx)
 	lcancel()
 	if err != nil {
 		m.log.Error("cannot load the desired state; giving the lead up", "err", err)
@@ -162,7 +162,7 @@ func (m *Manager) leadTerm(ctx context.Context, lease Lease) {
 	}
 	l.store = store
 	l.spawn(store.run)
-	m.events.reset(events, m.cfg.NodeName, lease.Term())
+	m.events.reset(events, chunks, m.cfg.NodeName, lease.Term())
 	// The event log is written until every other task of the term has
 	// ended, so their last events are journaled too.
 	pctx, pcancel := context.WithCancel(context.WithoutCancel(tctx))

@@ -32,6 +32,8 @@ type member struct {
 type members struct {
 	mu     sync.RWMutex
 	byName map[string]*member
+	byAPI  map[string]*member // by agent API address, for the reports agents return
+	sorted []string           // member names, naturally sorted; nil when stale
 	self   string
 	now    func() time.Time
 	onJoin func(name, addr string)
@@ -39,7 +41,7 @@ type members struct {
 }
 
 func newMembers(self string) *members {
-	return &members{byName: map[string]*member{}, self: self, now: time.Now}
+	return &members{byName: map[string]*member{}, byAPI: map[string]*member{}, self: self, now: time.Now}
 }
 
 func (m *members) upsert(n *memberlist.Node, status string) {
@@ -49,6 +51,7 @@ func (m *members) upsert(n *memberlist.Node, status string) {
 	if !ok {
 		mem = &member{Name: n.Name, FirstSeen: m.now()}
 		m.byName[n.Name] = mem
+		m.sorted = nil
 	}
 	prev := mem.Status
 	mem.Addr = n.Address()
@@ -56,7 +59,7 @@ func (m *members) upsert(n *memberlist.Node, status string) {
 	// Gossip can deliver a report older than one the agent's API already
 	// handed over with a start or stop answer: keep the newer one.
 	if !ok || l.Newer(mem.Load) {
-		mem.Load = l
+		m.setLoad(mem, l)
 	}
 	mem.LastUpdate = m.now()
 	if status != statusAlive && prev == statusAlive {
@@ -93,32 +96,51 @@ func (m *members) NotifyLeave(n *memberlist.Node) {
 func (m *members) applyLoad(api string, l worker.Load) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	for _, mem := range m.byName {
-		if mem.Load.API == api && l.API == api && mem.Status == statusAlive && l.Newer(mem.Load) {
-			mem.Load = l
-			return
-		}
+	if mem := m.byAPI[api]; mem != nil && mem.Load.API == api && l.API == api && mem.Status == statusAlive && l.Newer(mem.Load) {
+		m.setLoad(mem, l)
+	}
+}
+
+// setLoad takes a member's new report and keeps the API index. Call with
+// m.mu held.
+func (m *members) setLoad(mem *member, l worker.Load) {
+	if mem.Load.API != l.API && m.byAPI[mem.Load.API] == mem {
+		delete(m.byAPI, mem.Load.API)
+	}
+	mem.Load = l
+	if l.API != "" {
+		m.byAPI[l.API] = mem
 	}
 }
 
 // forget drops a member that left for good (scaled in).
 func (m *members) forget(name string) {
 	m.mu.Lock()
+	if mem := m.byName[name]; mem != nil && m.byAPI[mem.Load.API] == mem {
+		delete(m.byAPI, mem.Load.API)
+	}
 	delete(m.byName, name)
+	m.sorted = nil
 	m.mu.Unlock()
 }
 
 // workers returns a copy of every worker, alive or not, sorted by name.
 func (m *members) workers() []member {
-	m.mu.RLock()
-	defer m.mu.RUnlock()
-	out := make([]member, 0, len(m.byName))
-	for _, mem := range m.byName {
-		if mem.Load.Kind == worker.KindWorker {
+	m.mu.Lock()
+	if m.sorted == nil {
+		m.sorted = make([]string, 0, len(m.byName))
+		for n := range m.byName {
+			m.sorted = append(m.sorted, n)
+		}
+		sort.Slice(m.sorted, func(i, j int) bool { return naturalLess(m.sorted[i], m.sorted[j]) })
+	}
+	defer m.mu.Unlock()
+	out := make([]member, 0, len(m.sorted))
+	for _, n := range m.sorted {
+		if mem := m.byName[n]; mem.Load.Kind == worker.KindWorker {
 			out = append(out, *mem)
 		}
 	}
-	sort.Slice(out, func(i, j int) bool { return naturalLess(out[i].Name, out[j].Name) })
 	return out
 }
 
@@ -162,7 +184,7 @@ func (m *members) applyLoadOf(name string, l worker.Load) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if mem, ok := m.byName[name]; ok && mem.Status == statusAlive && l.Kind == mem.Load.Kind && l.Newer(mem.Load) {
-		mem.Load = l
+		m.setLoad(mem, l)
 		mem.LastUpdate = m.now()
 	}
 }

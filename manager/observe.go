@@ -91,7 +91,9 @@ func (l *leader) observe(ctx context.Context) map[string]*observation {
 			continue
 		}
 		if ob, ok := l.m.obs.get(w.Name, w.Load); ok {
+			mu.Lock()
 			out[w.Name] = ob
+			mu.Unlock()
 			continue
 		}
 		wg.Add(1)

@@ -196,17 +196,27 @@ func isServiceID(id, name string, gen int) bool {
 func (l *leader) reconcile(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
+	start := time.Now()
 	l.syncRegistry(ctx)
 	// Observe first, then read the desired state: a container or a
 	// registration is only ever created after its record is written, so
 	// anything observed that has no record is truly an orphan.
 	observed := l.observe(ctx)
+	containers := l.store.All()
+	// A worker whose containers changed since its list was taken (a start
+	// answered meanwhile) cannot be judged this round: its list may lack a
+	// copy the records, read after the list, already count as running. The
+	// load report changes before the record does, so checking it after
+	// reading the records is enough.
 	workers := map[string]member{}
 	for _, w := range l.m.members.workers() {
 		workers[w.Name] = w
+		if ob, ok := observed[w.Name]; ok && w.Load.Digest != 0 && !ob.fresh(w.Load) {
+			delete(observed, w.Name)
+		}
 	}
 	v := reconcileView{
-		containers: l.store.All(),
+		containers: containers,
 		lookup: func(n string) *Container {
 			c, _ := l.store.Container(n)
 			return c
@@ -222,7 +232,7 @@ func (l *leader) reconcile(ctx context.Context) error {
 	l.reconcileInstances(ctx)
 	l.reconcileApps(ctx)
 	l.rounds++
-	l.m.metrics.reconciled()
+	l.m.metrics.reconciled(time.Since(start))
 	return nil
 }
 

@@ -54,11 +54,16 @@ type Store struct {
 	instances  map[string]*Instance
 	apps       map[string]*AppRecord
 	members    map[string]string
-	specs      map[string]*Spec // one copy of each distinct spec
+	specs      map[string]*Spec       // one copy of each distinct spec
+	held       map[string]ledgerEntry // promises of records being written (hold)
+	heldNames  map[string]int         // names and services of records being written
 
-	reqs   chan *updateReq
-	next   *updateReq // carried over to the next batch
-	fenced bool       // the journal refused our fence: we were deposed
+	reqs     chan *updateReq
+	next     *updateReq         // carried over to the next batch
+	flying   map[string]*flight // records of the transactions in flight
+	landed   chan *flight       // transactions that returned
+	inFlight int                // transactions in flight
+	fenced   bool               // the journal refused our fence: we were deposed
 	// onFenced is called once when the journal refuses the fence.
 	onFenced func()
 }
@@ -85,13 +90,15 @@ func newStore(j Journal, fence Fence, log *slog.Logger) *Store {
 }
 
 // load reads the whole journal into memory, rolls back the unfinished
-// batches a crashed leader left, and returns the persisted events.
-func (s *Store) load(ctx context.Context) ([]Event, error) {
+// batches a crashed leader left, and returns the persisted events and
+// the records that hold them.
+func (s *Store) load(ctx context.Context) ([]Event, []eventChunk, error) {
 	pairs, err := s.j.Load(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("read the desired state: %w", err)
+		return nil, nil, fmt.Errorf("read the desired state: %w", err)
 	}
 	var events []Event
+	var chunks []eventChunk
 	var batches []Pair
 	s.mu.Lock()
 	for _, p := range pairs {
@@ -100,14 +107,14 @@ func (s *Store) load(ctx context.Context) ([]Event, error) {
 			c, err := s.decodeContainer(p)
 			if err != nil {
 				s.mu.Unlock()
-				return nil, err
+				return nil, nil, err
 			}
 			s.insert(c)
 		case strings.HasPrefix(p.Key, instancesPrefix):
 			var in Instance
 			if err := json.Unmarshal(p.Value, &in); err != nil {
 				s.mu.Unlock()
-				return nil, fmt.Errorf("instance record %s is damaged: %w", p.Key, err)
+				return nil, nil, fmt.Errorf("instance record %s is damaged: %w", p.Key, err)
 			}
 			in.index = p.Index
 			s.instances[in.Name] = &in
@@ -115,16 +122,17 @@ func (s *Store) load(ctx context.Context) ([]Event, error) {
 			var a AppRecord
 			if err := json.Unmarshal(p.Value, &a); err != nil {
 				s.mu.Unlock()
-				return nil, fmt.Errorf("application record %s is damaged: %w", p.Key, err)
+				return nil, nil, fmt.Errorf("application record %s is damaged: %w", p.Key, err)
 			}
 			a.index = p.Index
 			s.apps[a.Name] = &a
 		case strings.HasPrefix(p.Key, membersPrefix):
 			s.members[strings.TrimPrefix(p.Key, membersPrefix)] = string(p.Value)
 		case strings.HasPrefix(p.Key, eventsPrefix):
-			var e Event
-			if json.Unmarshal(p.Value, &e) == nil && e.Seq > 0 {
-				events = append(events, e)
+			evs := decodeEventChunk(p.Value)
+			if len(evs) > 0 {
+				events = append(events, evs...)
+				chunks = append(chunks, eventChunk{key: p.Key, last: evs[len(evs)-1].Seq})
 			}
 		case strings.HasPrefix(p.Key, batchesPrefix):
 			batches = append(batches, p)
@@ -133,11 +141,12 @@ func (s *Store) load(ctx context.Context) ([]Event, error) {
 	s.mu.Unlock()
 	for _, b := range batches {
 		if err := s.rollbackBatch(ctx, b); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
 	sort.Slice(events, func(i, j int) bool { return events[i].Seq < events[j].Seq })
-	return events, nil
+	sort.Slice(chunks, func(i, j int) bool { return chunks[i].last < chunks[j].last })
+	return events, chunks, nil
 }
 
 // decodeContainer reads a container record and shares its spec with the
@@ -381,7 +390,60 @@ func (s *Store) Promised() map[string]ledgerEntry {
 	for k, v := range s.ledger {
 		out[k] = v
 	}
+	for k, v := range s.held {
+		e := out[k]
+		e.reserved += v.reserved
+		e.count += v.count
+		out[k] = e
+	}
 	return out
+}
+
+// hold counts new containers placed but not yet written in the promises
+// placement sees, and their names and service as taken, so that a
+// placement that runs while they are being written neither gives their
+// memory away nor takes their names. The caller releases the hold once
+// the write is done, whatever its outcome (a committed record then
+// carries the promise itself).
+func (s *Store) hold(cs []*Container) func() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.held == nil {
+		s.held, s.heldNames = map[string]ledgerEntry{}, map[string]int{}
+	}
+	add := func(sign int) {
+		for _, c := range cs {
+			if c.Node != "" && c.State.holdsMemory() {
+				e := s.held[c.Node]
+				e.reserved += int64(sign) * c.Memory
+				e.count += sign
+				if e.count == 0 {
+					delete(s.held, c.Node)
+				} else {
+					s.held[c.Node] = e
+				}
+			}
+			for _, n := range []string{c.Name, "service:" + c.Service} {
+				if s.heldNames[n] += sign; s.heldNames[n] == 0 {
+					delete(s.heldNames, n)
+				}
+			}
+		}
+	}
+	add(1)
+	return func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		add(-1)
+	}
+}
+
+// heldName reports whether a container name (or "service:NAME") is held
+// by a write in progress.
+func (s *Store) heldName(n string) bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.heldNames[n] > 0
 }
 
 // Instances returns every instance record, sorted by name.

@@ -48,9 +48,23 @@ func Run(ctx context.Context, cfg manager.Config) error {
 	return p.Wait()
 }
 
+// Options change how StartWith wires a manager, for benchmarks that
+// measure one part of it.
+type Options struct {
+	// Registry replaces the Consul registry (nil: Consul's).
+	Registry manager.Registry
+	// AgentTransport replaces the HTTP transport to worker agents.
+	AgentTransport http.RoundTripper
+}
+
 // Start connects a manager to the world and starts it; it returns once
 // the API listens and gossip runs.
 func Start(ctx context.Context, cfg manager.Config) (*Process, error) {
+	return StartWith(ctx, cfg, Options{})
+}
+
+// StartWith is Start with Options.
+func StartWith(ctx context.Context, cfg manager.Config, opts Options) (*Process, error) {
 	if err := manager.CheckKey(cfg.ClusterKey); err != nil {
 		return nil, err
 	}
@@ -94,6 +108,13 @@ func Start(ctx context.Context, cfg manager.Config) (*Process, error) {
 		ttl = manager.DefaultLockTTL
 	}
 	agents := worker.NewClient(cfg.ClusterKey)
+	// Many workers, each its own host: keep a connection to each.
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.MaxIdleConns, tr.MaxIdleConnsPerHost = 0, 4
+	agents.HTTP.Transport = tr
+	if opts.AgentTransport != nil {
+		agents.HTTP.Transport = opts.AgentTransport
+	}
 	apiAddr := cfg.APIAddr
 	if apiAddr == "" {
 		apiAddr = ":8080"
@@ -107,6 +128,9 @@ func Start(ctx context.Context, cfg manager.Config) (*Process, error) {
 		Lock:     consul.NewLock(cl, cfg.Cluster, cfg.NodeName, ttl, log),
 		Registry: consul.NewRegistry(cl, cfg.Cluster),
 		Agents:   agents,
+	}
+	if opts.Registry != nil {
+		deps.Registry = opts.Registry
 	}
 	deps.Forward = peerTransport(tlsCfg)
 	g := &gossip{}
