@@ -196,6 +196,14 @@ func stateList() string {
 // Containers returns the container records that match q, with their
 // health, from memory.
 func (l *leader) Containers(q ContainerQuery) []ContainerView {
+	out := []ContainerView{}
+	l.eachContainer(q, func(v *ContainerView) { out = append(out, *v) })
+	return out
+}
+
+// eachContainer calls fn with the view of every container that matches q,
+// in order; the view is reused from one call to the next.
+func (l *leader) eachContainer(q ContainerQuery, fn func(*ContainerView)) {
 	var recs []*Container
 	switch {
 	case q.Service != "":
@@ -207,14 +215,14 @@ func (l *leader) Containers(q ContainerQuery) []ContainerView {
 	default:
 		recs = l.store.All()
 	}
-	out := make([]ContainerView, 0, len(recs))
+	var v ContainerView
 	for _, c := range recs {
 		if (q.Node != "" && c.Node != q.Node) || (q.State != "" && c.State != q.State) {
 			continue
 		}
-		out = append(out, ContainerView{Container: *c, Health: l.health(c)})
+		v = ContainerView{Container: *c, Health: l.health(c)}
+		fn(&v)
 	}
-	return out
 }
 
 func (m *Manager) handleList(l *leader, w http.ResponseWriter, r *http.Request) {
@@ -223,7 +231,21 @@ func (m *Manager) handleList(l *leader, w http.ResponseWriter, r *http.Request) 
 		writeErr(w, badRequest("%v", err))
 		return
 	}
-	writeJSON(w, http.StatusOK, l.Containers(q))
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusOK)
+	bw := bufio.NewWriterSize(w, 32<<10)
+	enc := json.NewEncoder(bw)
+	_ = bw.WriteByte('[')
+	first := true
+	l.eachContainer(q, func(v *ContainerView) {
+		if !first {
+			_ = bw.WriteByte(',')
+		}
+		first = false
+		_ = enc.Encode(v)
+	})
+	_, _ = bw.WriteString("]\n")
+	_ = bw.Flush()
 }
 
 func (m *Manager) handleGet(l *leader, w http.ResponseWriter, r *http.Request) {

@@ -446,7 +446,7 @@ func (l *leader) move(ctx context.Context, mv coordinator.Move) error {
 		return fail(err)
 	}
 	// The new copy passes and the record points at it: break the old one.
-	l.deregister(ctx, old.ServiceID())
+	l.deregister(ctx, old.Name, old.Generation)
 	if w, ok := m.members.get(old.Node); ok && w.Load.API != "" {
 		if _, err := l.agents.Stop(ctx, w.Load.API, name, old.Generation); err != nil {
 			m.log.Warn("stop old copy; reconciliation will retry", "container", name, "err", err)
@@ -464,7 +464,7 @@ func (l *leader) undoMove(ctx context.Context, c *Container) {
 	if c.Move == nil {
 		return
 	}
-	l.deregister(ctx, serviceID(c.Name, c.Move.Generation))
+	l.deregister(ctx, c.Name, c.Move.Generation)
 	if w, ok := m.members.get(c.Move.Node); ok && w.Load.API != "" {
 		_, _ = l.agents.Stop(ctx, w.Load.API, c.Name, c.Move.Generation)
 	}

@@ -338,9 +338,9 @@ func (l *leader) stopOne(ctx context.Context, name string) error {
 	if err := m.deps.Registry.Deregister(ctx, c.ServiceID()); err != nil {
 		return fmt.Errorf("deregister %s: %w", name, err)
 	}
-	m.regs.drop(c.ServiceID())
+	m.regs.drop(c.Name, c.Generation)
 	if c.Move != nil {
-		l.deregister(ctx, serviceID(c.Name, c.Move.Generation))
+		l.deregister(ctx, c.Name, c.Move.Generation)
 		if w, ok := m.members.get(c.Move.Node); ok && w.Status == statusAlive && w.Load.API != "" {
 			_, _ = l.agents.Stop(ctx, w.Load.API, name, c.Move.Generation)
 		}

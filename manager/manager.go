@@ -20,6 +20,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"runtime/debug"
 	"strconv"
 	"sync"
 	"time"
@@ -161,6 +162,9 @@ func (m *Manager) leadTerm(ctx context.Context, lease Lease) {
 		return
 	}
 	l.store = store
+	// Loading 100,000 records takes ten times the memory they keep; give
+	// that back to the system now rather than over minutes.
+	debug.FreeOSMemory()
 	l.spawn(store.run)
 	m.events.reset(events, chunks, m.cfg.NodeName, lease.Term())
 	// The event log is written until every other task of the term has
@@ -186,6 +190,7 @@ func (m *Manager) leadTerm(ctx context.Context, lease Lease) {
 			}
 		}
 	}
+	l.spawn(l.syncRegistry)
 	l.spawn(l.loop)
 	l.spawn(l.watchHealth)
 	if stop, err := l.startCron(); err != nil {
@@ -289,8 +294,12 @@ type leader struct {
 	appsMu    sync.Mutex
 	deploying map[string]context.CancelFunc // applications being deployed
 
-	rounds    int       // reconciliation rounds completed in this term
-	lastSweep time.Time // when the cloud was last listed for stray instances
+	rounds       int       // reconciliation rounds completed in this term
+	roll         int       // partial rounds so far: which slice comes next
+	rollRegs     []string  // the containers with registrations, for this cycle of slices
+	rollWorkers  []string  // the workers, for this cycle of slices
+	graceChecked bool      // a full round ran after unknownWorkerGrace
+	lastSweep    time.Time // when the cloud was last listed for stray instances
 }
 
 func newLeader(m *Manager, ctx context.Context, stop context.CancelFunc, lease Lease) *leader {

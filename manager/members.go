@@ -32,8 +32,9 @@ type member struct {
 type members struct {
 	mu     sync.RWMutex
 	byName map[string]*member
-	byAPI  map[string]*member // by agent API address, for the reports agents return
-	sorted []string           // member names, naturally sorted; nil when stale
+	byAPI  map[string]*member  // by agent API address, for the reports agents return
+	sorted []string            // member names, naturally sorted; nil when stale
+	dirty  map[string]struct{} // members whose status changed since takeDirty
 	self   string
 	now    func() time.Time
 	onJoin func(name, addr string)
@@ -41,7 +42,7 @@ type members struct {
 }
 
 func newMembers(self string) *members {
-	return &members{byName: map[string]*member{}, byAPI: map[string]*member{}, self: self, now: time.Now}
+	return &members{byName: map[string]*member{}, byAPI: map[string]*member{}, dirty: map[string]struct{}{}, self: self, now: time.Now}
 }
 
 func (m *members) upsert(n *memberlist.Node, status string) {
@@ -56,6 +57,9 @@ func (m *members) upsert(n *memberlist.Node, status string) {
 	prev := mem.Status
 	mem.Addr = n.Address()
 	mem.Status = status
+	if prev != status {
+		m.dirty[n.Name] = struct{}{}
+	}
 	// Gossip can deliver a report older than one the agent's API already
 	// handed over with a start or stop answer: keep the newer one.
 	if !ok || l.Newer(mem.Load) {
@@ -121,7 +125,18 @@ func (m *members) forget(name string) {
 	}
 	delete(m.byName, name)
 	m.sorted = nil
+	m.dirty[name] = struct{}{}
 	m.mu.Unlock()
+}
+
+// takeDirty returns the members whose status changed since it was last
+// called.
+func (m *members) takeDirty() map[string]struct{} {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	d := m.dirty
+	m.dirty = map[string]struct{}{}
+	return d
 }
 
 // workers returns a copy of every worker, alive or not, sorted by name.

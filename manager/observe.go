@@ -2,6 +2,7 @@ package manager
 
 import (
 	"context"
+	"hash/fnv"
 	"sync"
 	"time"
 
@@ -21,13 +22,23 @@ const (
 
 // copyInfo is one container copy a worker runs, as its agent listed it:
 // what reconciliation needs, no more (a leader of 100,000 containers
-// keeps one of these for each).
+// keeps one of these for each). The whole of what the agent said is kept
+// only for a copy that its record does not describe yet (to adopt it).
 type copyInfo struct {
-	ID         string
 	Generation int
 	Running    bool
-	Address    string
-	Ports      []worker.Binding
+	idHash     uint64                // hashID of the container's ID
+	detail     *worker.ContainerInfo // nil when the record knew the copy
+}
+
+// hashID sums up a container ID (64 hex digits) in 8 bytes.
+func hashID(id string) uint64 {
+	if id == "" {
+		return 0
+	}
+	h := fnv.New64a()
+	h.Write([]byte(id))
+	return h.Sum64()
 }
 
 // observation is what one worker ran when its agent last listed it.
@@ -36,8 +47,22 @@ type observation struct {
 	started int64  // the agent's run (Load.Started)
 	digest  uint64 // worker.ContainersDigest of the list
 	at      time.Time
-	copies  map[string][]copyInfo // by container name
+	copies  map[string]copyInfo   // by container name: its copy (the first, when it has several)
+	extra   map[string][]copyInfo // its further copies (rare: a stale generation, a move)
 }
+
+// add records one copy of the container name.
+func (o *observation) add(name string, cp copyInfo) {
+	if _, ok := o.copies[name]; !ok {
+		o.copies[name] = cp
+		return
+	}
+	if o.extra == nil {
+		o.extra = map[string][]copyInfo{}
+	}
+	o.extra[name] = append(o.extra[name], cp)
+}
+
 
 // observer keeps every worker's containers as last listed, and lists a
 // worker again only when the digest in its load report no longer matches
@@ -47,9 +72,22 @@ type observation struct {
 type observer struct {
 	mu       sync.Mutex
 	byWorker map[string]*observation
+	dirty    map[string]struct{} // workers listed anew (or forgotten) since takeDirty
 }
 
-func newObserver() *observer { return &observer{byWorker: map[string]*observation{}} }
+func newObserver() *observer {
+	return &observer{byWorker: map[string]*observation{}, dirty: map[string]struct{}{}}
+}
+
+// takeDirty returns the workers listed anew or forgotten since it was
+// last called.
+func (o *observer) takeDirty() map[string]struct{} {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	d := o.dirty
+	o.dirty = map[string]struct{}{}
+	return d
+}
 
 // fresh reports whether the list of worker w still describes it: it came
 // from the same agent run and matches the digest of its latest report.
@@ -69,12 +107,14 @@ func (o *observer) get(name string, l worker.Load) (*observation, bool) {
 func (o *observer) forget(name string) {
 	o.mu.Lock()
 	delete(o.byWorker, name)
+	o.dirty[name] = struct{}{}
 	o.mu.Unlock()
 }
 
 func (o *observer) put(name string, ob *observation) {
 	o.mu.Lock()
 	o.byWorker[name] = ob
+	o.dirty[name] = struct{}{}
 	o.mu.Unlock()
 }
 
@@ -111,10 +151,22 @@ func (l *leader) observe(ctx context.Context) map[string]*observation {
 				return
 			}
 			ob := &observation{api: w.Load.API, started: w.Load.Started, digest: worker.ContainersDigest(cs),
-				at: time.Now(), copies: make(map[string][]copyInfo, len(cs))}
-			for _, c := range cs {
-				ob.copies[c.Instance] = append(ob.copies[c.Instance], copyInfo{ID: c.ID, Generation: c.Generation,
-					Running: c.State == "running", Address: c.Address, Ports: c.Ports})
+				at: time.Now(), copies: make(map[string]copyInfo, len(cs))}
+			for i := range cs {
+				c := &cs[i]
+				cp := copyInfo{Generation: c.Generation, Running: c.State == "running", idHash: hashID(c.ID)}
+				name := c.Instance
+				if rec, ok := l.store.Container(c.Instance); ok {
+					name = rec.Name // share the record's string
+					if rec.idHash != cp.idHash {
+						d := *c
+						cp.detail = &d
+					}
+				} else {
+					d := *c
+					cp.detail = &d
+				}
+				ob.add(name, cp)
 			}
 			l.m.obs.put(w.Name, ob)
 			mu.Lock()

@@ -2,10 +2,10 @@ package manager
 
 import (
 	"context"
-	"strconv"
-	"strings"
 	"sync"
 	"time"
+
+	"github.com/micado-scale/micado/worker"
 )
 
 // unknownWorkerGrace is how long after it began to follow gossip a
@@ -24,9 +24,10 @@ type repairs struct {
 	restart       []string        // running records whose copy vanished
 	start         []string        // starting records to start (again)
 	adopt         []adoptAction   // copies that run as the record expects, not yet recorded
+	relist        []string        // workers to list again: their list lacks what adopting needs
 	register      []string        // running records whose registration is missing
 	stopCopies    []stopAction    // copies no record asks for
-	deregister    []string        // registrations no record asks for
+	deregister    []regKey        // registrations no record asks for
 	placePending  bool            // pending containers wait
 }
 
@@ -38,7 +39,7 @@ type requeueAction struct {
 
 type adoptAction struct {
 	name, node string
-	copy       copyInfo
+	copy       worker.ContainerInfo
 }
 
 type stopAction struct {
@@ -54,12 +55,18 @@ func (r *repairs) empty() bool {
 
 // reconcileView is everything a reconciliation decides on.
 type reconcileView struct {
-	containers []*Container                // every record, sorted
-	lookup     func(string) *Container     // one record by name
-	workers    map[string]member           // every worker gossip knows, alive or dead
-	observed   map[string]*observation     // the workers whose containers are known now
-	registered map[string]string           // registration service ID → container
-	moving     func(container string) bool // a move of this container is in progress
+	containers []*Container                       // the records to check (every record, in a full round)
+	lookup     func(string) *Container            // one record by name
+	workers    map[string]member                  // every worker gossip knows, alive or dead
+	observed   map[string]*observation            // the workers whose containers are known now
+	scan       map[string]*observation            // the workers whose copies are checked for orphans
+	onNode     func(string) map[string]*Container // the records on one worker
+	registered *regSet                            // registered copies
+	regsKnown  bool                               // registered was compared with the registry at least once
+	// regScan names containers whose registrations to check beyond those
+	// of the records checked: registrations of containers with no record.
+	regScan []string
+	moving  func(container string) bool // a move of this container is in progress
 	// following is how long this manager has followed gossip.
 	following time.Duration
 }
@@ -77,7 +84,27 @@ type reconcileView struct {
 // It does no I/O and changes nothing.
 func decideRepairs(v reconcileView) repairs {
 	var r repairs
+	// Records come grouped by worker: look each worker up once.
+	var (
+		lastNode               = "\x00"
+		lastW                  member
+		lastKnown, lastReached bool
+		lastOb                 *observation
+	)
 	for _, c := range v.containers {
+		// Its registrations: one look-up finds them all.
+		v.registered.of(c.Name, func(k regKey) {
+			if !v.regsKnown {
+				return
+			}
+			if (c.State == StateRunning || c.State == StateStarting) &&
+				(k.gen == c.Generation || (c.Move != nil && k.gen == c.Move.Generation)) {
+				return
+			}
+			if !v.moving(c.Name) {
+				r.deregister = append(r.deregister, k)
+			}
+		})
 		switch c.State {
 		case StateStopping:
 			r.finishStops = append(r.finishStops, c.Name)
@@ -90,7 +117,12 @@ func decideRepairs(v reconcileView) repairs {
 				}
 				continue
 			}
-			w, known := v.workers[c.Node]
+			if c.Node != lastNode {
+				lastNode = c.Node
+				lastW, lastKnown = v.workers[c.Node]
+				lastOb, lastReached = v.observed[c.Node]
+			}
+			w, known := lastW, lastKnown
 			if !known || w.Status != statusAlive {
 				switch {
 				case known:
@@ -104,14 +136,17 @@ func decideRepairs(v reconcileView) repairs {
 				}
 				continue
 			}
-			ob, reached := v.observed[c.Node]
+			ob, reached := lastOb, lastReached
 			if !reached {
 				continue // cannot tell; try next round
 			}
 			var mine *copyInfo
-			for i, cp := range ob.copies[c.Name] {
+			if cp, ok := ob.copies[c.Name]; ok && cp.Generation == c.Generation && cp.Running {
+				mine = &cp
+			}
+			for i, cp := range ob.extra[c.Name] {
 				if cp.Generation == c.Generation && cp.Running {
-					mine = &ob.copies[c.Name][i]
+					mine = &ob.extra[c.Name][i]
 				}
 			}
 			switch {
@@ -119,38 +154,47 @@ func decideRepairs(v reconcileView) repairs {
 				r.restart = append(r.restart, c.Name)
 			case mine == nil:
 				r.start = append(r.start, c.Name)
-			case c.State == StateStarting || c.ContainerID != mine.ID:
-				r.adopt = append(r.adopt, adoptAction{name: c.Name, node: c.Node, copy: *mine})
+			case c.State == StateStarting || c.idHash != mine.idHash:
+				if mine.detail == nil {
+					// The record changed since the list: list again.
+					r.relist = append(r.relist, c.Node)
+					continue
+				}
+				r.adopt = append(r.adopt, adoptAction{name: c.Name, node: c.Node, copy: *mine.detail})
 			default:
-				if _, ok := v.registered[c.ServiceID()]; !ok {
+				if v.regsKnown && !v.registered.has(regKey{c.Name, c.Generation}) {
 					r.register = append(r.register, c.Name)
 				}
 			}
 		}
 	}
-	// Copies nobody asked for.
-	for node, ob := range v.observed {
-		for name, copies := range ob.copies {
-			c := v.lookup(name)
-			for _, cp := range copies {
-				if c != nil && copyWanted(c, node, cp.Generation) {
-					continue
+	// Copies nobody asked for. A worker's own records are looked up in its
+	// small index first.
+	for node, ob := range v.scan {
+		own := v.onNode(node)
+		for name, cp := range ob.copies {
+			c := own[name]
+			if c == nil {
+				c = v.lookup(name)
+			}
+			check := func(cp copyInfo) {
+				if c == nil || !copyWanted(c, node, cp.Generation) {
+					r.stopCopies = append(r.stopCopies, stopAction{name: name, node: node, api: ob.api, generation: cp.Generation})
 				}
-				r.stopCopies = append(r.stopCopies, stopAction{name: name, node: node, api: ob.api, generation: cp.Generation})
+			}
+			check(cp)
+			for _, more := range ob.extra[name] {
+				check(more)
 			}
 		}
 	}
-	// Registrations with no container behind them.
-	for id, name := range v.registered {
-		c := v.lookup(name)
-		if c != nil && (c.State == StateRunning || c.State == StateStarting) &&
-			(isServiceID(id, c.Name, c.Generation) || (c.Move != nil && isServiceID(id, c.Name, c.Move.Generation))) {
+	// Registrations of containers that have no record (those of a record
+	// are checked with it, in its slice of the rounds).
+	for _, n := range v.regScan {
+		if !v.regsKnown || v.lookup(n) != nil || v.moving(n) {
 			continue
 		}
-		if v.moving(name) {
-			continue
-		}
-		r.deregister = append(r.deregister, id)
+		v.registered.of(n, func(k regKey) { r.deregister = append(r.deregister, k) })
 	}
 	return r
 }
@@ -178,61 +222,152 @@ func copyWanted(c *Container, node string, gen int) bool {
 	return false
 }
 
-// isServiceID reports whether id is serviceID(name, gen), without
-// building it.
-func isServiceID(id, name string, gen int) bool {
-	if gen == 0 {
-		return id == name
-	}
-	rest, ok := strings.CutPrefix(id, name)
-	if !ok {
-		return false
-	}
-	rest, ok = strings.CutPrefix(rest, ".g")
-	return ok && rest == strconv.Itoa(gen)
-}
+// Rounds. A round checks what changed since the last one (records
+// written, workers listed anew or changed status, registrations made or
+// lost), the records that are not settled (pending, starting, stopping,
+// moving), and one slice in rollSlices of everything else: every record,
+// worker and registration is compared at least once every rollSlices
+// rounds (two minutes), and no round does more than a slice of that work,
+// so an idle round of 100,000 containers stays short. A full round, all
+// at once, starts a term, follows many changes at once, and ends the
+// grace of workers not seen since the manager started.
+const rollSlices = 24
 
 // reconcile runs one round: observe, decide, act.
 func (l *leader) reconcile(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	start := time.Now()
-	l.syncRegistry(ctx)
 	// Observe first, then read the desired state: a container or a
 	// registration is only ever created after its record is written, so
 	// anything observed that has no record is truly an orphan.
 	observed := l.observe(ctx)
-	containers := l.store.All()
-	// A worker whose containers changed since its list was taken (a start
-	// answered meanwhile) cannot be judged this round: its list may lack a
-	// copy the records, read after the list, already count as running. The
-	// load report changes before the record does, so checking it after
-	// reading the records is enough.
+	following := time.Since(l.m.started)
+	full := l.rounds == 0 || (following > unknownWorkerGrace && !l.graceChecked)
+	// What changed, taken before the state is read: a change after this
+	// is taken by the next round.
+	dRecs, dObs, dMem, dRegs := l.store.takeDirty(), l.m.obs.takeDirty(), l.m.members.takeDirty(), l.m.regs.takeDirty()
 	workers := map[string]member{}
 	for _, w := range l.m.members.workers() {
 		workers[w.Name] = w
-		if ob, ok := observed[w.Name]; ok && w.Load.Digest != 0 && !ob.fresh(w.Load) {
-			delete(observed, w.Name)
+	}
+	// Many changes at once (a new term, a registry that came back): check
+	// everything.
+	if n := len(dRecs) + len(dRegs); n > 1000 && n > l.store.Len()/10 {
+		full = true
+	}
+	slice := l.roll % rollSlices
+	if slice == 0 || l.rollRegs == nil {
+		l.rollRegs = l.m.regs.names()
+		nodes := map[string]bool{}
+		for n := range workers {
+			nodes[n] = true
+		}
+		for _, n := range l.store.Nodes() {
+			nodes[n] = true // a worker gossip no longer knows
+		}
+		l.rollWorkers = l.rollWorkers[:0]
+		for n := range nodes {
+			l.rollWorkers = append(l.rollWorkers, n)
 		}
 	}
-	v := reconcileView{
-		containers: containers,
-		lookup: func(n string) *Container {
-			c, _ := l.store.Container(n)
-			return c
-		},
-		workers:    workers,
-		observed:   observed,
-		registered: l.m.regs.snapshot(),
-		moving:     l.isMoving,
-		following:  time.Since(l.m.started),
+	part := func(n int) (int, int) { return n * slice / rollSlices, n * (slice + 1) / rollSlices }
+	var r repairs
+	checked := 0
+	decideStart := time.Now()
+	// Decide under the store's read lock and the registrations' lock: no
+	// copy of 100,000 records, and no I/O.
+	l.store.view(func(sv storeView) {
+		// A worker whose containers changed since its list was taken (a
+		// start answered meanwhile) cannot be judged this round: its list
+		// may lack a copy the records, read after the list, already count
+		// as running. The load report changes before the record does, so
+		// checking it after taking the records is enough.
+		for name, ob := range observed {
+			if w, ok := workers[name]; ok && w.Load.Digest != 0 && !ob.fresh(w.Load) {
+				delete(observed, name)
+			}
+		}
+		v := reconcileView{lookup: sv.get, onNode: sv.nodeRecords, workers: workers, observed: observed, moving: l.isMoving, following: following}
+		if full {
+			v.containers = l.store.allLocked()
+			v.scan = observed
+			// Registrations of containers with no record are left to the
+			// slices of the next rounds.
+		} else {
+			seen := map[string]bool{}
+			add := func(c *Container) {
+				if c != nil && !seen[c.Name] {
+					seen[c.Name] = true
+					v.containers = append(v.containers, c)
+				}
+			}
+			sv.unsettled(add)
+			for n := range dRecs {
+				add(sv.get(n))
+			}
+			for n := range dRegs {
+				add(sv.get(n))
+			}
+			v.scan = map[string]*observation{}
+			lo, hi := part(len(l.rollWorkers))
+			for _, node := range l.rollWorkers[lo:hi] {
+				sv.onNode(node, add)
+				if ob, ok := observed[node]; ok {
+					v.scan[node] = ob
+				}
+			}
+			for _, d := range []map[string]struct{}{dObs, dMem} {
+				for node := range d {
+					sv.onNode(node, add)
+					if ob, ok := observed[node]; ok {
+						v.scan[node] = ob
+					}
+				}
+			}
+			v.regScan = []string{}
+			regSeen := map[string]bool{}
+			scanRegs := func(n string) {
+				if !regSeen[n] {
+					regSeen[n] = true
+					v.regScan = append(v.regScan, n)
+				}
+			}
+			lo, hi = part(len(l.rollRegs))
+			for _, n := range l.rollRegs[lo:hi] {
+				scanRegs(n)
+			}
+			for n := range seen {
+				scanRegs(n)
+			}
+			for n := range dRegs {
+				scanRegs(n)
+			}
+			for n := range dRecs {
+				scanRegs(n) // deleted records among them
+			}
+		}
+		l.m.regs.view(func(set *regSet, known bool) {
+			v.registered, v.regsKnown = set, known
+			r = decideRepairs(v)
+		})
+		checked = len(v.containers)
+		r.placePending = r.placePending || sv.pending()
+	})
+	if full {
+		l.graceChecked = following > unknownWorkerGrace
+	} else {
+		l.roll++
 	}
-	r := decideRepairs(v)
+	decided := time.Since(decideStart)
 	l.execute(ctx, r)
 	l.reconcileInstances(ctx)
 	l.reconcileApps(ctx)
 	l.rounds++
-	l.m.metrics.reconciled(time.Since(start))
+	took := time.Since(start)
+	l.m.metrics.reconciled(took)
+	l.m.log.Debug("reconciled", "full", full, "checked", checked, "listed", len(dObs), "took", took, "decide", decided,
+		"observed", len(observed))
 	return nil
 }
 
@@ -282,13 +417,16 @@ func (l *leader) execute(ctx context.Context, r repairs) {
 	for _, a := range r.adopt {
 		l.adoptRunning(ctx, a.name, a.node, a.copy)
 	}
+	for _, n := range r.relist {
+		l.m.obs.forget(n)
+	}
 	l.registerAll(ctx, r.register)
 	if len(r.stopCopies) > 0 {
 		l.stopCopies(ctx, r.stopCopies)
 	}
-	for _, id := range r.deregister {
-		m.log.Info("removing a stale registration", "service_id", id)
-		l.deregister(ctx, id)
+	for _, k := range r.deregister {
+		m.log.Info("removing a stale registration", "service_id", serviceID(k.name, k.gen))
+		l.deregister(ctx, k.name, k.gen)
 	}
 	if r.placePending || requeued > 0 {
 		l.placePending(ctx)
@@ -351,37 +489,52 @@ func (l *leader) register(ctx context.Context, c *Container) error {
 	if err := l.m.deps.Registry.Register(ctx, reg); err != nil {
 		return err
 	}
-	l.m.regs.add(reg.ID, c.Name)
+	l.m.regs.add(c.Name, c.Generation)
 	return nil
 }
 
-// deregister removes a registration and forgets it.
-func (l *leader) deregister(ctx context.Context, id string) {
+// deregister removes the registration of a container's copy and forgets
+// it.
+func (l *leader) deregister(ctx context.Context, name string, gen int) {
+	id := serviceID(name, gen)
 	if err := l.m.deps.Registry.Deregister(ctx, id); err != nil {
 		l.m.log.Warn("deregister failed", "service_id", id, "err", err)
 		return
 	}
-	l.m.regs.drop(id)
+	l.m.regs.drop(name, gen)
 }
 
 // syncRegistry compares the remembered registrations with the
 // registry's, every registrySyncInterval or sooner when the health watch
-// suggests one was lost.
+// suggests one was lost, on a goroutine of its own (listing 100,000
+// registrations takes longer than a reconciliation should). What it finds
+// different, the next rounds repair.
 func (l *leader) syncRegistry(ctx context.Context) {
-	now := time.Now()
-	if !l.m.regs.due(now) {
-		return
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		if now := time.Now(); l.m.regs.due(now) {
+			lctx, cancel := context.WithTimeout(ctx, time.Minute)
+			ids, err := l.m.deps.Registry.List(lctx)
+			cancel()
+			switch {
+			case err != nil && ctx.Err() == nil:
+				l.m.log.Warn("cannot list the registry", "err", err)
+			case err == nil:
+				l.m.regs.replace(ids, now)
+				l.kick()
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
 	}
-	ids, err := l.m.deps.Registry.List(ctx)
-	if err != nil {
-		l.m.log.Warn("cannot list the registry", "err", err)
-		return
-	}
-	l.m.regs.replace(ids, now)
 }
 
 // adoptRunning records a copy that runs as the record expects.
-func (l *leader) adoptRunning(ctx context.Context, name, node string, cp copyInfo) {
+func (l *leader) adoptRunning(ctx context.Context, name, node string, cp worker.ContainerInfo) {
 	if !l.claim(name) {
 		return
 	}
@@ -417,7 +570,7 @@ func (l *leader) requeue(ctx context.Context, name, node string, gen int, why st
 	if err != nil {
 		return false
 	}
-	l.deregister(ctx, serviceID(name, gen))
+	l.deregister(ctx, name, gen)
 	return true
 }
 
@@ -475,7 +628,7 @@ func (l *leader) watchHealth(ctx context.Context) {
 		index = next
 		l.m.regs.setHealth(h)
 		for _, c := range l.store.All() {
-			if c.State == StateRunning && c.Check.Type != "none" && c.HostPort() != 0 && l.m.regs.registered(c.ServiceID()) {
+			if c.State == StateRunning && c.Check.Type != "none" && c.HostPort() != 0 && l.m.regs.registered(c.Name, c.Generation) {
 				if _, ok := h[c.ServiceID()]; !ok {
 					l.m.regs.markStale()
 					l.kick()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -162,55 +163,186 @@ const (
 	healthWait = 5 * time.Minute
 )
 
-// regCache is what the manager knows of its registrations: which service
-// IDs it registered, and their health as the registry's watch last told.
-// Safe for concurrent use.
-type regCache struct {
-	mu      sync.Mutex
-	ids     map[string]string // service ID → container
-	synced  time.Time         // last full comparison with the registry
-	health  map[string]string // service ID → passing, warning, critical
-	changed chan struct{}     // closed and replaced when health changes
-	stale   bool              // a registration seems lost: sync soon
+// regKey names one registration: a container's copy of a generation.
+type regKey struct {
+	name string
+	gen  int
 }
 
-func newRegCache() *regCache {
-	return &regCache{ids: map[string]string{}, health: map[string]string{}, changed: make(chan struct{})}
+// parseServiceID splits a service ID made by serviceID into the container
+// and the generation.
+func parseServiceID(id, name string) regKey {
+	if rest, ok := strings.CutPrefix(id, name+".g"); ok {
+		if g, err := strconv.Atoi(rest); err == nil {
+			return regKey{name, g}
+		}
+	}
+	return regKey{name, 0}
 }
 
-func (r *regCache) registered(id string) bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	_, ok := r.ids[id]
+// regSet is a set of registrations, compact for 100,000 of them: the
+// generations of each container as bits (generations above 63, rare, in
+// a map of their own).
+type regSet struct {
+	bits map[string]uint64
+	big  map[regKey]struct{}
+}
+
+func newRegSet(n int) *regSet {
+	return &regSet{bits: make(map[string]uint64, n), big: map[regKey]struct{}{}}
+}
+
+func (s *regSet) has(k regKey) bool {
+	if k.gen < 0 {
+		return false
+	}
+	if k.gen < 64 {
+		return s.bits[k.name]&(1<<k.gen) != 0
+	}
+	_, ok := s.big[k]
 	return ok
 }
 
-func (r *regCache) add(id, container string) {
-	r.mu.Lock()
-	r.ids[id] = container
-	r.mu.Unlock()
+func (s *regSet) add(k regKey) {
+	switch {
+	case k.gen < 0:
+	case k.gen < 64:
+		s.bits[k.name] |= 1 << k.gen
+	default:
+		s.big[k] = struct{}{}
+	}
 }
 
-func (r *regCache) drop(id string) {
-	r.mu.Lock()
-	delete(r.ids, id)
-	r.mu.Unlock()
+func (s *regSet) del(k regKey) {
+	switch {
+	case k.gen < 0:
+	case k.gen < 64:
+		if b := s.bits[k.name] &^ (1 << k.gen); b == 0 {
+			delete(s.bits, k.name)
+		} else {
+			s.bits[k.name] = b
+		}
+	default:
+		delete(s.big, k)
+	}
 }
 
-// snapshot returns a copy of the registered IDs.
-func (r *regCache) snapshot() map[string]string {
+// of calls fn with every registration of the container name.
+func (s *regSet) of(name string, fn func(regKey)) {
+	for b, g := s.bits[name], 0; b != 0; b, g = b>>1, g+1 {
+		if b&1 != 0 {
+			fn(regKey{name, g})
+		}
+	}
+	for k := range s.big {
+		if k.name == name {
+			fn(k)
+		}
+	}
+}
+
+// each calls fn with every registration.
+func (s *regSet) each(fn func(regKey)) {
+	for name := range s.bits {
+		s.of(name, fn)
+	}
+	for k := range s.big {
+		if _, ok := s.bits[k.name]; !ok {
+			fn(k)
+		}
+	}
+}
+
+// regCache is what the manager knows of its registrations: which copies
+// it registered, and their health as the registry's watch last told.
+// Safe for concurrent use.
+type regCache struct {
+	mu      sync.Mutex
+	set     *regSet             // registered copies
+	synced  time.Time           // last full comparison with the registry
+	health  map[string]string   // service ID → passing, warning, critical
+	changed chan struct{}       // closed and replaced when health changes
+	stale   bool                // a registration seems lost: sync soon
+	dirty   map[string]struct{} // containers whose registrations changed since takeDirty
+}
+
+func newRegCache() *regCache {
+	return &regCache{set: newRegSet(0), health: map[string]string{}, changed: make(chan struct{}), dirty: map[string]struct{}{}}
+}
+
+// takeDirty returns the containers whose registrations changed since it
+// was last called.
+func (r *regCache) takeDirty() map[string]struct{} {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	out := make(map[string]string, len(r.ids))
-	for k, v := range r.ids {
-		out[k] = v
+	d := r.dirty
+	r.dirty = map[string]struct{}{}
+	return d
+}
+
+func (r *regCache) registered(name string, gen int) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.set.has(regKey{name, gen})
+}
+
+func (r *regCache) add(name string, gen int) {
+	r.mu.Lock()
+	r.set.add(regKey{name, gen})
+	r.dirty[name] = struct{}{}
+	r.mu.Unlock()
+}
+
+func (r *regCache) drop(name string, gen int) {
+	r.mu.Lock()
+	r.set.del(regKey{name, gen})
+	r.dirty[name] = struct{}{}
+	r.mu.Unlock()
+}
+
+// view runs fn with the registered copies, and whether they were ever
+// compared with the registry's, under the cache's lock (fn must not call
+// the cache).
+func (r *regCache) view(fn func(set *regSet, known bool)) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	fn(r.set, !r.synced.IsZero())
+}
+
+// names returns the containers that have registrations.
+func (r *regCache) names() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]string, 0, len(r.set.bits)+len(r.set.big))
+	for n := range r.set.bits {
+		out = append(out, n)
+	}
+	for k := range r.set.big {
+		if _, ok := r.set.bits[k.name]; !ok {
+			out = append(out, k.name)
+		}
 	}
 	return out
 }
 
+// replace takes the registry's list (service ID → container).
 func (r *regCache) replace(ids map[string]string, at time.Time) {
+	set := newRegSet(len(ids))
+	for id, name := range ids {
+		set.add(parseServiceID(id, name))
+	}
 	r.mu.Lock()
-	r.ids, r.synced, r.stale = ids, at, false
+	set.each(func(k regKey) {
+		if !r.set.has(k) {
+			r.dirty[k.name] = struct{}{}
+		}
+	})
+	r.set.each(func(k regKey) {
+		if !set.has(k) {
+			r.dirty[k.name] = struct{}{}
+		}
+	})
+	r.set, r.synced, r.stale = set, at, false
 	r.mu.Unlock()
 }
 

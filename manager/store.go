@@ -9,6 +9,8 @@ import (
 	"sort"
 	"strings"
 	"sync"
+
+	"github.com/micado-scale/micado/worker"
 )
 
 // Journal key prefixes.
@@ -55,6 +57,9 @@ type Store struct {
 	apps       map[string]*AppRecord
 	members    map[string]string
 	specs      map[string]*Spec       // one copy of each distinct spec
+	strings    map[string]string      // one copy of worker names, addresses and states
+	unsettled  map[string]*Container  // records not simply running or failed: checked every round
+	dirty      map[string]struct{}    // records changed since the last takeDirty
 	held       map[string]ledgerEntry // promises of records being written (hold)
 	heldNames  map[string]int         // names and services of records being written
 
@@ -84,7 +89,8 @@ func newStore(j Journal, fence Fence, log *slog.Logger) *Store {
 		containers: map[string]*Container{}, byService: map[string]map[string]*Container{},
 		byNode: map[string]map[string]*Container{}, ledger: map[string]ledgerEntry{},
 		pending: map[string]*Container{}, counts: map[State]int{}, instances: map[string]*Instance{},
-		apps: map[string]*AppRecord{}, members: map[string]string{}, specs: map[string]*Spec{},
+		unsettled: map[string]*Container{}, dirty: map[string]struct{}{},
+		apps: map[string]*AppRecord{}, members: map[string]string{}, specs: map[string]*Spec{}, strings: map[string]string{},
 		reqs: make(chan *updateReq, 1024),
 	}
 }
@@ -161,7 +167,26 @@ func (s *Store) decodeContainer(p Pair) (*Container, error) {
 	}
 	c.Spec = s.intern(c.Spec)
 	c.index = p.Index
+	// Many records name the same worker and address, and a handful of
+	// states: keep one copy of each string.
+	c.Node, c.Address, c.State = s.internString(c.Node), s.internString(c.Address), State(s.internString(string(c.State)))
+	if len(c.Bindings) > 0 {
+		c.Bindings = append(make([]worker.Binding, 0, len(c.Bindings)), c.Bindings...) // no spare capacity
+	}
 	return &c, nil
+}
+
+// internString returns the one copy of a short, often repeated string.
+// Call with s.mu held.
+func (s *Store) internString(v string) string {
+	if v == "" {
+		return ""
+	}
+	if have, ok := s.strings[v]; ok {
+		return have
+	}
+	s.strings[v] = v
+	return v
 }
 
 // intern returns the one copy of spec kept in memory. Call with s.mu held.
@@ -237,6 +262,11 @@ func (s *Store) remove(c *Container) {
 }
 
 func (s *Store) index(c *Container) {
+	c.idHash = hashID(c.ContainerID)
+	s.dirty[c.Name] = struct{}{}
+	if (c.State != StateRunning && c.State != StateFailed) || c.Move != nil {
+		s.unsettled[c.Name] = c
+	}
 	addTo(s.byService, c.Service, c)
 	if c.Node != "" {
 		addTo(s.byNode, c.Node, c)
@@ -256,6 +286,8 @@ func (s *Store) index(c *Container) {
 }
 
 func (s *Store) unindex(c *Container) {
+	s.dirty[c.Name] = struct{}{}
+	delete(s.unsettled, c.Name)
 	delFrom(s.byService, c.Service, c.Name)
 	if c.Node != "" {
 		delFrom(s.byNode, c.Node, c.Name)
@@ -313,23 +345,30 @@ func (s *Store) Container(name string) (*Container, bool) {
 	return c, ok
 }
 
-// All returns every container, naturally sorted by name.
-func (s *Store) All() []*Container {
+// sortedNames returns the container names, naturally sorted, sorting
+// them again only after a record was created or deleted.
+func (s *Store) sortedNames() []string {
 	s.mu.RLock()
 	names := s.names
 	s.mu.RUnlock()
-	if names == nil {
-		s.mu.Lock()
-		if s.names == nil {
-			s.names = make([]string, 0, len(s.containers))
-			for n := range s.containers {
-				s.names = append(s.names, n)
-			}
-			sort.Slice(s.names, func(i, j int) bool { return naturalLess(s.names[i], s.names[j]) })
-		}
-		names = s.names
-		s.mu.Unlock()
+	if names != nil {
+		return names
 	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.names == nil {
+		s.names = make([]string, 0, len(s.containers))
+		for n := range s.containers {
+			s.names = append(s.names, n)
+		}
+		sort.Slice(s.names, func(i, j int) bool { return naturalLess(s.names[i], s.names[j]) })
+	}
+	return s.names
+}
+
+// All returns every container, naturally sorted by name.
+func (s *Store) All() []*Container {
+	names := s.sortedNames()
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	out := make([]*Container, 0, len(names))
@@ -337,6 +376,98 @@ func (s *Store) All() []*Container {
 		if c, ok := s.containers[n]; ok {
 			out = append(out, c)
 		}
+	}
+	return out
+}
+
+// read runs fn with every container (naturally sorted) and a lookup by
+// name, under the store's read lock: fn must be quick and must not call
+// the store. Writes wait meanwhile.
+func (s *Store) read(fn func(all []*Container, get func(string) *Container)) {
+	names := s.sortedNames()
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	all := make([]*Container, 0, len(names))
+	for _, n := range names {
+		if c, ok := s.containers[n]; ok {
+			all = append(all, c)
+		}
+	}
+	fn(all, func(n string) *Container { return s.containers[n] })
+}
+
+// takeDirty returns the names of the records changed since it was last
+// called.
+func (s *Store) takeDirty() map[string]struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	d := s.dirty
+	s.dirty = map[string]struct{}{}
+	return d
+}
+
+// storeView is the store as a reconciliation reads it, under its read
+// lock.
+type storeView struct {
+	s *Store
+}
+
+// get returns one record.
+func (v storeView) get(name string) *Container { return v.s.containers[name] }
+
+// onNode calls fn with every record on a worker.
+func (v storeView) onNode(node string, fn func(*Container)) {
+	for _, c := range v.s.byNode[node] {
+		fn(c)
+	}
+}
+
+// nodeRecords returns the records on one worker (do not change the map).
+func (v storeView) nodeRecords(node string) map[string]*Container { return v.s.byNode[node] }
+
+// unsettled calls fn with every record that is not simply running or
+// failed.
+func (v storeView) unsettled(fn func(*Container)) {
+	for _, c := range v.s.unsettled {
+		fn(c)
+	}
+}
+
+// pending reports whether a container waits for a worker.
+func (v storeView) pending() bool { return len(v.s.pending) > 0 }
+
+// view runs fn under the store's read lock: fn must be quick and must not
+// call the store. Writes wait meanwhile.
+func (s *Store) view(fn func(storeView)) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	fn(storeView{s})
+}
+
+// allLocked returns every record, those of one worker together, for a
+// caller that holds the read lock.
+func (s *Store) allLocked() []*Container {
+	out := make([]*Container, 0, len(s.containers))
+	for _, cs := range s.byNode {
+		for _, c := range cs {
+			out = append(out, c)
+		}
+	}
+	for _, c := range s.containers {
+		if c.Node == "" {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// Nodes returns the workers the records name.
+func (s *Store) Nodes() []string {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := make([]string, 0, len(s.byNode))
+	for n := range s.byNode {
+		out = append(out, n)
 	}
 	return out
 }

@@ -94,7 +94,8 @@ type Container struct {
 	CreatedAt time.Time  `json:"created_at"`
 	UpdatedAt time.Time  `json:"updated_at"`
 
-	index uint64 // the journal index of its last change, for check-and-set
+	index  uint64 // the journal index of its last change, for check-and-set
+	idHash uint64 // hashID(ContainerID), set by the store
 }
 
 // clone returns a copy that may be changed (the Spec stays shared).

@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"runtime"
 	"runtime/debug"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -54,16 +55,19 @@ func benchSeed(nWorkers, nContainers, w int) []worker.ContainerInfo {
 }
 
 // benchRecord is container i's desired-state record: realistic sizes
-// (image references, environment, two ports, a placement reason).
+// (image references, environment, two ports, a placement reason). Each
+// role has 20 services of 32 to 512 MiB per replica, each in 7 versions
+// of its image (a rolling update's worth).
 func benchRecord(nWorkers, i int) *Container {
 	j := i % nWorkers
 	role := benchRoles[j%len(benchRoles)]
-	svc := fmt.Sprintf("%s-svc%d", role, (i/nWorkers)%20+1)
+	sn := (i/nWorkers)%20 + 1
+	svc := fmt.Sprintf("%s-svc%d", role, sn)
 	created := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
 	return &Container{
 		Name: fmt.Sprintf("%s-%d", svc, i+1),
 		Spec: &Spec{Service: svc, Image: "registry.example.com/shop/" + svc + ":1.4." + strconv.Itoa(i%7),
-			Tags: []string{"role=" + role}, Memory: int64(32+(i*7919)%481) << 20,
+			Tags: []string{"role=" + role}, Memory: int64(32+(sn*7919+(j%3)*101)%481) << 20,
 			Ports: []worker.Port{{Container: 8080, Protocol: "tcp"}, {Container: 9090, Protocol: "tcp"}},
 			Env:   map[string]string{"APP_ENV": "production", "LOG_LEVEL": "info", "DB_URL": "postgres://db.service.consul:5432/shop"},
 			Check: Check{Type: "tcp"}},
@@ -134,7 +138,7 @@ func benchManager(b *testing.B, consulAddr string, opts Options, tweak func(*Con
 	cfg := Config{Cluster: "bench", NodeName: "m1", ClusterKey: key, ConsulAddr: consulAddr,
 		BindAddr: "127.0.0.1", AdvertiseAddr: "127.0.0.1", BindPort: freePort(b),
 		APIAddr: "127.0.0.1:" + strconv.Itoa(freePort(b)), ConsolidateSchedule: "off",
-		Logger: slog.New(slog.NewTextHandler(logw, &slog.HandlerOptions{Level: slog.LevelWarn}))}
+		Logger: slog.New(slog.NewTextHandler(logw, &slog.HandlerOptions{Level: benchLogLevel()}))}
 	if tweak != nil {
 		tweak(&cfg)
 	}
@@ -154,6 +158,14 @@ func benchManager(b *testing.B, consulAddr string, opts Options, tweak func(*Con
 		time.Sleep(50 * time.Millisecond)
 	}
 	return p, base
+}
+
+func benchLogLevel() slog.Level {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(os.Getenv("MICADO_BENCH_LOG_LEVEL"))); err != nil {
+		return slog.LevelWarn
+	}
+	return l
 }
 
 // join puts simulated workers into the manager's membership table as
@@ -190,14 +202,40 @@ func metric(b *testing.B, base, name string) float64 {
 }
 
 // noRegistry stands in for Consul's catalog where the benchmark measures
-// the path without it: registering 100,000 services in one Consul agent
-// is a figure of its own.
-type noRegistry struct{ n atomic.Int64 }
+// the path without it (registering 100,000 services in one Consul agent
+// is a figure of its own): it remembers registrations in memory.
+type noRegistry struct {
+	n   atomic.Int64
+	mu  sync.Mutex
+	ids map[string]string
+}
 
-func (r *noRegistry) Register(context.Context, Registration) error { r.n.Add(1); return nil }
-func (r *noRegistry) Deregister(context.Context, string) error     { return nil }
+func (r *noRegistry) Register(_ context.Context, reg Registration) error {
+	r.n.Add(1)
+	r.mu.Lock()
+	if r.ids == nil {
+		r.ids = map[string]string{}
+	}
+	r.ids[reg.ID] = reg.Meta[MetaInstance]
+	r.mu.Unlock()
+	return nil
+}
+
+func (r *noRegistry) Deregister(_ context.Context, id string) error {
+	r.mu.Lock()
+	delete(r.ids, id)
+	r.mu.Unlock()
+	return nil
+}
+
 func (r *noRegistry) List(context.Context) (map[string]string, error) {
-	return map[string]string{}, nil
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make(map[string]string, len(r.ids))
+	for k, v := range r.ids {
+		out[k] = v
+	}
+	return out, nil
 }
 func (r *noRegistry) Health(ctx context.Context, _ uint64, wait time.Duration) (map[string]string, uint64, error) {
 	select {
@@ -312,21 +350,32 @@ func benchMemory(b *testing.B, nWorkers, nContainers int) {
 	}
 	runtime.GC()
 	t0 = time.Now()
-	p, base := benchManager(b, consul.Addr, Options{Registry: &noRegistry{}}, nil)
+	reg := &noRegistry{ids: map[string]string{}}
+	for i := range nContainers {
+		c := benchRecord(nWorkers, i)
+		reg.ids[c.ServiceID()] = c.Name
+	}
+	p, base := benchManager(b, consul.Addr, Options{Registry: reg}, nil)
 	b.Logf("the manager loaded the desired state and leads after %s", time.Since(t0).Round(time.Millisecond))
 	join(b, p, nWorkers, func(i int) worker.Load { return loads[i] })
 	rounds := func() float64 { return metric(b, base, "micado_reconcile_duration_seconds_count") }
 	r0 := rounds()
 	deadline := time.Now().Add(5 * time.Minute)
 	for rounds() < r0+3 {
+		time.Sleep(900 * time.Millisecond)
 		if time.Now().After(deadline) {
 			b.Fatal("three reconciliation rounds did not complete in 5 minutes")
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	// Idle rounds: nothing to repair.
+	// Idle rounds, nothing to repair, once the manager has followed gossip
+	// for longer than its grace for unknown workers (its last full
+	// round): one cycle of slices, a minute.
+	if wait := 25*time.Second - time.Since(t0); wait > 0 {
+		time.Sleep(wait)
+	}
 	s0, c0 := metric(b, base, "micado_reconcile_duration_seconds_sum"), rounds()
-	time.Sleep(12 * time.Second)
+	time.Sleep(62 * time.Second)
 	s1, c1 := metric(b, base, "micado_reconcile_duration_seconds_sum"), rounds()
 	idle := (s1 - s0) / (c1 - c0) * 1000
 	b.Logf("idle reconciliation rounds: %.0f, mean %.1f ms", c1-c0, idle)
@@ -358,6 +407,12 @@ func benchMemory(b *testing.B, nWorkers, nContainers int) {
 	mib := func(n uint64) float64 { return float64(n) / (1 << 20) }
 	b.Logf("after GC: VmRSS %.1f MiB (peak %.1f MiB), HeapInuse %.1f MiB, goroutines %d",
 		mib(uint64(rss)), mib(uint64(peak)), mib(ms.HeapInuse), runtime.NumGoroutine())
+	if f := os.Getenv("MICADO_BENCH_HEAPPROFILE"); f != "" {
+		if out, err := os.Create(f); err == nil {
+			_ = pprof.WriteHeapProfile(out)
+			out.Close()
+		}
+	}
 	debug.FreeOSMemory()
 	b.Logf("after returning free memory to the OS: VmRSS %.1f MiB", mib(uint64(procStatus(b, "VmRSS"))))
 	b.ReportMetric(mib(uint64(rss)), "rss-mb")

@@ -108,9 +108,12 @@ func StartWith(ctx context.Context, cfg manager.Config, opts Options) (*Process,
 		ttl = manager.DefaultLockTTL
 	}
 	agents := worker.NewClient(cfg.ClusterKey)
-	// Many workers, each its own host: keep a connection to each.
+	// Many workers, each its own host. An idle manager calls none of them
+	// (workers report a digest of their containers), so keep few idle
+	// connections: each costs two goroutines and their buffers, and 5,000
+	// of them would weigh more than the desired state.
 	tr := http.DefaultTransport.(*http.Transport).Clone()
-	tr.MaxIdleConns, tr.MaxIdleConnsPerHost = 0, 4
+	tr.MaxIdleConns, tr.MaxIdleConnsPerHost, tr.IdleConnTimeout = 256, 2, 30*time.Second
 	agents.HTTP.Transport = tr
 	if opts.AgentTransport != nil {
 		agents.HTTP.Transport = opts.AgentTransport
