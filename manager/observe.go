@@ -63,7 +63,6 @@ func (o *observation) add(name string, cp copyInfo) {
 	o.extra[name] = append(o.extra[name], cp)
 }
 
-
 // observer keeps every worker's containers as last listed, and lists a
 // worker again only when the digest in its load report no longer matches
 // the list (its containers changed), so an idle reconciliation of
