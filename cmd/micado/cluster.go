@@ -241,20 +241,20 @@ type upOptions struct {
 	workers       int
 	managers      int // manager containers (1: "manager"; more: "manager-1" …)
 	consulServers int // Consul servers (more than 1: plus a client agent "consul")
-	roles        []string
-	memory       int64
-	strategy     string
-	provider     string
-	types        string
-	maxTotal     int
-	maxPerRole   int
-	joinTimeout  time.Duration
-	scaleImage   string
-	schedule     string
-	scaleInDelay time.Duration
-	unneeded     time.Duration
-	minPerRole   string
-	tls          *upTLS // nil: the API speaks plain HTTP
+	roles         []string
+	memory        int64
+	strategy      string
+	provider      string
+	types         string
+	maxTotal      int
+	maxPerRole    int
+	joinTimeout   time.Duration
+	scaleImage    string
+	schedule      string
+	scaleInDelay  time.Duration
+	unneeded      time.Duration
+	minPerRole    string
+	tls           *upTLS // nil: the API speaks plain HTTP
 }
 
 // Where the containers find their secrets: read-only bind mounts of the

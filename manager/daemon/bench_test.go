@@ -474,3 +474,97 @@ func procStatus(b *testing.B, field string) int64 {
 	b.Fatalf("no %s in /proc/self/status", field)
 	return 0
 }
+
+// BenchmarkIdleConsulRequests counts the requests an idle manager of a
+// 100-container cluster (10 simulated workers, Consul as journal, lock and
+// registry) makes to Consul in one minute, through a recording proxy;
+// then the same with 1,000 containers, and with 1,000 containers and five
+// dashboards open (each polling status, nodes, containers and events every
+// 1.5 s, as the page does). It reports requests per minute for each.
+func BenchmarkIdleConsulRequests(b *testing.B) {
+	for range b.N {
+		consul := testconsul.Start(b)
+		rec := &tokenRecorder{}
+		proxy := rec.start(b, consul.Addr)
+		sim, err := simagents.New(10, benchTags, 16<<30, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(sim.Close)
+		p, base := benchManager(b, proxy, Options{}, nil)
+		join(b, p, 10, sim.Load)
+		launch := func(name string, n int) {
+			// No port, so no check: the simulated workers run nothing a
+			// check could reach, and failing checks would only add noise.
+			body, _ := json.Marshal(LaunchRequest{Image: "micado/demo-web", Name: name, Role: "app", Memory: "16MiB", Replicas: n})
+			resp, err := http.Post(base+"/v1/containers", "application/json", bytes.NewReader(body))
+			if err != nil {
+				b.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusAccepted {
+				b.Fatalf("launch %s: %d", name, resp.StatusCode)
+			}
+		}
+		// The workers have the app role one in three: launch onto those.
+		launch("web", 100)
+		count := func(what string, d time.Duration, during func(stop <-chan struct{})) float64 {
+			time.Sleep(30 * time.Second) // settle: starts, registrations
+			n0 := len(rec.snapshot())
+			stop := make(chan struct{})
+			var wg sync.WaitGroup
+			if during != nil {
+				wg.Add(1)
+				go func() { defer wg.Done(); during(stop) }()
+			}
+			time.Sleep(d)
+			close(stop)
+			wg.Wait()
+			calls := rec.snapshot()[n0:]
+			paths := map[string]int{}
+			for _, c := range calls {
+				p := c.Path
+				for _, pre := range []string{"/v1/kv/", "/v1/session/renew/", "/v1/agent/service/"} {
+					if strings.HasPrefix(p, pre) {
+						p = pre + "…"
+					}
+				}
+				paths[c.Method+" "+p]++
+			}
+			perMin := float64(len(calls)) / d.Minutes()
+			b.Logf("%s: %.0f Consul requests per minute: %v", what, perMin, paths)
+			return perMin
+		}
+		idle100 := count("100 containers, idle", time.Minute, nil)
+		launch("more", 900)
+		idle1000 := count("1,000 containers, idle", time.Minute, nil)
+		dash := count("1,000 containers, five dashboards open", time.Minute, func(stop <-chan struct{}) {
+			var wg sync.WaitGroup
+			for range 5 {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					t := time.NewTicker(1500 * time.Millisecond)
+					defer t.Stop()
+					for {
+						for _, path := range []string{"/v1/status", "/v1/nodes", "/v1/containers", "/v1/events?limit=50"} {
+							if resp, err := http.Get(base + path); err == nil {
+								_, _ = io.Copy(io.Discard, resp.Body)
+								resp.Body.Close()
+							}
+						}
+						select {
+						case <-stop:
+							return
+						case <-t.C:
+						}
+					}
+				}()
+			}
+			wg.Wait()
+		})
+		b.ReportMetric(idle100, "req/min-100")
+		b.ReportMetric(idle1000, "req/min-1000")
+		b.ReportMetric(dash, "req/min-1000-dashboards")
+	}
+}
