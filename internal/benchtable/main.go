@@ -57,8 +57,17 @@ var rows = []row{
 	{"5. gossip, 500 agents: bytes per second per agent", "BenchmarkGossip500", "bytes-per-sec-per-agent", bytes, "", nil},
 	{"6. consolidation, synthetic day, spread: node-hours / lower bound", "BenchmarkConsolidationDay/spread", "ratio", ratio, "≤ 1.10", atMost(1.10)},
 	{"6. consolidation, synthetic day, binpack: node-hours / lower bound", "BenchmarkConsolidationDay/binpack", "ratio", ratio, "≤ 1.10", atMost(1.10)},
-	{"7. manager resident memory, 5,000 workers, 100,000 containers", "BenchmarkManagerMemory5000x100k", "rss-mb", mb, "≤ 200 MB", atMost(200)},
+	{"7. manager resident memory, 5,000 workers, 100,000 containers", "BenchmarkManagerMemory5000x100k", "rss-mb", mb, "≤ 150 MB", atMost(150)},
+	{"7. manager heap in use, 5,000 workers, 100,000 containers", "BenchmarkManagerMemory5000x100k", "heap-mb", mb, "", nil},
+	{"8. reconcile round with nothing to repair, 100,000 containers (mean)", "BenchmarkManagerMemory5000x100k", "reconcile-ms", ms1, "≤ 50 ms", atMost(50)},
+	{"8. API → placement → KV → agents, 100,000 containers on 5,000 workers", "BenchmarkThroughput100kOn5000", "containers/s", num, "≥ 3,750/s", atLeast(3750)},
+	{"8. idle manager's Consul requests per minute, 100 containers", "BenchmarkIdleConsulRequests", "req/min-100", perMin, "", nil},
+	{"8. idle manager's Consul requests per minute, 1,000 containers", "BenchmarkIdleConsulRequests", "req/min-1000", perMin, "", nil},
+	{"8. idle manager's Consul requests per minute, 1,000 containers, 5 dashboards", "BenchmarkIdleConsulRequests", "req/min-1000-dashboards", perMin, "", nil},
+	{"8. kill -9 of the leader → standby's first reconcile (median)", "BenchmarkFailover", "failover-ms", ms, "≤ 15 s", atMost(15000)},
 }
+
+func perMin(v float64) string { return fmt.Sprintf("%.0f/min", v) }
 
 var benchLine = regexp.MustCompile(`^(Benchmark\S+?)(-\d+)?\s+\d+\s+(.*)$`)
 
