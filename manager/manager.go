@@ -184,10 +184,15 @@ func (m *Manager) leadTerm(ctx context.Context, lease Lease) {
 	m.event(EventLeader, m.cfg.NodeName, "leads the cluster (term %d): %d containers, %d instances, %d applications in the desired state",
 		lease.Term(), store.Len(), len(store.Instances()), len(store.Apps()))
 	if g := m.deps.Gossip; g != nil {
+		// Rejoin the members the journal remembers, in the background: a
+		// dead one (the leader just killed) holds a join attempt for
+		// memberlist's TCP timeout, and the first round must not wait.
 		if known := store.Members(); len(known) > 0 {
-			if _, err := g.Join(known); err != nil {
-				m.log.Info("no earlier member answered; waiting for workers to join", "tried", len(known))
-			}
+			go func() {
+				if _, err := g.Join(known); err != nil {
+					m.log.Info("no earlier member answered; waiting for workers to join", "tried", len(known))
+				}
+			}()
 		}
 	}
 	l.spawn(l.syncRegistry)

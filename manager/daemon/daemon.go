@@ -89,6 +89,12 @@ func StartWith(ctx context.Context, cfg manager.Config, opts Options) (*Process,
 		ccfg.Address = "127.0.0.1:8500"
 	}
 	ccfg.Token = cfg.ConsulToken
+	// Consul refuses a client more than 200 concurrent connections (429,
+	// limits.http_max_conns_per_client): a launch of hundreds registers
+	// them at once, so calls beyond 64 wait for a connection instead.
+	if ccfg.Transport != nil {
+		ccfg.Transport.MaxConnsPerHost = 64
+	}
 	cl, err := api.NewClient(ccfg)
 	if err != nil {
 		return nil, fmt.Errorf("consul client: %w", err)
