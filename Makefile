@@ -133,7 +133,7 @@ lint: ## gofmt and go vet
 
 .PHONY: test
 test: lint tools images ## Run every test: unit, property and end-to-end (needs Docker; installs the test tools, builds Consul and the images first)
-	$(GO) test -count=1 -timeout 20m ./...
+	$(GO) test -count=1 -timeout 45m ./...
 
 BENCH_OUT := $(BUILD_DIR)/bench.txt
 
