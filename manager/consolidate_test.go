@@ -33,7 +33,7 @@ func consolidationWorld(t *testing.T) (*world, *testManager) {
 // changes nothing; every skipped worker has a reason.
 func TestConsolidateDrainsAndTerminates(t *testing.T) {
 	w, m := consolidationWorld(t)
-	before := w.journal.Keys("")
+	before := w.desiredKeys()
 	var dry ConsolidateResult
 	if code := m.do("POST", "/v1/consolidate", ConsolidateRequest{DryRun: true}, &dry); code != 200 || dry.Outcome != "planned" || len(dry.Plan.Remove) != 1 {
 		t.Fatalf("dry run: %d %+v", code, dry)
@@ -41,7 +41,7 @@ func TestConsolidateDrainsAndTerminates(t *testing.T) {
 	if !strings.HasPrefix(dry.Actions[0], "would move web-") {
 		t.Fatalf("dry-run actions: %v", dry.Actions)
 	}
-	if after := w.journal.Keys(""); strings.Join(after, ",") != strings.Join(before, ",") {
+	if after := w.desiredKeys(); strings.Join(after, ",") != strings.Join(before, ",") {
 		t.Fatalf("a dry run changed the journal: %v → %v", before, after)
 	}
 	var res ConsolidateResult

@@ -246,6 +246,17 @@ func (tm *testManager) passing(service string) int {
 }
 
 // journalRecords reads every container record of the journal.
+// desiredKeys lists the journal's keys of desired state (containers,
+// apps, instances, batch markers) in order, leaving out the event log
+// and the members, which are written in the background.
+func (w *world) desiredKeys() []string {
+	var ks []string
+	for _, p := range []string{containersPrefix, appsPrefix, instancesPrefix, batchesPrefix} {
+		ks = append(ks, w.journal.Keys(p)...)
+	}
+	return ks
+}
+
 func (w *world) journalRecords() map[string]*Container {
 	out := map[string]*Container{}
 	for _, k := range w.journal.Keys(containersPrefix) {

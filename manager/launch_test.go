@@ -39,12 +39,12 @@ func TestLaunchPlacesStartsAndRegisters(t *testing.T) {
 		t.Fatalf("journal: %+v", recs)
 	}
 	// The same name again is refused and changes nothing.
-	before := w.journal.Keys("")
+	before := w.desiredKeys()
 	code, msg = m.launch(LaunchRequest{Image: "micado/demo-web", Name: "web", Role: "app"})
 	if code != http.StatusConflict || !strings.Contains(msg, "already exists") {
 		t.Fatalf("second launch of web: %d %s", code, msg)
 	}
-	if after := w.journal.Keys(""); fmt.Sprint(after) != fmt.Sprint(before) {
+	if after := w.desiredKeys(); fmt.Sprint(after) != fmt.Sprint(before) {
 		t.Fatalf("a refused launch changed the journal: %v → %v", before, after)
 	}
 	// Stop the service: records, copies and registrations go.

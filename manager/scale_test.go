@@ -62,7 +62,7 @@ func TestHeldLaunchAsksTheCloudOnceAndRecordsFirst(t *testing.T) {
 	}
 	// Roles scale-out may not create, and impossible sizes, are refused
 	// whole and change nothing.
-	before := w.journal.Keys("")
+	before := w.desiredKeys()
 	for _, req := range []LaunchRequest{
 		{Image: "micado/demo-web", Name: "d", Role: "db"},
 		{Image: "micado/demo-web", Name: "h", Role: "proxy", Memory: "3GiB"},
@@ -72,7 +72,7 @@ func TestHeldLaunchAsksTheCloudOnceAndRecordsFirst(t *testing.T) {
 			t.Fatalf("launch %+v: %d %s", req, code, msg)
 		}
 	}
-	if after := w.journal.Keys(""); !slices.Equal(before, after) {
+	if after := w.desiredKeys(); !slices.Equal(before, after) {
 		t.Fatalf("refused launches changed the journal: %v → %v", before, after)
 	}
 	// The worker joins: the held containers run on it.

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"io"
 	"log/slog"
@@ -60,7 +61,8 @@ func TestAPIOverTLS(t *testing.T) {
 	for {
 		resp, body, err := get(trusting, base+"/v1/status", token)
 		if err == nil && resp.StatusCode == http.StatusOK {
-			if !strings.Contains(body, `"cluster": "tls"`) {
+			var st Status
+			if err := json.Unmarshal([]byte(body), &st); err != nil || st.Cluster != "tls" {
 				t.Fatalf("status over TLS: %s", body)
 			}
 			if resp.TLS == nil || resp.TLS.Version < tls.VersionTLS12 {
