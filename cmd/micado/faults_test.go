@@ -294,12 +294,25 @@ func runFaultSuite(t *testing.T, managers int) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		// The log is journaled in chunks: events/<first seq> holds a JSON
+		// array of events.
 		var evs []manager.Event
 		for _, p := range pairs {
-			var e manager.Event
-			if json.Unmarshal(p.Value, &e) == nil {
-				evs = append(evs, e)
+			var chunk []manager.Event
+			if err := json.Unmarshal(p.Value, &chunk); err != nil {
+				t.Fatalf("event chunk %s: %v", p.Key, err)
 			}
+			evs = append(evs, chunk...)
+		}
+		// Every lead starts with a leader event: at least one per kill.
+		leads := 0
+		for _, e := range evs {
+			if e.Kind == manager.EventLeader {
+				leads++
+			}
+		}
+		if leads < managerKills {
+			t.Fatalf("the journaled event log holds %d events, %d of them leader events, after %d kills of the leader", len(evs), leads, managerKills)
 		}
 		sort.Slice(evs, func(i, j int) bool { return evs[i].Seq < evs[j].Seq })
 		checkOneLeaderAtATime(t, evs)

@@ -126,6 +126,9 @@ func TestManagersAndConsulServersFailOver(t *testing.T) {
 // at once: in the order of the log and in time, the term never goes back.
 func checkOneLeaderAtATime(t *testing.T, evs []manager.Event) {
 	t.Helper()
+	if len(evs) == 0 {
+		t.Fatal("no events to check")
+	}
 	var term uint64
 	var by string
 	leaders := map[string]bool{}
