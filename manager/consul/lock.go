@@ -21,8 +21,12 @@ const (
 	// lockDelay: Consul refuses a lock released by an invalidated session
 	// for this long. Its default (15 s) guards clients that cannot be
 	// fenced; every write of a micado leader is fenced by its session, so
-	// a standby may take over at once.
-	lockDelay = time.Millisecond
+	// a standby may take over at once: none. (consul/api's session Create
+	// rounds any delay up to 1 ms, and a standby whose acquire lands
+	// inside it is refused, after which consul/api waits a fixed 5 s
+	// before it tries again: that happened often on loopback. So the
+	// session is created with a raw request that says "0s".)
+	lockDelay = "0s"
 	// lockWait bounds one blocking read of the lock while waiting for it,
 	// so that a manager that shuts down stops waiting soon.
 	lockWait = 5 * time.Second
@@ -58,13 +62,18 @@ func (l *Lock) Key() string { return l.key }
 
 // Acquire implements manager.Lock.
 func (l *Lock) Acquire(ctx context.Context) (manager.Lease, error) {
-	sid, _, err := l.c.Session().Create(&api.SessionEntry{
-		Name: "micado manager " + l.name, TTL: l.ttl.String(), LockDelay: lockDelay,
-		Behavior: api.SessionBehaviorRelease,
-	}, (&api.WriteOptions{}).WithContext(ctx))
+	var created struct{ ID string }
+	_, err := l.c.Raw().Write("/v1/session/create", map[string]string{
+		"Name": "micado manager " + l.name, "TTL": l.ttl.String(), "LockDelay": lockDelay,
+		"Behavior": api.SessionBehaviorRelease,
+	}, &created, (&api.WriteOptions{}).WithContext(ctx))
+	if err == nil && created.ID == "" {
+		err = errors.New("Consul answered without a session ID")
+	}
 	if err != nil {
 		return nil, fmt.Errorf("create the leader session: %w", err)
 	}
+	sid := created.ID
 	ls := &lease{l: l, session: sid, lost: make(chan struct{}), renewed: time.Now()}
 	rctx, stopRenew := context.WithCancel(context.WithoutCancel(ctx))
 	ls.stopRenew = stopRenew
