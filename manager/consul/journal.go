@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/hashicorp/consul/api"
 	"github.com/micado-scale/micado/manager"
@@ -125,8 +126,31 @@ func (j *Journal) Commit(ctx context.Context, fence manager.Fence, ops []manager
 // MaxOps implements manager.Journal.
 func (j *Journal) MaxOps() int { return maxTxnOps }
 
+// notSent tells the errors of a transaction Consul never applied: its
+// agent could not reach a server (one just died: the agent moves on to
+// another at the next call) or the servers had no leader (an election).
+// Such a transaction may be sent again.
+func notSent(err error) bool {
+	msg := err.Error()
+	for _, s := range []string{"rpc error getting client", "failed to get conn", "No cluster leader"} {
+		if strings.Contains(msg, s) {
+			return true
+		}
+	}
+	return false
+}
+
 func (j *Journal) txn(ctx context.Context, ops api.KVTxnOps) (bool, *api.KVTxnResponse, *api.QueryMeta, error) {
 	ok, resp, meta, err := j.kv.Txn(ops, (&api.QueryOptions{}).WithContext(ctx))
+	// A Consul server that died, or an election, costs a few retries.
+	for wait := 100 * time.Millisecond; err != nil && notSent(err) && wait <= 3200*time.Millisecond; wait *= 2 {
+		select {
+		case <-ctx.Done():
+			return false, nil, nil, fmt.Errorf("consul transaction: %w", err)
+		case <-time.After(wait):
+		}
+		ok, resp, meta, err = j.kv.Txn(ops, (&api.QueryOptions{}).WithContext(ctx))
+	}
 	if err != nil {
 		var se api.StatusError
 		if errors.As(err, &se) && se.Code == 403 {
