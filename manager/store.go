@@ -371,6 +371,12 @@ func (s *Store) All() []*Container {
 	names := s.sortedNames()
 	s.mu.RLock()
 	defer s.mu.RUnlock()
+	return s.inOrderLocked(names)
+}
+
+// inOrderLocked returns the records of names that exist, in that order.
+// Call with s.mu held.
+func (s *Store) inOrderLocked(names []string) []*Container {
 	out := make([]*Container, 0, len(names))
 	for _, n := range names {
 		if c, ok := s.containers[n]; ok {
@@ -387,13 +393,7 @@ func (s *Store) read(fn func(all []*Container, get func(string) *Container)) {
 	names := s.sortedNames()
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	all := make([]*Container, 0, len(names))
-	for _, n := range names {
-		if c, ok := s.containers[n]; ok {
-			all = append(all, c)
-		}
-	}
-	fn(all, func(n string) *Container { return s.containers[n] })
+	fn(s.inOrderLocked(names), func(n string) *Container { return s.containers[n] })
 }
 
 // takeDirty returns the names of the records changed since it was last
