@@ -109,6 +109,10 @@ type App struct {
 //   - pinned (optional): true keeps the containers where they are: scale-in
 //     consolidation never moves them (and so never removes their worker).
 //     Default false.
+//   - scaling (optional): scale the replicas by real load, a [Scaling]
+//     policy. replicas is then the count to start with (default: min) and
+//     must lie within min and max; a later deploy keeps the count the
+//     autoscaler reached, within the new bounds.
 type Service struct {
 	// Name is the service's key in the services mapping.
 	Name string
@@ -140,6 +144,9 @@ type Service struct {
 	// Pinned is true when consolidation must never move the containers
 	// (field pinned).
 	Pinned bool
+	// Scaling is the service's scaling policy (field scaling); nil when
+	// its replicas change only by hand.
+	Scaling *Scaling
 	// Line is the line of the service's name in the file.
 	Line int
 }

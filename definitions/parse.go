@@ -36,7 +36,7 @@ var (
 
 var (
 	topFields     = []string{"application", "services"}
-	serviceFields = []string{"image", "role", "tags", "memory", "replicas", "ports", "env", "depends_on", "links", "pinned"}
+	serviceFields = []string{"image", "role", "tags", "memory", "replicas", "ports", "env", "depends_on", "links", "pinned", "scaling"}
 	portFields    = []string{"port", "protocol", "check"}
 	checkFields   = []string{"http", "tcp", "interval"}
 )
@@ -632,6 +632,15 @@ func (p *parser) service(e entry, path string, names map[string]bool) (Service, 
 	}
 	if v, ok := f["pinned"]; ok {
 		s.Pinned, _ = p.boolean(v.val, path+".pinned")
+	}
+	if v, ok := f["scaling"]; ok {
+		if s.Scaling = p.scaling(v.val, path+".scaling"); s.Scaling != nil {
+			if r, given := f["replicas"]; !given {
+				s.Replicas = s.Scaling.Min
+			} else if s.Replicas < s.Scaling.Min || s.Replicas > s.Scaling.Max {
+				p.report(r.val.Line, path+".replicas", "%d is outside the scaling policy's min %d and max %d", s.Replicas, s.Scaling.Min, s.Scaling.Max)
+			}
+		}
 	}
 	return s, refs
 }

@@ -21,12 +21,13 @@ func TestParseExamples(t *testing.T) {
 			Ports:     []PortSpec{{Port: 8080, Protocol: "tcp", Check: &CheckSpec{HTTP: "/health"}}},
 			Env:       map[string]string{"MESSAGE": "webshop"},
 			DependsOn: []string{"db"}, Links: []string{"db"}, Line: 19,
+			Scaling:   &Scaling{Min: 2, Max: 12, CPU: 60},
 		},
 		{
 			Name: "db", Image: "micado/demo-web", Role: "db", Memory: 128 << 20, Replicas: 1,
 			Ports:  []PortSpec{{Port: 8080, Protocol: "tcp", Check: &CheckSpec{TCP: true}}},
 			Env:    map[string]string{"ROLE": "db"},
-			Pinned: true, Line: 32,
+			Pinned: true, Line: 36,
 		},
 	}}
 	science := &App{Name: "science-pipeline", File: "science.yaml", Services: []Service{
@@ -175,7 +176,7 @@ var badCases = []struct {
 		"x.yaml:9: services.s.dependson: unknown field (did you mean depends_on?)",
 	}},
 	{"unknown field listed", "application: a\nservices:\n  s:\n" + okService + "    command: [run]\n", []string{
-		"x.yaml:6: services.s.command: unknown field (known fields: image, role, tags, memory, replicas, ports, env, depends_on, links, pinned)",
+		"x.yaml:6: services.s.command: unknown field (known fields: image, role, tags, memory, replicas, ports, env, depends_on, links, pinned, scaling)",
 	}},
 	{"missing image and role", "application: a\nservices:\n  s:\n    replicas: 2\n  t: {}\n", []string{
 		"x.yaml:3: services.s.image: is required",
@@ -274,7 +275,7 @@ var badCases = []struct {
 		"x.yaml:10: services.app.role: is required (the worker role, e.g. role: app)",
 		"x.yaml:12: services.app.replicas: must be a number",
 		"x.yaml:13: services.app.env.MICADO_X: MICADO_X is reserved: micado sets MICADO_* variables itself",
-		"x.yaml:14: services.app.colour: unknown field (known fields: image, role, tags, memory, replicas, ports, env, depends_on, links, pinned)",
+		"x.yaml:14: services.app.colour: unknown field (known fields: image, role, tags, memory, replicas, ports, env, depends_on, links, pinned, scaling)",
 	}},
 }
 
