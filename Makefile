@@ -101,18 +101,28 @@ image-demo-proxy: $(BIN_DIR)/demo-proxy ## Build the demo reverse proxy image (P
 
 # ---------------------------------------------------------------------------
 # Test tools from Debian: Prometheus (and promtool) scrape a running cluster
-# in the metrics test; headless Chromium opens the dashboard in its test.
-# Installed only when missing; needs root or sudo for apt-get.
+# in the metrics test and serve the scaling queries in the manager's tests
+# (internal/testprom starts its own prometheus on loopback; the systemd
+# service the package may install is never used); headless Chromium opens
+# the dashboard in its test. Installed only when missing; needs root or sudo
+# for apt-get.
 
-TOOLS_PKGS := prometheus chromium
-APT_GET    := $(shell [ "$$(id -u)" = 0 ] || echo sudo) env DEBIAN_FRONTEND=noninteractive apt-get
+APT_GET := $(shell [ "$$(id -u)" = 0 ] || echo sudo) env DEBIAN_FRONTEND=noninteractive apt-get
+
+.PHONY: prometheus
+prometheus: ## Install prometheus and promtool (Debian package prometheus) with apt-get if missing
+	@if command -v prometheus >/dev/null && command -v promtool >/dev/null; then \
+		echo "prometheus: prometheus and promtool are installed"; \
+	else \
+		$(APT_GET) update && $(APT_GET) install -y --no-install-recommends prometheus; \
+	fi
 
 .PHONY: tools
-tools: ## Install the test tools (prometheus, promtool, chromium) with apt-get if missing
-	@if command -v prometheus >/dev/null && command -v promtool >/dev/null && command -v chromium >/dev/null; then \
-		echo "tools: prometheus, promtool and chromium are installed"; \
+tools: prometheus ## Install the test tools (prometheus, promtool, chromium) with apt-get if missing
+	@if command -v chromium >/dev/null; then \
+		echo "tools: chromium is installed"; \
 	else \
-		$(APT_GET) update && $(APT_GET) install -y --no-install-recommends $(TOOLS_PKGS); \
+		$(APT_GET) update && $(APT_GET) install -y --no-install-recommends chromium; \
 	fi
 
 # ---------------------------------------------------------------------------
