@@ -54,6 +54,10 @@ type ConsolidateOptions struct {
 	// Manual rounds (asked for by a user) skip the waiting rules (delay
 	// after scale-out, unneeded for a while), never the safety rules.
 	Manual bool
+	// UsageLimit (zero = off) keeps a worker whose removal would push the
+	// real use of its role's remaining workers above the limit (its For
+	// is not used here).
+	UsageLimit UsageLimit
 }
 
 // DefaultConsolidateOptions returns the defaults above.
@@ -109,7 +113,9 @@ func Utilization(w *Worker) float64 {
 // utilization is under Threshold, and (unless Manual) it is older than
 // DelayAfterAdd and has been unneeded for UnneededTime. A worker with
 // containers is removed only if all of them fit on the remaining workers,
-// placed together with the placement code, largest first.
+// placed together with the placement code, largest first. With a
+// UsageLimit, a worker is kept when its role's load would be too much for
+// the role's remaining workers (see roleLoad.guard).
 func PlanConsolidation(nodes []Node, now time.Time, o ConsolidateOptions) ConsolidationPlan {
 	var plan ConsolidationPlan
 	if o.MaxNonEmpty == 0 {
@@ -141,6 +147,7 @@ func PlanConsolidation(nodes []Node, now time.Time, o ConsolidateOptions) Consol
 			perRole[RoleOf(nodes[i].Tags)]++
 		}
 	}
+	loads := roleLoads(nodes, order)
 	removed := map[string]bool{}
 	targets := map[string]bool{}
 	// base is the remaining cluster: reservations include every move
@@ -177,6 +184,10 @@ func PlanConsolidation(nodes []Node, now time.Time, o ConsolidateOptions) Consol
 			skip("one of the last %d workers of role=%s (minimum %d)", perRole[role], role, min)
 			continue
 		}
+		if why := loads[role].guard(o.UsageLimit, role, &n.Worker); why != "" {
+			skip("%s", why)
+			continue
+		}
 		plan.Unneeded = append(plan.Unneeded, n.Name)
 		if !o.Manual {
 			if age := now.Sub(n.JoinedAt); age < o.DelayAfterAdd {
@@ -195,6 +206,7 @@ func PlanConsolidation(nodes []Node, now time.Time, o ConsolidateOptions) Consol
 		if len(n.Residents) == 0 {
 			removed[n.Name] = true
 			perRole[role]--
+			loads[role].remove(&n.Worker)
 			plan.Remove = append(plan.Remove, n.Name)
 			continue
 		}
@@ -211,6 +223,7 @@ func PlanConsolidation(nodes []Node, now time.Time, o ConsolidateOptions) Consol
 		nonEmpty++
 		removed[n.Name] = true
 		perRole[role]--
+		loads[role].remove(&n.Worker)
 		for _, m := range moves {
 			targets[m.To] = true
 		}
@@ -218,6 +231,79 @@ func PlanConsolidation(nodes []Node, now time.Time, o ConsolidateOptions) Consol
 		plan.Moves = append(plan.Moves, moves...)
 	}
 	return plan
+}
+
+// roleLoad is the real use of one role, for the usage guard. The load
+// counts every worker of the role, draining ones included (what runs on
+// them moves to the others too); the workers left to carry it are those
+// that serve: neither draining nor booting, nor removed this round.
+type roleLoad struct {
+	cpu     float64 // sum of CPUUsed, fractions of each worker's cores
+	used    int64   // sum of Used, bytes
+	serving int     // workers left to carry the load
+	cap     int64   // their total Capacity
+}
+
+// roleLoads sums in the candidates' order, which does not depend on the
+// order of nodes, so that float rounding cannot make the plan depend on it.
+func roleLoads(nodes []Node, order []int) map[string]*roleLoad {
+	m := map[string]*roleLoad{}
+	for _, i := range order {
+		w := &nodes[i].Worker
+		l := m[RoleOf(w.Tags)]
+		if l == nil {
+			l = &roleLoad{}
+			m[RoleOf(w.Tags)] = l
+		}
+		l.cpu += w.CPUUsed
+		l.used += w.Used
+		if serves(w) {
+			l.serving++
+			l.cap += w.Capacity
+		}
+	}
+	return m
+}
+
+func serves(w *Worker) bool { return !w.Draining && !w.Booting }
+
+// remove takes w out of the workers that carry the load (its load stays:
+// it moves to the others).
+func (l *roleLoad) remove(w *Worker) {
+	if serves(w) {
+		l.serving--
+		l.cap -= w.Capacity
+	}
+}
+
+// guard returns why removing w would overload its role, or "". Kept
+// simple, as if the role's workers were of one size: the CPU after is the
+// role's total CPUUsed over the number of workers left, the memory after
+// is its total Used over the Capacity left; each must stay at or under
+// its limit.
+func (l *roleLoad) guard(lim UsageLimit, role string, w *Worker) string {
+	if lim.Off() {
+		return ""
+	}
+	left, capLeft := l.serving, l.cap
+	if serves(w) {
+		left, capLeft = left-1, capLeft-w.Capacity
+	}
+	if left <= 0 || capLeft <= 0 {
+		if (lim.CPU > 0 && l.cpu > 0) || (lim.Memory > 0 && l.used > 0) {
+			return "would leave " + roleLabel(role) + " no worker to carry its load"
+		}
+		return ""
+	}
+	if cpu := l.cpu / float64(left); lim.CPU > 0 && above(cpu, lim.CPU) {
+		v, ls := pcts(cpu, lim.CPU)
+		return fmt.Sprintf("would push %s to %s CPU, above the %s limit", roleLabel(role), v, ls)
+	}
+	if mem := float64(l.used) / float64(capLeft); lim.Memory > 0 && above(mem, lim.Memory) {
+		v, ls := pcts(mem, lim.Memory)
+		return fmt.Sprintf("would push %s to %s memory use, above the %s limit", roleLabel(role), v, ls)
+	}
+	return ""
 }
 
 func pinned(rs []Resident) string {

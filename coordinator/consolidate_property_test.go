@@ -60,6 +60,8 @@ func genConsCluster(t *rapid.T, headroom float64) []Node {
 		}
 		w.Containers = len(rs)
 		w.Used = rapid.Int64Range(0, w.Reserved).Draw(t, "used")
+		w.CPUUsed = rapid.SampledFrom([]float64{0, 0.1, 0.3, 0.5, 0.7, 0.9}).Draw(t, "cpu-used")
+		w.Hot = rapid.IntRange(0, 4).Draw(t, "hot") == 0
 		w.Draining = rapid.IntRange(0, 9).Draw(t, "draining") == 0
 		nd := Node{
 			Worker:    w,
@@ -83,6 +85,12 @@ func genConsOptions(t *rapid.T) ConsolidateOptions {
 	o.Threshold = rapid.SampledFrom([]float64{0.3, 0.5, 0.5, 0.7, 1.01}).Draw(t, "threshold")
 	o.MaxNonEmpty = rapid.IntRange(0, 4).Draw(t, "max-non-empty")
 	o.Manual = rapid.IntRange(0, 3).Draw(t, "manual") == 0
+	if rapid.Bool().Draw(t, "usage-limit") {
+		o.UsageLimit = UsageLimit{
+			CPU:    rapid.SampledFrom([]float64{0, 0.4, 0.6, 0.8}).Draw(t, "limit-cpu"),
+			Memory: rapid.SampledFrom([]float64{0, 0.3, 0.5, 0.8}).Draw(t, "limit-memory"),
+		}
+	}
 	if rapid.Bool().Draw(t, "min-per-role") {
 		o.MinPerRole = map[string]int{}
 		for _, r := range consRoles {
@@ -105,7 +113,9 @@ func genConsOptions(t *rapid.T) ConsolidateOptions {
 //	(c) no removed worker holds a container that may not move, is
 //	    draining, or takes its role under MinPerRole; removed workers are
 //	    under the threshold and, unless Manual, old and unneeded for long
-//	    enough; at most MaxNonEmpty of them hold containers.
+//	    enough; at most MaxNonEmpty of them hold containers; with a
+//	    UsageLimit, a role that lost workers keeps its load (all its
+//	    workers' CPUUsed, Used) within the limit over the workers left.
 func TestPlanConsolidationProperties(t *testing.T) {
 	rapid.Check(t, func(t *rapid.T) {
 		o := genConsOptions(t)
@@ -213,6 +223,45 @@ func TestPlanConsolidationProperties(t *testing.T) {
 				serving[RoleOf(nd.Tags)]++
 			}
 		}
+		if lim := o.UsageLimit; !lim.Off() {
+			type load struct {
+				cpu       float64
+				used, cap int64
+				left      int
+			}
+			loads := map[string]*load{}
+			for _, nd := range nodes {
+				r := RoleOf(nd.Tags)
+				if loads[r] == nil {
+					loads[r] = &load{}
+				}
+				l := loads[r]
+				l.cpu += nd.CPUUsed
+				l.used += nd.Used
+				if !nd.Draining && !nd.Booting && !removed[nd.Name] {
+					l.left++
+					l.cap += nd.Capacity
+				}
+			}
+			for role, n := range removedOfRole {
+				l := loads[role]
+				if n == 0 {
+					continue
+				}
+				if l.left == 0 {
+					if lim.CPU > 0 && l.cpu > 0 || lim.Memory > 0 && l.used > 0 {
+						t.Errorf("role %q: every worker removed, load remains", role)
+					}
+					continue
+				}
+				if cpu := l.cpu / float64(l.left); lim.CPU > 0 && above(cpu, lim.CPU) {
+					t.Errorf("role %q: %d workers removed, %.2f CPU on the %d left, limit %.2f", role, n, cpu, l.left, lim.CPU)
+				}
+				if mem := float64(l.used) / float64(l.cap); lim.Memory > 0 && above(mem, lim.Memory) {
+					t.Errorf("role %q: %d workers removed, %.2f memory use on the %d left, limit %.2f", role, n, mem, l.left, lim.Memory)
+				}
+			}
+		}
 		for role, min := range o.MinPerRole {
 			if left := serving[role] - removedOfRole[role]; removedOfRole[role] > 0 && left < min {
 				t.Errorf("role %q: %d of %d workers removed, %d left, minimum %d", role, removedOfRole[role], serving[role], left, min)
@@ -277,6 +326,7 @@ func slicesEqualNodes(a, b []Node) bool {
 	return slices.EqualFunc(a, b, func(x, y Node) bool {
 		return x.Name == y.Name && x.Reserved == y.Reserved && x.Used == y.Used && x.Capacity == y.Capacity &&
 			x.Draining == y.Draining && slices.Equal(x.Tags, y.Tags) && x.JoinedAt.Equal(y.JoinedAt) &&
+			x.CPUUsed == y.CPUUsed && x.Hot == y.Hot &&
 			x.UnneededSince.Equal(y.UnneededSince) &&
 			slices.EqualFunc(x.Residents, y.Residents, func(r, s Resident) bool {
 				return r.Name == s.Name && r.Memory == s.Memory && r.Relocatable == s.Relocatable && slices.Equal(r.Tags, s.Tags)

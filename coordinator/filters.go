@@ -56,9 +56,13 @@ func (memoryFilter) Explain(o *Options, w *Worker, r *Request) string {
 }
 
 // better reports whether candidate a (with free memory fa) ranks before b
-// (free fb) under strategy s. Ties go to the smaller name, so decisions are
+// (free fb) under strategy s. A worker that is not hot ranks before a hot
+// one whatever the strategy; ties go to the smaller name, so decisions are
 // deterministic whatever the order of the snapshot.
 func better(s Strategy, a *Worker, fa int64, b *Worker, fb int64) bool {
+	if a.Hot != b.Hot {
+		return !a.Hot
+	}
 	if fa != fb {
 		if s == StrategyBinpack {
 			return fa < fb
@@ -109,8 +113,9 @@ func placedReason(r *Request, w *Worker, free int64) string {
 }
 
 // appendPlacedReason appends "placed NAME on WORKER: TAGS, FREE free" to
-// dst; the one string conversion of the result is the only allocation a
-// successful placement makes.
+// dst, and says so when the worker is hot (which happens only when no
+// worker that is not hot fits); the one string conversion of the result is
+// the only allocation a successful placement makes.
 func appendPlacedReason(dst []byte, r *Request, w *Worker, free int64) []byte {
 	dst = append(dst, "placed "...)
 	dst = append(dst, r.Name...)
@@ -128,7 +133,11 @@ func appendPlacedReason(dst []byte, r *Request, w *Worker, free int64) []byte {
 	}
 	dst = append(dst, ", "...)
 	dst = appendBytes(dst, free)
-	return append(dst, " free"...)
+	dst = append(dst, " free"...)
+	if w.Hot {
+		dst = append(dst, " (above the usage limit, but no cooler worker fits)"...)
+	}
+	return dst
 }
 
 // Explain places r like Place and also records, worker by worker, which

@@ -10,10 +10,11 @@ import (
 // like the reference Place on its current state, and Commit records a
 // placement so that the next request cannot count on the same free memory.
 //
-// Workers are grouped by their (distinct) tag set. Each group keeps its
-// non-draining workers in an array ordered by rank under the strategy, so
-// the best worker of a group is found with at most one binary search, and
-// a commit moves one worker to its new place. The groups a request may use
+// Workers are grouped by their (distinct) tag set and whether they are
+// hot. Each group keeps its non-draining workers in an array ordered by
+// rank under the strategy, so the best worker of a group is found with at
+// most one binary search, and a commit moves one worker to its new place
+// (Commit never changes Hot, so a worker never changes group). The groups a request may use
 // are worked out once per distinct list of requested tags.
 //
 // Worker names must be unique, as node names are. A Placer is not safe
@@ -39,10 +40,12 @@ type Placer struct {
 	buf  []byte // scratch for reasons
 }
 
-// group holds the non-draining workers that carry one tag set.
+// group holds the non-draining workers that carry one tag set and are
+// all hot or all not.
 type group struct {
 	tags    []string // sorted, without duplicates
-	entries []entry  // ascending by (key, rank): best first
+	hot     bool
+	entries []entry // ascending by (key, rank): best first
 }
 
 // entry is one worker in its group's order. key is the free memory under
@@ -110,12 +113,13 @@ func NewPlacer(s *Snapshot, o Options) *Placer {
 		tags := slices.Clone(w.Tags)
 		slices.Sort(tags)
 		tags = slices.Compact(tags)
-		k := string(appendTagsKey(nil, tags))
+		// The first byte keeps hot and cool workers of one tag set apart.
+		k := string(appendTagsKey([]byte{boolByte(w.Hot)}, tags))
 		g, ok := byTags[k]
 		if !ok {
 			g = int32(len(p.groups))
 			byTags[k] = g
-			p.groups = append(p.groups, group{tags: tags})
+			p.groups = append(p.groups, group{tags: tags, hot: w.Hot})
 		}
 		p.group[i] = g
 		p.groups[g].entries = append(p.groups[g].entries, entry{key: p.keyOf(p.free(int32(i))), rank: p.rank[i], idx: int32(i)})
@@ -132,6 +136,13 @@ func NewPlacer(s *Snapshot, o Options) *Placer {
 		})
 	}
 	return p
+}
+
+func boolByte(b bool) byte {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // builtinFilters reports whether Filters is the list the Placer mirrors.
@@ -170,9 +181,12 @@ func (p *Placer) Place(r Request) Decision {
 		return d
 	}
 	var best entry
-	found := false
+	found, bestHot := false, false
 	for _, g := range p.eligibleGroups(r.Tags) {
-		es := p.groups[g].entries
+		es, hot := p.groups[g].entries, p.groups[g].hot
+		if found && hot && !bestHot {
+			continue // a worker that is not hot always wins
+		}
 		var e entry
 		if p.binpack {
 			// The least free memory that still fits.
@@ -188,8 +202,8 @@ func (p *Placer) Place(r Request) Decision {
 			}
 			e = es[0]
 		}
-		if !found || e.key < best.key || (e.key == best.key && e.rank < best.rank) {
-			best, found = e, true
+		if !found || (bestHot && !hot) || e.key < best.key || (e.key == best.key && e.rank < best.rank) {
+			best, found, bestHot = e, true, hot
 		}
 	}
 	if !found {

@@ -28,7 +28,8 @@ func genTags(t *rapid.T, label string) []string {
 }
 
 // genSnapshot draws a small cluster whose numbers collide often: equal
-// free memory, over-reserved workers, draining workers, shuffled names.
+// free memory, over-reserved workers, draining workers, hot workers,
+// shuffled names.
 func genSnapshot(t *rapid.T) *Snapshot {
 	n := rapid.IntRange(0, 12).Draw(t, "workers")
 	if rapid.Bool().Draw(t, "many") {
@@ -49,6 +50,7 @@ func genSnapshot(t *rapid.T) *Snapshot {
 			Used:       rapid.Int64Range(0, c).Draw(t, "used"),
 			Containers: rapid.IntRange(0, 5).Draw(t, "containers"),
 			Draining:   rapid.IntRange(0, 5).Draw(t, "draining") == 0,
+			Hot:        rapid.IntRange(0, 3).Draw(t, "hot") == 0,
 		})
 	}
 	return s

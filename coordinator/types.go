@@ -65,6 +65,14 @@ type Worker struct {
 	Reserved int64
 	// Used is the memory containers actually use, in bytes (informational).
 	Used int64
+	// CPUUsed is the fraction (0..1) of the worker's cores its containers
+	// use, as measured (informational, like Used).
+	CPUUsed float64
+	// Hot marks a worker whose own real use (CPUUsed, or Used/Capacity) is
+	// above the usage limit (the manager sets it, see UsageLimit.Hot):
+	// among the workers that pass every filter, one that is not hot always
+	// wins over a hot one, and the strategy ranks within each group.
+	Hot bool
 	// Containers is the number of containers on the worker.
 	Containers int
 	// Draining workers accept nothing new.

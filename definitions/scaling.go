@@ -23,8 +23,9 @@ const (
 	// MaxWindowDuration bounds one scheduled window: a week, the longest
 	// period a cron expression repeats with.
 	MaxWindowDuration = 7 * 24 * time.Hour
-	// MaxStabilization bounds the scale-down stabilization window.
-	MaxStabilization = 24 * time.Hour
+	// MaxStabilization bounds the scale-down stabilization window, as
+	// Kubernetes bounds its own.
+	MaxStabilization = time.Hour
 )
 
 // Scaling is a service's scaling policy: the scaling field of a service in
