@@ -8,9 +8,11 @@ import (
 	"fmt"
 	"log"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -28,6 +30,9 @@ type Config struct {
 	Name    string   // unique node name, e.g. "w-1"
 	Tags    []string // capabilities, e.g. "role=proxy"
 	Memory  int64    // memory offered to containers, bytes
+	// CPUs is the cores the worker offers to containers (default: all of
+	// this host's, runtime.NumCPU()); Load.CPU is their use divided by it.
+	CPUs float64
 
 	BindAddr      string   // gossip bind address (default 0.0.0.0)
 	BindPort      int      // gossip port (default 7946)
@@ -47,8 +52,10 @@ type Config struct {
 	// is gossiped at once, so the manager sees it within ~LoadInterval +
 	// one gossip round (200 ms).
 	LoadInterval time.Duration // default 500 ms
-	// UsageInterval is how often real memory use is sampled from Docker.
-	UsageInterval time.Duration // default 5 s
+	// StatsInterval is how often every running container's CPU and memory
+	// are sampled from Docker (one-shot stats); a container's CPU is known
+	// from its second sample on.
+	StatsInterval time.Duration // default 2 s
 	// RejoinInterval is how often the agent rejoins when it sees no manager
 	// (after a manager restart or a partition).
 	RejoinInterval time.Duration // default 2 s
@@ -62,6 +69,12 @@ func (c *Config) defaults() error {
 	}
 	if c.Memory <= 0 {
 		return errors.New("worker needs --memory, the memory it offers to containers")
+	}
+	switch {
+	case c.CPUs == 0:
+		c.CPUs = float64(runtime.NumCPU())
+	case !(c.CPUs > 0) || math.IsInf(c.CPUs, 0):
+		return fmt.Errorf("--cpus must be a positive number of cores, e.g. 2 or 0.5; got %v", c.CPUs)
 	}
 	switch len(c.ClusterKey) {
 	case 16, 24, 32:
@@ -80,8 +93,8 @@ func (c *Config) defaults() error {
 	if c.LoadInterval == 0 {
 		c.LoadInterval = 500 * time.Millisecond
 	}
-	if c.UsageInterval == 0 {
-		c.UsageInterval = 5 * time.Second
+	if c.StatsInterval == 0 {
+		c.StatsInterval = 2 * time.Second
 	}
 	if c.RejoinInterval == 0 {
 		c.RejoinInterval = 2 * time.Second
@@ -102,14 +115,14 @@ type Agent struct {
 	token   string
 	started time.Time
 	apiAddr string
-	metrics *agentMetrics // Prometheus metrics, served at GET /metrics (metrics.go)
+	metrics *agentMetrics   // Prometheus metrics, served at GET /metrics (metrics.go)
+	stats   *statsCollector // CPU and memory of each container (stats.go)
 
-	mu    sync.Mutex
-	term  uint64 // the newest manager term obeyed (TermHeader)
-	left  bool   // left the cluster for scale-in; never rejoin
-	load  Load
-	meta  []byte
-	usage map[string]int64
+	mu   sync.Mutex
+	term uint64 // the newest manager term obeyed (TermHeader)
+	left bool   // left the cluster for scale-in; never rejoin
+	load Load
+	meta []byte
 }
 
 // Run starts the agent and blocks until ctx ends, then leaves the cluster.
@@ -141,6 +154,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	a.ml.Store(ml)
 	self := ml.LocalNode()
+	gossipAddr := self.Address() // read now: UpdateNode rewrites self later
 	if cfg.PublishAddr == "" {
 		cfg.PublishAddr = self.Addr.String()
 		a.cfg.PublishAddr = cfg.PublishAddr
@@ -148,6 +162,21 @@ func Run(ctx context.Context, cfg Config) error {
 	_, a.apiPort, _ = net.SplitHostPort(ln.Addr().String())
 	a.apiAddr = net.JoinHostPort(self.Addr.String(), a.apiPort)
 	a.eng = &engine{docker: docker, cluster: cfg.Cluster, node: cfg.Name, publishAddr: cfg.PublishAddr, pull: cfg.Pull, network: cfg.ContainerNetwork}
+	a.stats = newStatsCollector(a.eng)
+	// A first round now gives memory use at once (CPU needs a second one).
+	sctx, scancel := context.WithTimeout(ctx, statsRoundTimeout)
+	if err := a.stats.collect(sctx); err != nil {
+		a.log.Warn("cannot sample container stats", "err", err)
+	}
+	scancel()
+	statsDone := make(chan struct{})
+	defer func() { <-statsDone }() // after the deferred cancel below, before docker.Close
+	statsCtx, stopStats := context.WithCancel(ctx)
+	defer stopStats()
+	go func() {
+		defer close(statsDone)
+		a.stats.run(statsCtx, cfg.StatsInterval, func(err error) { a.log.Debug("container stats", "err", err) })
+	}()
 
 	srv := &http.Server{Handler: a.routes(), ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = srv.Serve(ln) }()
@@ -155,13 +184,11 @@ func Run(ctx context.Context, cfg Config) error {
 
 	a.refreshLoad(ctx)
 	a.join()
-	a.log.Info("worker agent started", "tags", cfg.Tags, "memory", cfg.Memory, "gossip", self.Address(), "api", a.apiAddr, "publish", cfg.PublishAddr)
+	a.log.Info("worker agent started", "tags", cfg.Tags, "memory", cfg.Memory, "cpus", cfg.CPUs, "gossip", gossipAddr, "api", a.apiAddr, "publish", cfg.PublishAddr)
 
 	loadT := time.NewTicker(cfg.LoadInterval)
-	usageT := time.NewTicker(cfg.UsageInterval)
 	joinT := time.NewTicker(cfg.RejoinInterval)
 	defer loadT.Stop()
-	defer usageT.Stop()
 	defer joinT.Stop()
 	for {
 		select {
@@ -170,8 +197,6 @@ func Run(ctx context.Context, cfg Config) error {
 			return a.gossip().Shutdown()
 		case <-loadT.C:
 			a.refreshLoad(ctx)
-		case <-usageT.C:
-			a.refreshUsage(ctx)
 		case <-joinT.C:
 			a.mu.Lock()
 			left := a.left
@@ -194,6 +219,11 @@ func SendLoad(ml *memberlist.Memberlist, name string, meta []byte) error {
 	msg := EncodeLoadMsg(name, meta)
 	var first error
 	for _, n := range ml.Members() {
+		if n.Name == name {
+			// Its own entry: not a manager, and UpdateNode may be
+			// rewriting its Meta right now.
+			continue
+		}
 		if l, err := DecodeLoad(n.Meta); err == nil && l.Kind == KindManager {
 			if err := ml.SendBestEffort(n, msg); err != nil && first == nil {
 				first = err
@@ -273,18 +303,25 @@ func (a *Agent) refreshLoad(ctx context.Context) {
 		a.log.Warn("cannot read containers", "err", err)
 		return
 	}
-	l := Load{Kind: KindWorker, Tags: a.cfg.Tags, Capacity: a.cfg.Memory, Started: a.started.Unix(), CPU: loadAverage(),
-		Digest: ContainersDigest(cs)}
-	a.mu.Lock()
-	l.API = a.apiAddr
+	l := Load{Kind: KindWorker, Tags: a.cfg.Tags, Capacity: a.cfg.Memory, Started: a.started.Unix(), Digest: ContainersDigest(cs)}
+	measured := a.stats.byID()
+	var cpu float64 // % of one core
 	for _, c := range cs {
 		if c.State == "exited" || c.State == "dead" {
 			continue
 		}
 		l.Reserved += c.Memory
 		l.Containers++
-		l.Used += a.usage[c.ID]
+		if m, ok := measured[c.ID]; ok {
+			l.Used += m.Memory
+			if m.HasCPU {
+				cpu += m.CPU
+			}
+		}
 	}
+	l.CPU = cpuRatio(cpu, a.cfg.CPUs)
+	a.mu.Lock()
+	l.API = a.apiAddr
 	meta, err := l.Encode()
 	if err != nil {
 		a.mu.Unlock()
@@ -316,25 +353,6 @@ func (a *Agent) refreshLoad(ctx context.Context) {
 			a.log.Debug("send load to the manager", "err", err)
 		}
 	}
-}
-
-func (a *Agent) refreshUsage(ctx context.Context) {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	cs, err := a.eng.list(ctx)
-	if err != nil {
-		return
-	}
-	var ids []string
-	for _, c := range cs {
-		if c.State == "running" {
-			ids = append(ids, c.ID)
-		}
-	}
-	u := a.eng.usage(ctx, ids)
-	a.mu.Lock()
-	a.usage = u
-	a.mu.Unlock()
 }
 
 // NodeMeta implements memberlist.Delegate: the load report. Called from
@@ -384,12 +402,14 @@ func (a *Agent) routes() http.Handler {
 			writeError(w, http.StatusInternalServerError, err)
 			return
 		}
-		a.mu.Lock()
+		measured := a.stats.byID()
 		for i := range cs {
-			cs[i].Used = a.usage[cs[i].ID]
+			cs[i].Used = measured[cs[i].ID].Memory
 		}
-		a.mu.Unlock()
 		writeJSON(w, http.StatusOK, cs)
+	}))
+	mux.HandleFunc("GET /v1/stats", a.auth(func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, a.currentStats())
 	}))
 	mux.HandleFunc("POST /v1/containers", a.auth(a.fenced(func(w http.ResponseWriter, r *http.Request) {
 		var req StartRequest

@@ -31,13 +31,17 @@ const MaxMetaSize = 512
 
 // Load is what every member gossips about itself as memberlist node
 // metadata. Field names are one letter to stay far below MaxMetaSize.
+//
+// CPU is measured per container (see Stats), not read from the host's load
+// average, so that simulated workers sharing one host each report their
+// own use.
 type Load struct {
 	Kind       string   `json:"k"`
 	Tags       []string `json:"t,omitempty"`
 	Capacity   int64    `json:"c,omitempty"` // memory offered to containers, bytes
 	Reserved   int64    `json:"r,omitempty"` // memory limits of its containers, bytes
 	Used       int64    `json:"u,omitempty"` // memory its containers really use, bytes
-	CPU        float64  `json:"l,omitempty"` // 1-minute load average per core
+	CPU        float64  `json:"l,omitempty"` // its containers' measured CPU use / the cores it offers (Config.CPUs), 0..1
 	Containers int      `json:"n,omitempty"`
 	API        string   `json:"a,omitempty"` // host:port of the agent (or manager) API
 	Started    int64    `json:"s,omitempty"` // unix seconds when the agent started
@@ -208,6 +212,30 @@ type ContainerInfo struct {
 	Ports      []Binding `json:"ports,omitempty"`
 	Generation int       `json:"generation,omitempty"`
 	Created    time.Time `json:"created"`
+}
+
+// ContainerStats is one container's measured use.
+type ContainerStats struct {
+	Instance   string    `json:"instance"`
+	Service    string    `json:"service"`
+	App        string    `json:"app,omitempty"`
+	Generation int       `json:"generation,omitempty"`
+	CPU        float64   `json:"cpu"`     // % of one core over the last interval, as docker stats shows it
+	Memory     int64     `json:"memory"`  // bytes used (without page cache)
+	Limit      int64     `json:"limit"`   // memory limit, bytes
+	At         time.Time `json:"at"`      // when it was sampled
+	HasCPU     bool      `json:"has_cpu"` // false until two samples exist
+}
+
+// Stats answers GET /v1/stats of a worker agent.
+type Stats struct {
+	Node       string           `json:"node"`
+	CPUs       float64          `json:"cpus"`     // cores the worker offers
+	CPU        float64          `json:"cpu"`      // its containers' CPU use / CPUs, 0..1
+	Memory     int64            `json:"memory"`   // its containers' memory used, bytes
+	Capacity   int64            `json:"capacity"` // memory offered, bytes
+	Containers []ContainerStats `json:"containers"`
+	At         time.Time        `json:"at"`
 }
 
 // Docker labels micado puts on everything it creates, so that it only ever

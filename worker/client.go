@@ -118,6 +118,14 @@ func (c *Client) List(ctx context.Context, addr string) ([]ContainerInfo, error)
 	return cs, err
 }
 
+// Stats returns the CPU and memory the containers of the agent at addr
+// use, as its last sampling round measured them.
+func (c *Client) Stats(ctx context.Context, addr string) (Stats, error) {
+	var st Stats
+	err := c.do(ctx, http.MethodGet, addr, "/v1/stats", nil, &st)
+	return st, err
+}
+
 // Leave asks the agent at addr to leave the gossip cluster for good (it is
 // about to be terminated by scale-in) instead of being declared dead.
 func (c *Client) Leave(ctx context.Context, addr string) error {

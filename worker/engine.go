@@ -2,7 +2,6 @@ package worker
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -232,27 +231,4 @@ func (e *engine) stop(ctx context.Context, instance string, gen int) (bool, erro
 		}
 	}
 	return len(cs) > 0, nil
-}
-
-// usage reads the memory every running container really uses.
-func (e *engine) usage(ctx context.Context, ids []string) map[string]int64 {
-	out := make(map[string]int64, len(ids))
-	for _, id := range ids {
-		r, err := e.docker.ContainerStatsOneShot(ctx, id)
-		if err != nil {
-			continue
-		}
-		var s container.StatsResponse
-		err = json.NewDecoder(r.Body).Decode(&s)
-		r.Body.Close()
-		if err != nil {
-			continue
-		}
-		used := int64(s.MemoryStats.Usage)
-		if cache, ok := s.MemoryStats.Stats["inactive_file"]; ok && int64(cache) < used {
-			used -= int64(cache)
-		}
-		out[id] = used
-	}
-	return out
 }

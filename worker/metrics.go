@@ -14,8 +14,10 @@ import (
 // containers and make the worker leave: handing it to Prometheus would
 // give a monitoring system command over every worker. /metrics is
 // read-only and tells only figures about this node (memory, container
-// count, CPU load, start/stop counts, gossip members seen) and its name,
-// role and cluster: no secret, no container name, image or environment.
+// count, CPU load and use, start/stop counts, gossip members seen) and its
+// name, role and cluster, and the CPU and memory each of its containers
+// uses, labelled with the service and instance names of the application
+// description: no secret, no Docker container name, image or environment.
 // The agent API listens on the cluster's network, not on the Internet.
 
 // agentMetrics holds the agent's own registry (not the process-wide
@@ -85,8 +87,9 @@ func (x *agentMetrics) stopped(found bool, err error) {
 	}
 }
 
-// agentCollector reads the load report (recomputed every LoadInterval)
-// and the gossip member list when scraped: no Docker call per scrape.
+// agentCollector reads the load report (recomputed every LoadInterval),
+// the last round of container stats (every StatsInterval) and the gossip
+// member list when scraped: no Docker call per scrape.
 type agentCollector struct{ a *Agent }
 
 var (
@@ -100,6 +103,14 @@ var (
 		"Containers of the cluster this worker runs (not exited).", nil, nil)
 	descCPU = prometheus.NewDesc("micado_worker_cpu_load",
 		"The host's 1-minute load average.", nil, nil)
+	descCPURatio = prometheus.NewDesc("micado_worker_cpu_ratio",
+		"CPU its containers use, as a fraction of the cores this worker offers (--cpus), 0..1: the figure it gossips.", nil, nil)
+	descContainerCPU = prometheus.NewDesc("micado_worker_container_cpu_percent",
+		"CPU a container instance uses, in % of one core over the last stats interval, as docker stats shows it (absent until two samples exist).",
+		[]string{"service", "instance"}, nil)
+	descContainerMemory = prometheus.NewDesc("micado_worker_container_memory_bytes",
+		"Memory a container instance uses, without the page cache, at its last stats sample.",
+		[]string{"service", "instance"}, nil)
 	descMembers = prometheus.NewDesc("micado_worker_gossip_members",
 		"Live gossip members this worker sees (itself included), by kind (worker, manager).",
 		[]string{"kind"}, nil)
@@ -107,7 +118,8 @@ var (
 
 // Describe implements prometheus.Collector.
 func (c agentCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descInfo, descMemory, descContainers, descCPU, descMembers} {
+	for _, d := range []*prometheus.Desc{descInfo, descMemory, descContainers, descCPU, descCPURatio,
+		descContainerCPU, descContainerMemory, descMembers} {
 		ch <- d
 	}
 }
@@ -130,7 +142,9 @@ func (c agentCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descMemory, prometheus.GaugeValue, float64(l.Reserved), "reserved")
 	ch <- prometheus.MustNewConstMetric(descMemory, prometheus.GaugeValue, float64(l.Used), "used")
 	ch <- prometheus.MustNewConstMetric(descContainers, prometheus.GaugeValue, float64(l.Containers))
-	ch <- prometheus.MustNewConstMetric(descCPU, prometheus.GaugeValue, l.CPU)
+	ch <- prometheus.MustNewConstMetric(descCPU, prometheus.GaugeValue, loadAverage())
+	ch <- prometheus.MustNewConstMetric(descCPURatio, prometheus.GaugeValue, l.CPU)
+	collectContainers(ch, a.stats)
 	kinds := map[string]int{KindWorker: 0, KindManager: 0}
 	if ml := a.gossip(); ml != nil {
 		for _, n := range ml.Members() {
@@ -143,5 +157,41 @@ func (c agentCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	for k, n := range kinds {
 		ch <- prometheus.MustNewConstMetric(descMembers, prometheus.GaugeValue, float64(n), k)
+	}
+}
+
+// collectContainers emits the per-instance series of the last stats
+// round. The copies of one instance (generations, during make before
+// break) are summed: the series are per service and instance.
+func collectContainers(ch chan<- prometheus.Metric, s *statsCollector) {
+	cs, _ := s.snapshot()
+	type key struct{ service, instance string }
+	type use struct {
+		cpu    float64
+		hasCPU bool
+		memory int64
+	}
+	var order []key
+	byKey := map[key]*use{}
+	for _, c := range cs {
+		k := key{c.Service, c.Instance}
+		u := byKey[k]
+		if u == nil {
+			u = &use{}
+			byKey[k] = u
+			order = append(order, k)
+		}
+		u.memory += c.Memory
+		if c.HasCPU {
+			u.cpu += c.CPU
+			u.hasCPU = true
+		}
+	}
+	for _, k := range order {
+		u := byKey[k]
+		ch <- prometheus.MustNewConstMetric(descContainerMemory, prometheus.GaugeValue, float64(u.memory), k.service, k.instance)
+		if u.hasCPU {
+			ch <- prometheus.MustNewConstMetric(descContainerCPU, prometheus.GaugeValue, u.cpu, k.service, k.instance)
+		}
 	}
 }

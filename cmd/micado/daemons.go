@@ -5,8 +5,10 @@ import (
 	"encoding/base64"
 	"fmt"
 	"log/slog"
+	"math"
 	"os"
 	"os/signal"
+	"runtime"
 	"strings"
 	"syscall"
 	"time"
@@ -90,6 +92,9 @@ func managerCmd() *cobra.Command {
 		strategy  string
 		logLevel  string
 		reconcile time.Duration
+		alertCPU  string
+		alertMem  string
+		alertFor  time.Duration
 		prov      providerFlags
 		scaleIn   scaleInFlags
 	)
@@ -138,6 +143,9 @@ over HTTPS only (TLS 1.2 or newer).`,
 				return userErr("give --tls-cert and --tls-key together")
 			}
 			cfg.ReconcileInterval = reconcile
+			if cfg.NodeAlert, err = parseNodeAlert(alertCPU, alertMem, alertFor); err != nil {
+				return err
+			}
 			cfg.Version = version
 			cfg.Logger = log.With("component", "manager")
 			ctx, cancel := signalContext()
@@ -168,6 +176,11 @@ over HTTPS only (TLS 1.2 or newer).`,
 	f.Float64Var(&headroom, "headroom", coordinator.DefaultHeadroom, "fraction of each worker's memory never handed out")
 	f.StringVar(&strategy, "strategy", string(coordinator.DefaultStrategy), "placement ranking: spread or binpack")
 	f.DurationVar(&reconcile, "reconcile-interval", 5*time.Second, "how often desired and actual state are compared")
+	f.StringVar(&cfg.Prometheus, "prometheus", "", "Prometheus HTTP API `URL` that scaling policies with a query read, e.g. http://127.0.0.1:9090")
+	f.DurationVar(&cfg.AutoscaleInterval, "autoscale-interval", manager.DefaultAutoscaleInterval, "how often scaled services are measured and decided on")
+	f.StringVar(&alertCPU, "node-cpu-alert", "", "node usage alert: a role whose workers' containers use more than this % of their cores for --alert-for gets one more instance (e.g. 80%; off by default)")
+	f.StringVar(&alertMem, "node-memory-alert", "", "node usage alert: the same for the memory really used, % of the workers' capacity (e.g. 85%)")
+	f.DurationVar(&alertFor, "alert-for", coordinator.DefaultAlertFor, "how long a role must stay above a node usage limit before its alert fires")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	prov.register(cmd)
 	scaleIn.register(cmd)
@@ -206,6 +219,9 @@ The cluster key comes from MICADO_CLUSTER_KEY or --key-file.`,
 			if err != nil {
 				return userErr("--memory: %v", err)
 			}
+			if !(cfg.CPUs > 0) || math.IsInf(cfg.CPUs, 0) {
+				return userErr("--cpus must be a positive number of cores, e.g. 2 or 0.5; got %v", cfg.CPUs)
+			}
 			for _, t := range tags {
 				if !strings.Contains(t, "=") {
 					return userErr("--tag %q is not key=value", t)
@@ -230,6 +246,7 @@ The cluster key comes from MICADO_CLUSTER_KEY or --key-file.`,
 	f.StringVar(&cfg.Name, "name", "", "unique node name")
 	f.StringArrayVar(&tags, "tag", nil, "capability tag key=value, e.g. role=proxy (repeatable)")
 	f.StringVar(&memory, "memory", "", "memory offered to containers, e.g. 4GiB")
+	f.Float64Var(&cfg.CPUs, "cpus", float64(runtime.NumCPU()), "cores offered to containers, e.g. 0.5; by default all of this host's")
 	f.StringVar(&join, "join", "", "comma-separated members to join, normally the manager's gossip address")
 	f.StringVar(&cfg.APIAddr, "api", ":7070", "agent API listen address")
 	f.StringVar(&cfg.BindAddr, "bind", "0.0.0.0", "gossip bind address")
@@ -242,4 +259,30 @@ The cluster key comes from MICADO_CLUSTER_KEY or --key-file.`,
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	cmd.Flags().SortFlags = false
 	return cmd
+}
+
+// parseNodeAlert reads the node usage alert flags.
+func parseNodeAlert(cpu, mem string, window time.Duration) (coordinator.UsageLimit, error) {
+	var lim coordinator.UsageLimit
+	for _, f := range []struct {
+		name, v string
+		dst     *float64
+	}{{"--node-cpu-alert", cpu, &lim.CPU}, {"--node-memory-alert", mem, &lim.Memory}} {
+		if f.v == "" {
+			continue
+		}
+		p, err := definitions.ParsePercent(f.v)
+		if err != nil {
+			return lim, userErr("%s: %v", f.name, err)
+		}
+		if p <= 0 || p > 100 {
+			return lim, userErr("%s %s must be above 0%% and at most 100%%", f.name, f.v)
+		}
+		*f.dst = p / 100
+	}
+	if window <= 0 {
+		return lim, userErr("--alert-for %s must be above 0", window)
+	}
+	lim.For = window
+	return lim, nil
 }

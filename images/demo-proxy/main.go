@@ -7,6 +7,11 @@
 //
 //	GET /health    200 "ok" (the proxy itself is healthy, whatever its backends)
 //	GET /backends  JSON list of the current backends ["host:port", ...]
+//	GET /metrics   Prometheus text format: demo_proxy_requests_total{service,
+//	               code}, the requests proxied (or refused for want of a
+//	               backend) by answer status code; /health, /backends and
+//	               /metrics themselves are not counted. service is
+//	               MICADO_SERVICE.
 //	anything else  reverse-proxied to the next backend, round-robin; the
 //	               response carries X-Micado-Backend: host:port. With no
 //	               backend the answer is 503 with a one-line reason.
@@ -17,6 +22,8 @@
 //	                   MICADO_LINKS, the comma-separated list micado sets)
 //	CONSUL_HTTP_ADDR   host:port of Consul's HTTP API, e.g. micado-c-consul:8500
 //	CONSUL_HTTP_TOKEN  optional ACL token, sent as X-Consul-Token
+//	MICADO_SERVICE     the proxy's own service name, the service label of its
+//	                   metrics (default "demo-proxy"; micado sets it)
 //	PORT               listen port (default 8080)
 //	REFRESH            how often to ask Consul (default 1s)
 //	<UPSTREAM>_ADDRS   static host:port list (upstream name in upper case,
@@ -47,14 +54,21 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
 // consulTimeout bounds one call to Consul's HTTP API.
 const consulTimeout = 5 * time.Second
 
+// defaultService is the service label of the metrics without MICADO_SERVICE.
+const defaultService = "demo-proxy"
+
 // config is the proxy's configuration, read from the environment.
 type config struct {
 	Upstream    string        // Consul service name
+	Service     string        // the proxy's own service (MICADO_SERVICE)
 	ConsulURL   string        // base URL of Consul's HTTP API; "" when unset
 	ConsulToken string        // X-Consul-Token, optional
 	Port        string        // listen port
@@ -67,6 +81,7 @@ type config struct {
 func loadConfig(getenv func(string) string) (config, error) {
 	cfg := config{
 		Upstream:    strings.TrimSpace(getenv("UPSTREAM")),
+		Service:     strings.TrimSpace(getenv("MICADO_SERVICE")),
 		ConsulToken: strings.TrimSpace(getenv("CONSUL_HTTP_TOKEN")),
 		Port:        strings.TrimSpace(getenv("PORT")),
 		Refresh:     time.Second,
@@ -84,6 +99,9 @@ func loadConfig(getenv func(string) string) (config, error) {
 	}
 	if cfg.Port == "" {
 		cfg.Port = "8080"
+	}
+	if cfg.Service == "" {
+		cfg.Service = defaultService
 	}
 	if s := strings.TrimSpace(getenv("REFRESH")); s != "" {
 		d, err := time.ParseDuration(s)
@@ -136,6 +154,9 @@ type proxy struct {
 	state  atomic.Pointer[state]
 	next   atomic.Uint64
 
+	requests *prometheus.CounterVec // demo_proxy_requests_total{service, code}
+	metrics  http.Handler           // GET /metrics, from the proxy's own registry
+
 	mu sync.Mutex // serialises refreshes, so changes are logged once and in order
 }
 
@@ -152,6 +173,15 @@ func newProxy(cfg config) *proxy {
 		src = cfg.StaticVar
 	}
 	p.state.Store(&state{backends: cfg.Static, source: src})
+
+	reg := prometheus.NewRegistry()
+	p.requests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name:        "demo_proxy_requests_total",
+		Help:        "Requests the proxy forwarded to a backend (or refused for want of one), by the status code answered.",
+		ConstLabels: prometheus.Labels{"service": cfg.Service},
+	}, []string{"code"})
+	reg.MustRegister(p.requests)
+	p.metrics = promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
 
 	transport := http.DefaultTransport.(*http.Transport).Clone()
 	transport.MaxIdleConnsPerHost = 32
@@ -198,9 +228,15 @@ func (p *proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Content-Type", "application/json")
 			_ = json.NewEncoder(w).Encode(p.backends())
 			return
+		case "/metrics":
+			p.metrics.ServeHTTP(w, r)
+			return
 		}
 	}
 
+	sw := &statusWriter{ResponseWriter: w}
+	defer func() { p.requests.WithLabelValues(strconv.Itoa(sw.status())).Inc() }()
+	w = sw
 	st := p.state.Load()
 	if len(st.backends) == 0 {
 		http.Error(w, p.noBackendReason(st), http.StatusServiceUnavailable)
@@ -208,6 +244,38 @@ func (p *proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	b := st.backends[(p.next.Add(1)-1)%uint64(len(st.backends))]
 	p.rp.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), backendKey{}, b)))
+}
+
+// statusWriter records the status code of an answer. Unwrap lets
+// http.ResponseController (which the reverse proxy uses to flush and to
+// hijack upgraded connections) reach the real writer.
+type statusWriter struct {
+	http.ResponseWriter
+	code int
+}
+
+func (s *statusWriter) WriteHeader(code int) {
+	if s.code == 0 && (code >= 200 || code == http.StatusSwitchingProtocols) {
+		s.code = code
+	}
+	s.ResponseWriter.WriteHeader(code)
+}
+
+func (s *statusWriter) Write(b []byte) (int, error) {
+	if s.code == 0 {
+		s.code = http.StatusOK
+	}
+	return s.ResponseWriter.Write(b)
+}
+
+func (s *statusWriter) Unwrap() http.ResponseWriter { return s.ResponseWriter }
+
+// status is the code answered; 200 when the handler wrote nothing.
+func (s *statusWriter) status() int {
+	if s.code == 0 {
+		return http.StatusOK
+	}
+	return s.code
 }
 
 // noBackendReason explains in one line why st holds no backend.

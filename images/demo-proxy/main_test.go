@@ -8,7 +8,9 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -426,20 +428,20 @@ func TestLoadConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.Upstream != "demo-web" || cfg.Port != "8080" || cfg.Refresh != time.Second ||
+	if cfg.Upstream != "demo-web" || cfg.Service != "demo-proxy" || cfg.Port != "8080" || cfg.Refresh != time.Second ||
 		cfg.ConsulURL != "http://micado-c-consul:8500" || cfg.StaticVar != "DEMO_WEB_ADDRS" ||
 		!slices.Equal(cfg.Static, []string{"10.0.0.1:8080", "10.0.0.2:8080"}) {
 		t.Errorf("config = %+v", cfg)
 	}
 
 	cfg, err = loadConfig(env(map[string]string{
-		"UPSTREAM": "app-tier", "MICADO_LINKS": "other", "PORT": "9000", "REFRESH": "250ms",
+		"UPSTREAM": "app-tier", "MICADO_LINKS": "other", "PORT": "9000", "REFRESH": "250ms", "MICADO_SERVICE": "front",
 		"CONSUL_HTTP_ADDR": "https://consul.example:8501/",
 	}))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.Upstream != "app-tier" || cfg.Port != "9000" || cfg.Refresh != 250*time.Millisecond ||
+	if cfg.Upstream != "app-tier" || cfg.Service != "front" || cfg.Port != "9000" || cfg.Refresh != 250*time.Millisecond ||
 		cfg.ConsulURL != "https://consul.example:8501" || cfg.StaticVar != "APP_TIER_ADDRS" || len(cfg.Static) != 0 {
 		t.Errorf("config = %+v", cfg)
 	}
@@ -453,5 +455,89 @@ func TestLoadConfig(t *testing.T) {
 		if _, err := loadConfig(env(bad)); err == nil {
 			t.Errorf("loadConfig(%v) succeeded", bad)
 		}
+	}
+}
+
+// requestCounts scrapes GET /metrics and returns demo_proxy_requests_total
+// by code, checking its type and that every series carries service.
+func requestCounts(t *testing.T, srv *httptest.Server, service string) map[string]float64 {
+	t.Helper()
+	resp, body := get(t, srv, "/metrics")
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET /metrics = %d %q", resp.StatusCode, body)
+	}
+	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "text/plain") {
+		t.Errorf("/metrics Content-Type = %q, want Prometheus text", ct)
+	}
+	if resp.Header.Get("X-Micado-Backend") != "" {
+		t.Error("/metrics was proxied")
+	}
+	series := regexp.MustCompile(`^demo_proxy_requests_total\{([^}]*)\} (\S+)$`)
+	label := regexp.MustCompile(`(\w+)="([^"]*)"`)
+	counts := map[string]float64{}
+	typed := false
+	for line := range strings.SplitSeq(body, "\n") {
+		if line == "# TYPE demo_proxy_requests_total counter" {
+			typed = true
+		}
+		m := series.FindStringSubmatch(line)
+		if m == nil {
+			continue
+		}
+		labels := map[string]string{}
+		for _, l := range label.FindAllStringSubmatch(m[1], -1) {
+			labels[l[1]] = l[2]
+		}
+		if labels["service"] != service || labels["code"] == "" || len(labels) != 2 {
+			t.Errorf("series %q: want labels service=%q and code only", line, service)
+		}
+		v, err := strconv.ParseFloat(m[2], 64)
+		if err != nil {
+			t.Fatalf("series %q: %v", line, err)
+		}
+		counts[labels["code"]] = v
+	}
+	if len(counts) > 0 && !typed {
+		t.Errorf("/metrics lacks # TYPE demo_proxy_requests_total counter:\n%s", body)
+	}
+	return counts
+}
+
+func TestMetricsCountProxiedRequests(t *testing.T) {
+	a, b := newBackend(t, "a"), newBackend(t, "b")
+	_, srv := start(t, map[string]string{
+		"UPSTREAM": "demo-web", "MICADO_SERVICE": "front",
+		"DEMO_WEB_ADDRS": a.addr() + "," + b.addr(),
+	})
+	if got := requestCounts(t, srv, "front"); len(got) != 0 {
+		t.Errorf("counts before any request = %v, want none", got)
+	}
+	hits(t, srv, 3, map[string]string{a.addr(): "a", b.addr(): "b"})
+	if resp, _ := do(t, srv, http.MethodPost, "/orders", "x"); resp.StatusCode != http.StatusOK {
+		t.Fatalf("POST /orders = %d", resp.StatusCode)
+	}
+	// The proxy's own endpoints are not counted.
+	get(t, srv, "/health")
+	get(t, srv, "/backends")
+	get(t, srv, "/metrics")
+	if got := requestCounts(t, srv, "front"); len(got) != 1 || got["200"] != 4 {
+		t.Errorf("counts = %v, want 4 with code 200 only", got)
+	}
+
+	// A dead backend (502) and no backend at all (503), with the default
+	// service label.
+	dead := httptest.NewServer(http.NotFoundHandler())
+	deadAddr := strings.TrimPrefix(dead.URL, "http://")
+	dead.Close()
+	_, srv2 := start(t, map[string]string{"UPSTREAM": "demo-web", "DEMO_WEB_ADDRS": deadAddr})
+	get(t, srv2, "/")
+	get(t, srv2, "/x")
+	_, srv3 := start(t, map[string]string{"UPSTREAM": "demo-web"})
+	get(t, srv3, "/")
+	if got := requestCounts(t, srv2, "demo-proxy"); len(got) != 1 || got["502"] != 2 {
+		t.Errorf("counts with a dead backend = %v, want 2 with code 502", got)
+	}
+	if got := requestCounts(t, srv3, "demo-proxy"); len(got) != 1 || got["503"] != 1 {
+		t.Errorf("counts without a backend = %v, want 1 with code 503", got)
 	}
 }

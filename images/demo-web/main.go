@@ -7,6 +7,11 @@
 //	GET /        text/plain "hello from <hostname> (<service>)", header X-Served-By
 //	GET /health  200 "ok"
 //	GET /whoami  JSON {"hostname", "service", "instance", "node"}
+//	GET /burn?ms=N  busy-loops on one goroutine, burning one core for N
+//	             milliseconds (1 ≤ N ≤ 10000), then answers 200 text/plain
+//	             "burned N ms on <hostname>"; a bad N is a 400 naming the
+//	             problem. It stops early if the client goes away. Load for
+//	             CPU autoscaling.
 //
 // Configuration (environment):
 //
@@ -28,6 +33,8 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strconv"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -74,7 +81,58 @@ func newHandler(id identity, message string) http.Handler {
 		w.Header().Set("X-Served-By", id.Hostname)
 		_ = json.NewEncoder(w).Encode(id)
 	})
+	mux.HandleFunc("GET /burn", func(w http.ResponseWriter, r *http.Request) {
+		ms, err := burnMillis(r.URL.Query().Get("ms"))
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		burn(r.Context(), time.Duration(ms)*time.Millisecond)
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.Header().Set("X-Served-By", id.Hostname)
+		fmt.Fprintf(w, "burned %d ms on %s\n", ms, id.Hostname)
+	})
 	return mux
+}
+
+// maxBurn is the longest /burn, in milliseconds.
+const maxBurn = 10000
+
+// burnMillis reads the ms parameter of /burn.
+func burnMillis(v string) (int, error) {
+	if v == "" {
+		return 0, fmt.Errorf("missing ms: use /burn?ms=N with 1 ≤ N ≤ %d milliseconds", maxBurn)
+	}
+	ms, err := strconv.Atoi(v)
+	if err != nil {
+		return 0, fmt.Errorf("ms=%q is not a whole number of milliseconds (1 ≤ ms ≤ %d)", v, maxBurn)
+	}
+	if ms < 1 || ms > maxBurn {
+		return 0, fmt.Errorf("ms=%d is out of range: 1 ≤ ms ≤ %d", ms, maxBurn)
+	}
+	return ms, nil
+}
+
+// burnSink keeps the compiler from dropping burn's arithmetic.
+var burnSink atomic.Uint64
+
+// burn keeps the calling goroutine busy computing for d (one core's
+// worth of CPU), or until ctx ends.
+func burn(ctx context.Context, d time.Duration) {
+	deadline := time.Now().Add(d)
+	x := uint64(time.Now().UnixNano())
+	for i := 0; ; i++ {
+		for range 10000 {
+			x = x*6364136223846793005 + 1442695040888963407
+		}
+		if !time.Now().Before(deadline) {
+			break
+		}
+		if i%16 == 0 && ctx.Err() != nil {
+			break
+		}
+	}
+	burnSink.Add(x)
 }
 
 func envOr(key, def string) string {
