@@ -31,6 +31,10 @@ const MaxBodyBytes = 1 << 20
 //	GET    /v1/containers/{name}/explain  why it is where it is, or still pending
 //	GET    /v1/events?since=SEQ&limit=N&wait=30s  recent decisions; wait long-polls
 //	POST   /v1/consolidate       run a scale-in round now (ConsolidateRequest)
+//	GET    /v1/autoscale?history=1  scaling policies, their metrics and last decisions; node alerts
+//	GET    /v1/autoscale/{service}  one policy with its last hour
+//	PUT    /v1/autoscale/{service}  turn a policy on or off, or set a launched service's (AutoscaleChange)
+//	POST   /v1/services/{service}/scale  set the replicas by hand (ScaleRequest)
 //	GET    /metrics              Prometheus metrics (metrics.go); needs the API token too
 //
 // Every /v1 call needs the API token; GET /ui/ (the dashboard's static
@@ -61,6 +65,10 @@ func (m *Manager) Handler() http.Handler {
 	mux.HandleFunc("GET /v1/apps/{name}", lead(m.handleApp))
 	mux.HandleFunc("POST /v1/apps", lead(m.handleDeploy))
 	mux.HandleFunc("DELETE /v1/apps/{name}", lead(m.handleUndeploy))
+	mux.HandleFunc("GET /v1/autoscale", lead(m.handleAutoscale))
+	mux.HandleFunc("GET /v1/autoscale/{service}", lead(m.handleServiceAutoscale))
+	mux.HandleFunc("PUT /v1/autoscale/{service}", lead(m.handleChangeAutoscale))
+	mux.HandleFunc("POST /v1/services/{service}/scale", lead(m.handleScale))
 	mux.Handle("GET /metrics", m.metricsHandler())
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, &RequestError{Status: http.StatusNotFound, Msg: fmt.Sprintf("no API endpoint %s %s", r.Method, r.URL.Path)})
@@ -336,6 +344,53 @@ func (m *Manager) handleLaunch(l *leader, w http.ResponseWriter, r *http.Request
 		return
 	}
 	writeJSON(w, http.StatusAccepted, resp)
+}
+
+func (m *Manager) handleAutoscale(l *leader, w http.ResponseWriter, r *http.Request) {
+	for k := range r.URL.Query() {
+		if k != "history" {
+			writeErr(w, badRequest("unknown query parameter %q: use history=1", k))
+			return
+		}
+	}
+	writeJSON(w, http.StatusOK, l.AutoscaleStatus(r.URL.Query().Get("history") == "1"))
+}
+
+func (m *Manager) handleServiceAutoscale(l *leader, w http.ResponseWriter, r *http.Request) {
+	v, err := l.ServiceAutoscale(r.PathValue("service"))
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, v)
+}
+
+func (m *Manager) handleChangeAutoscale(l *leader, w http.ResponseWriter, r *http.Request) {
+	var ch AutoscaleChange
+	if err := decodeBody(w, r, &ch); err != nil {
+		writeErr(w, err)
+		return
+	}
+	v, err := l.ChangeAutoscale(r.Context(), r.PathValue("service"), ch)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, v)
+}
+
+func (m *Manager) handleScale(l *leader, w http.ResponseWriter, r *http.Request) {
+	var req ScaleRequest
+	if err := decodeBody(w, r, &req); err != nil {
+		writeErr(w, err)
+		return
+	}
+	v, err := l.Scale(r.Context(), r.PathValue("service"), req)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, v)
 }
 
 func (m *Manager) handleStop(l *leader, w http.ResponseWriter, r *http.Request) {

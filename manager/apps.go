@@ -126,8 +126,43 @@ func (l *leader) Deploy(ctx context.Context, req DeployRequest) (AppStatus, erro
 			}
 		}
 	}
-	rec := &AppRecord{Name: app.Name, File: file, Definition: req.Definition, State: AppDeploying}
-	if err := l.putApp(ctx, rec); err != nil {
+	for _, s := range app.Services {
+		if s.Scaling != nil && s.Scaling.Query != "" {
+			if err := l.checkScaling(ctx, s.Scaling); err != nil {
+				var re *RequestError
+				if errors.As(err, &re) {
+					re.Msg = fmt.Sprintf("%s: services.%s.scaling: %s", file, s.Name, strings.TrimPrefix(re.Msg, "scaling policy: "))
+				}
+				return AppStatus{}, err
+			}
+		}
+	}
+	rec := &AppRecord{Name: app.Name, File: file, Definition: req.Definition, State: AppDeploying, UpdatedAt: time.Now().UTC()}
+	// The record and its scaling policies are written together, before
+	// anything acts on them.
+	if err := l.store.Update(ctx, func(tx *Tx) error {
+		cp := *rec
+		tx.PutApp(&cp)
+		keep := map[string]bool{}
+		for _, s := range app.Services {
+			if s.Scaling == nil {
+				continue
+			}
+			name := consulName(app.Name, s.Name)
+			keep[name] = true
+			p := &PolicyRecord{Service: name, App: app.Name, Scaling: *s.Scaling, UpdatedAt: rec.UpdatedAt}
+			if old := tx.Policy(name); old != nil {
+				p.Off = old.Off
+			}
+			tx.PutPolicy(p)
+		}
+		for _, p := range l.store.Policies() {
+			if p.App == app.Name && !keep[p.Service] {
+				tx.DeletePolicy(p.Service)
+			}
+		}
+		return nil
+	}); err != nil {
 		return AppStatus{}, err
 	}
 	l.restartDeploy(app.Name)
@@ -331,6 +366,14 @@ func (l *leader) health(c *Container) string {
 func (l *leader) convergeService(ctx context.Context, app *definitions.App, s *definitions.Service) error {
 	service := consulName(app.Name, s.Name)
 	hash := specHash(s)
+	want := s.Replicas
+	if s.Scaling != nil {
+		// A scaled service keeps the replicas the autoscaler reached,
+		// within the (new) bounds.
+		if n, _ := l.scaleMembers(service); len(n) > 0 {
+			want = min(max(len(n), s.Scaling.Min), s.Scaling.Max)
+		}
+	}
 	for {
 		if ctx.Err() != nil {
 			return ctx.Err()
@@ -348,15 +391,15 @@ func (l *leader) convergeService(ctx context.Context, app *definitions.App, s *d
 		}
 		total := len(current) + len(outdated)
 		switch {
-		case total < s.Replicas:
-			if err := l.addReplicas(ctx, app, s, s.Replicas-total); err != nil {
+		case total < want:
+			if err := l.addReplicas(ctx, app, s, want-total); err != nil {
 				return err
 			}
 			continue
-		case total > s.Replicas:
+		case total > want:
 			// Fewer: stop outdated ones first, then the newest.
 			victims := append(append([]*Container(nil), outdated...), reverse(current)...)
-			for _, v := range victims[:total-s.Replicas] {
+			for _, v := range victims[:total-want] {
 				if _, err := l.Stop(ctx, v.Name); err != nil && !isNotFound(err) {
 					return err
 				}
@@ -375,7 +418,7 @@ func (l *leader) convergeService(ctx context.Context, app *definitions.App, s *d
 			}
 			continue
 		}
-		return l.waitService(ctx, service, hash, s.Replicas)
+		return l.waitService(ctx, service, hash, want)
 	}
 }
 
@@ -394,7 +437,7 @@ func reverse(cs []*Container) []*Container {
 }
 
 func (l *leader) addReplicas(ctx context.Context, app *definitions.App, s *definitions.Service, n int) error {
-	_, err := l.admit(ctx, l.containersFor(app, s, n), nil)
+	_, err := l.admit(ctx, l.containersFor(app, s, n), nil, nil)
 	return err
 }
 
@@ -478,7 +521,15 @@ func (l *leader) Undeploy(ctx context.Context, name string) error {
 			}
 		}
 	}
-	return l.store.Update(ctx, func(tx *Tx) error { tx.DeleteApp(name); return nil })
+	return l.store.Update(ctx, func(tx *Tx) error {
+		tx.DeleteApp(name)
+		for _, p := range l.store.Policies() {
+			if p.App == name {
+				tx.DeletePolicy(p.Service)
+			}
+		}
+		return nil
+	})
 }
 
 // AppStatus reports an application service by service.

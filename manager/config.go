@@ -78,6 +78,19 @@ type Config struct {
 	// ServiceWait bounds a deploy's wait for one service (default 10 min).
 	ServiceWait time.Duration
 
+	// AutoscaleInterval is how often services with a scaling policy are
+	// measured and decided on, and node usage alerts evaluated.
+	AutoscaleInterval time.Duration // default 5 s
+	// Prometheus is the HTTP API that scaling policies with a query read
+	// (--prometheus); "" when none is configured.
+	Prometheus string
+	// NodeAlert raises an alert when a role's workers really use more
+	// CPU or memory than its limits for its window: the manager then asks
+	// for one more instance of the role, placement prefers workers below
+	// the limits, and consolidation never pushes a role above them. Zero
+	// limits are off.
+	NodeAlert coordinator.UsageLimit
+
 	// ReconcileInterval is how often desired state, the workers'
 	// containers and the registry are compared and repaired.
 	ReconcileInterval time.Duration // default 5 s
@@ -97,6 +110,11 @@ const (
 	// DefaultReconcileInterval: a repair is at most this late, and an idle
 	// round costs nothing but memory reads.
 	DefaultReconcileInterval = 5 * time.Second
+	// DefaultAutoscaleInterval: the workers sample their containers
+	// every 2 s, so a 5 s loop sees a load step within one or two
+	// rounds; Kubernetes' HPA loop is 15 s, too slow for the ≤ 20 s
+	// reaction micado aims at.
+	DefaultAutoscaleInterval = 5 * time.Second
 )
 
 func (c *Config) defaults() error {
@@ -143,6 +161,15 @@ func (c *Config) defaults() error {
 	}
 	if c.ServiceWait == 0 {
 		c.ServiceWait = DefaultServiceWait
+	}
+	if c.AutoscaleInterval == 0 {
+		c.AutoscaleInterval = DefaultAutoscaleInterval
+	}
+	if c.NodeAlert.CPU < 0 || c.NodeAlert.CPU > 1 || c.NodeAlert.Memory < 0 || c.NodeAlert.Memory > 1 {
+		return fmt.Errorf("node usage alert limits must be from 0%% to 100%%, not cpu %.0f%% memory %.0f%%", c.NodeAlert.CPU*100, c.NodeAlert.Memory*100)
+	}
+	if (c.NodeAlert.CPU > 0 || c.NodeAlert.Memory > 0) && c.NodeAlert.For == 0 {
+		c.NodeAlert.For = coordinator.DefaultAlertFor
 	}
 	if c.MoveTimeout == 0 {
 		c.MoveTimeout = DefaultMoveTimeout

@@ -145,6 +145,9 @@ func (m *Manager) consolidateOptions(manual bool) coordinator.ConsolidateOptions
 	o := m.cfg.Consolidate
 	o.Placement = m.cfg.Placement
 	o.Manual = manual
+	// Never empty a worker if that would push its role above the node
+	// usage limits (the alert would then ask for it back).
+	o.UsageLimit = m.cfg.NodeAlert
 	return o
 }
 

@@ -29,7 +29,14 @@ func (l *leader) Launch(ctx context.Context, req LaunchRequest) (LaunchResponse,
 		return LaunchResponse{}, err
 	}
 	service := cs[0].Service
-	return l.admit(ctx, cs, func() error {
+	var pol *PolicyRecord
+	if req.Scaling != nil {
+		if err := l.checkScaling(ctx, req.Scaling); err != nil {
+			return LaunchResponse{}, err
+		}
+		pol = &PolicyRecord{Service: service, App: req.App, Scaling: *req.Scaling, UpdatedAt: time.Now().UTC()}
+	}
+	return l.admit(ctx, cs, pol, func() error {
 		_, named := l.store.Container(service)
 		if len(l.store.Service(service)) > 0 || named || l.store.heldName("service:"+service) || l.store.heldName(service) {
 			return &RequestError{Status: http.StatusConflict,
@@ -43,7 +50,7 @@ func (l *leader) Launch(ctx context.Context, req LaunchRequest) (LaunchResponse,
 // those that wait for scale-out, refuses the whole set if any can never be
 // placed, writes them to the journal all at once, and only then starts
 // them. check may refuse the set given the current records.
-func (l *leader) admit(ctx context.Context, cs []*Container, check func() error) (LaunchResponse, error) {
+func (l *leader) admit(ctx context.Context, cs []*Container, pol *PolicyRecord, check func() error) (LaunchResponse, error) {
 	m := l.m
 	service := cs[0].Service
 	l.placeMu.Lock()
@@ -115,6 +122,11 @@ func (l *leader) admit(ctx context.Context, cs []*Container, check func() error)
 			if err := tx.Create(c.clone()); err != nil {
 				return err
 			}
+		}
+		if pol != nil {
+			// A new service's policy is written with its containers.
+			cp := *pol
+			tx.PutPolicy(&cp)
 		}
 		return nil
 	})
@@ -287,6 +299,16 @@ func (l *leader) Stop(ctx context.Context, name string) ([]string, error) {
 	} else {
 		for _, c := range l.store.Service(name) {
 			names = append(names, c.Name)
+		}
+	}
+	if _, isService := l.store.Policy(name); isService && (len(names) == 0 || names[0] != name) {
+		// The policy goes first: a crash midway leaves containers to
+		// stop again, never a policy that would scale them back up.
+		if err := l.store.Update(ctx, func(tx *Tx) error {
+			tx.DeletePolicy(name)
+			return nil
+		}); err != nil {
+			return nil, err
 		}
 	}
 	if len(names) == 0 {

@@ -285,6 +285,10 @@ type simAgents struct {
 	// refuse, when set, makes calls of a term fail as if the caller were
 	// gone (a dead leader calls nobody).
 	refuse func(term uint64) bool
+	// cpu is the CPU (% of one core) Stats reports per service, and
+	// clock the time of its samples (default time.Now).
+	cpu   map[string]float64
+	clock func() time.Time
 }
 
 type simWorker struct {
@@ -298,7 +302,8 @@ type simWorker struct {
 	fail      error                           // every call fails with it
 	nextPort  int
 	left      bool
-	dead      bool // killed: its agent never answers again
+	dead      bool    // killed: its agent never answers again
+	cpu       float64 // gossiped CPU use, fraction of its cores
 }
 
 func newSimAgents(w *world) *simAgents {
@@ -376,7 +381,7 @@ func (a *simAgents) worker(name string) *simWorker {
 // report is the worker's load report. Call with a.mu held or before it
 // is shared.
 func (sw *simWorker) report() worker.Load {
-	l := worker.Load{Kind: worker.KindWorker, Tags: sw.tags, Capacity: sw.memory, API: sw.api, Started: sw.started, Seq: sw.seq}
+	l := worker.Load{Kind: worker.KindWorker, Tags: sw.tags, Capacity: sw.memory, API: sw.api, Started: sw.started, Seq: sw.seq, CPU: sw.cpu}
 	var cs []worker.ContainerInfo
 	for _, c := range sw.copies {
 		l.Reserved += c.Memory
@@ -467,6 +472,38 @@ func (a *simAgents) Start(ctx context.Context, addr string, r worker.StartReques
 	return info, nil
 }
 
+// Stats reports every copy the worker runs with the CPU set for its
+// service, and half its memory request as memory used.
+func (a *simAgents) Stats(ctx context.Context, addr string) (worker.Stats, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	sw, err := a.get(ctx, addr)
+	if err != nil {
+		return worker.Stats{}, err
+	}
+	now := time.Now()
+	if a.clock != nil {
+		now = a.clock()
+	}
+	st := worker.Stats{Node: sw.name, CPUs: 2, Capacity: sw.memory, At: now}
+	for _, c := range sw.copies {
+		cpu := a.cpu[c.Service]
+		st.Containers = append(st.Containers, worker.ContainerStats{Instance: c.Instance, Service: c.Service, Generation: c.Generation,
+			CPU: cpu, HasCPU: true, Memory: c.Memory / 2, Limit: c.Memory, At: now})
+	}
+	return st, nil
+}
+
+// setCPU sets the CPU every replica of a service reports.
+func (a *simAgents) setCPU(service string, pct float64) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.cpu == nil {
+		a.cpu = map[string]float64{}
+	}
+	a.cpu[service] = pct
+}
+
 func (a *simAgents) Stop(ctx context.Context, addr, instance string, gen int) (bool, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -539,6 +576,18 @@ func (a *simAgents) crash(node, instance string) {
 	sw.seq++
 	l := sw.report()
 	go a.w.gossipLoad(sw.name, l)
+}
+
+// setWorkerCPU makes a worker gossip a CPU use (fraction of its cores).
+func (w *world) setWorkerCPU(name string, cpu float64) {
+	a := w.agents
+	a.mu.Lock()
+	sw := a.byName[name]
+	sw.cpu = cpu
+	sw.seq++
+	l := sw.report()
+	a.mu.Unlock()
+	w.gossipLoad(name, l)
 }
 
 // gossipLoad delivers a load report to every manager (as gossip would).

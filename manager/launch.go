@@ -153,9 +153,21 @@ func validate(req LaunchRequest, now time.Time) ([]*Container, error) {
 	replicas := req.Replicas
 	if replicas == 0 {
 		replicas = 1
+		if req.Scaling != nil && req.Scaling.Min >= 1 {
+			replicas = req.Scaling.Min
+		}
 	}
 	if replicas < 1 || replicas > MaxReplicas {
 		bad("replicas %d is out of range: use 1 to %d", req.Replicas, MaxReplicas)
+	}
+	if req.Scaling != nil {
+		probs := req.Scaling.Problems()
+		for _, p := range probs {
+			bad("scaling policy: %s", p)
+		}
+		if len(probs) == 0 && (replicas < req.Scaling.Min || replicas > req.Scaling.Max) {
+			bad("replicas %d is outside the scaling policy's min %d and max %d", replicas, req.Scaling.Min, req.Scaling.Max)
+		}
 	}
 	check := Check{Type: "none"}
 	if len(ports) > 0 && ports[0].Protocol == "tcp" {

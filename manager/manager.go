@@ -65,6 +65,7 @@ type Manager struct {
 	started time.Time // when this process began to follow gossip
 
 	holder holderCache // the lock's holder, as a standby last read it
+	prom   *PromSource // the Prometheus scaling queries read; nil when none
 
 	mu   sync.Mutex
 	lead *leader // nil while standing by
@@ -85,6 +86,13 @@ func New(cfg Config, deps Deps) (*Manager, error) {
 	m.events.onAdd = m.metrics.event
 	m.members.onJoin = m.memberJoined
 	m.members.onDead = m.memberDied
+	if cfg.Prometheus != "" {
+		p, err := NewPromSource(cfg.Prometheus)
+		if err != nil {
+			return nil, fmt.Errorf("--prometheus: %w", err)
+		}
+		m.prom = p
+	}
 	return m, nil
 }
 
@@ -198,6 +206,7 @@ func (m *Manager) leadTerm(ctx context.Context, lease Lease) {
 	l.spawn(l.syncRegistry)
 	l.spawn(l.loop)
 	l.spawn(l.watchHealth)
+	l.spawn(l.autoscaleLoop)
 	if stop, err := l.startCron(); err != nil {
 		m.log.Error("consolidation schedule", "err", err)
 	} else {
@@ -294,7 +303,8 @@ type leader struct {
 	busy   map[string]bool      // containers and instances with an operation in flight
 	absent map[string]time.Time // instances whose worker is away, since when
 
-	cons consolidator
+	cons   consolidator
+	scaler *autoscaler
 
 	appsMu    sync.Mutex
 	deploying map[string]context.CancelFunc // applications being deployed
@@ -310,7 +320,8 @@ type leader struct {
 func newLeader(m *Manager, ctx context.Context, stop context.CancelFunc, lease Lease) *leader {
 	return &leader{m: m, agents: termAgents{a: m.deps.Agents, term: lease.Term()}, ctx: ctx, stop: stop, lease: lease, since: time.Now(), kickCh: make(chan struct{}, 1),
 		busy: map[string]bool{}, absent: map[string]time.Time{}, deploying: map[string]context.CancelFunc{},
-		cons: consolidator{unneededSince: map[string]time.Time{}, draining: map[string]string{}, moving: map[string]bool{}}}
+		cons:   consolidator{unneededSince: map[string]time.Time{}, draining: map[string]string{}, moving: map[string]bool{}},
+		scaler: newAutoscaler()}
 }
 
 // spawn runs fn on a goroutine owned by the term: fn gets the term's
@@ -425,11 +436,14 @@ func (l *leader) snapshot() *coordinator.Snapshot {
 			continue
 		}
 		p := promised[w.Name]
-		s.Workers = append(s.Workers, coordinator.Worker{
+		cw := coordinator.Worker{
 			Name: w.Name, Tags: w.Load.Tags, Capacity: w.Load.Capacity,
-			Reserved: max(w.Load.Reserved, p.reserved), Used: w.Load.Used,
+			Reserved: max(w.Load.Reserved, p.reserved), Used: w.Load.Used, CPUUsed: w.Load.CPU,
 			Containers: max(w.Load.Containers, p.count), Draining: w.Load.Draining || l.isDraining(w.Name),
-		})
+		}
+		// Above the node usage limits: placement prefers other workers.
+		cw.Hot = l.m.cfg.NodeAlert.Hot(&cw)
+		s.Workers = append(s.Workers, cw)
 	}
 	return s
 }

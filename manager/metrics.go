@@ -34,7 +34,7 @@ var (
 	consolidationOutcomes = []string{"nothing-to-do", "planned", "aborted", "failed", "removed"}
 	eventKinds            = []string{EventPlaced, EventPending, EventRunning, EventFailed, EventStopped, EventScaleOut,
 		EventJoined, EventWorkerLost, EventRequeued, EventScaleIn, EventSkipped, EventMoved, EventTerminated,
-		EventInstanceErr, EventRecovered}
+		EventInstanceErr, EventRecovered, EventAutoscale, EventNodeAlert}
 	// Worker states of micado_workers; each worker is in exactly one.
 	workerStates = []string{"alive", "draining", "booting", "dead"}
 )
@@ -54,6 +54,8 @@ type metrics struct {
 	events          *prometheus.CounterVec
 	leader          prometheus.Gauge
 	reconciles      prometheus.Histogram
+	scaleDecisions  *prometheus.CounterVec
+	nodeAlerts      *prometheus.CounterVec
 }
 
 func newMetrics(m *Manager) *metrics {
@@ -108,6 +110,16 @@ func newMetrics(m *Manager) *metrics {
 			Buckets: prometheus.ExponentialBuckets(1e-4, 4, 11),
 		}),
 	}
+	x.scaleDecisions = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "micado_autoscale_decisions_total",
+		Help: "Scaling decisions that changed (or, with autoscaling off, would have changed) a service's replicas, by direction (up, down).",
+	}, []string{"direction"})
+	x.nodeAlerts = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "micado_node_alerts_total",
+		Help: "Node usage alerts that began to fire: a role's workers stayed above --node-cpu-alert or --node-memory-alert for --alert-for.",
+	}, []string{"role", "metric"})
+	x.scaleDecisions.WithLabelValues("up")
+	x.scaleDecisions.WithLabelValues("down")
 	for _, s := range placementSources {
 		x.placement.WithLabelValues(s)
 	}
@@ -127,8 +139,8 @@ func newMetrics(m *Manager) *metrics {
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		x.placement, x.placedWait, x.scaleOut, x.scaleOutJoin, x.scaleIn, x.scaleInDuration, x.rounds, x.events,
-		x.leader, x.reconciles,
-		&clusterCollector{m: m},
+		x.leader, x.reconciles, x.scaleDecisions, x.nodeAlerts,
+		&clusterCollector{m: m}, autoscaleCollector{m: m},
 	)
 	return x
 }
@@ -194,6 +206,71 @@ func (x *metrics) leading(on bool) {
 func (x *metrics) reconciled(took time.Duration) {
 	if x != nil {
 		x.reconciles.Observe(took.Seconds())
+	}
+}
+
+// autoscaled counts a decision that changes a service's replicas.
+func (x *metrics) autoscaled(_ string, current, desired int, _ []MetricView) {
+	switch {
+	case x == nil || current == desired:
+	case desired > current:
+		x.scaleDecisions.WithLabelValues("up").Inc()
+	default:
+		x.scaleDecisions.WithLabelValues("down").Inc()
+	}
+}
+
+// nodeAlert counts an alert that began to fire.
+func (x *metrics) nodeAlert(role, metric string) {
+	if x != nil {
+		x.nodeAlerts.WithLabelValues(role, metric).Inc()
+	}
+}
+
+var (
+	descSvcReplicas = prometheus.NewDesc("micado_service_replicas",
+		"Replicas of a service with a scaling policy (containers not being stopped), and the replicas its last decision wanted (kind=desired).", []string{"service", "kind"}, nil)
+	descSvcMetric = prometheus.NewDesc("micado_autoscale_metric",
+		"A scaled service's metric as the autoscaler last read it (cpu and memory: mean % per replica; query: its value), with its target (kind=target).", []string{"service", "metric", "kind"}, nil)
+	descRoleAlert = prometheus.NewDesc("micado_node_alert",
+		"1 while a role's workers are above a node usage limit for the whole window (firing), 0.5 while above but not yet for the window.", []string{"role", "metric"}, nil)
+)
+
+// autoscaleCollector reads the leader's autoscaler when scraped.
+type autoscaleCollector struct{ m *Manager }
+
+func (c autoscaleCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- descSvcReplicas
+	ch <- descSvcMetric
+	ch <- descRoleAlert
+}
+
+func (c autoscaleCollector) Collect(ch chan<- prometheus.Metric) {
+	l := c.m.current()
+	if l == nil || l.scaler == nil {
+		return
+	}
+	a := l.scaler
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for svc, st := range a.services {
+		if st.last != nil {
+			ch <- prometheus.MustNewConstMetric(descSvcReplicas, prometheus.GaugeValue, float64(st.last.Current), svc, "current")
+			ch <- prometheus.MustNewConstMetric(descSvcReplicas, prometheus.GaugeValue, float64(st.last.Desired), svc, "desired")
+		}
+		for _, mv := range st.metrics {
+			if !mv.Missing {
+				ch <- prometheus.MustNewConstMetric(descSvcMetric, prometheus.GaugeValue, mv.Value, svc, mv.Name, "value")
+			}
+			ch <- prometheus.MustNewConstMetric(descSvcMetric, prometheus.GaugeValue, mv.Target, svc, mv.Name, "target")
+		}
+	}
+	for _, al := range a.alerts {
+		v := 0.5
+		if al.Firing {
+			v = 1
+		}
+		ch <- prometheus.MustNewConstMetric(descRoleAlert, prometheus.GaugeValue, v, al.Role, al.Metric)
 	}
 }
 

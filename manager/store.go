@@ -18,6 +18,7 @@ const (
 	containersPrefix = "containers/"
 	instancesPrefix  = "instances/"
 	appsPrefix       = "apps/"
+	policiesPrefix   = "scaling/"
 	membersPrefix    = "members/"
 	eventsPrefix     = "events/"
 	batchesPrefix    = "batches/"
@@ -55,6 +56,7 @@ type Store struct {
 	names      []string // container names, naturally sorted; nil when stale
 	instances  map[string]*Instance
 	apps       map[string]*AppRecord
+	policies   map[string]*PolicyRecord
 	members    map[string]string
 	specs      map[string]*Spec       // one copy of each distinct spec
 	strings    map[string]string      // one copy of worker names, addresses and states
@@ -90,7 +92,7 @@ func newStore(j Journal, fence Fence, log *slog.Logger) *Store {
 		byNode: map[string]map[string]*Container{}, ledger: map[string]ledgerEntry{},
 		pending: map[string]*Container{}, counts: map[State]int{}, instances: map[string]*Instance{},
 		unsettled: map[string]*Container{}, dirty: map[string]struct{}{},
-		apps: map[string]*AppRecord{}, members: map[string]string{}, specs: map[string]*Spec{}, strings: map[string]string{},
+		apps: map[string]*AppRecord{}, policies: map[string]*PolicyRecord{}, members: map[string]string{}, specs: map[string]*Spec{}, strings: map[string]string{},
 		reqs: make(chan *updateReq, 1024),
 	}
 }
@@ -132,6 +134,14 @@ func (s *Store) load(ctx context.Context) ([]Event, []eventChunk, error) {
 			}
 			a.index = p.Index
 			s.apps[a.Name] = &a
+		case strings.HasPrefix(p.Key, policiesPrefix):
+			var pr PolicyRecord
+			if err := json.Unmarshal(p.Value, &pr); err != nil {
+				s.mu.Unlock()
+				return nil, nil, fmt.Errorf("scaling policy record %s is damaged: %w", p.Key, err)
+			}
+			pr.index = p.Index
+			s.policies[pr.Service] = &pr
 		case strings.HasPrefix(p.Key, membersPrefix):
 			s.members[strings.TrimPrefix(p.Key, membersPrefix)] = string(p.Value)
 		case strings.HasPrefix(p.Key, eventsPrefix):
@@ -228,8 +238,13 @@ func (s *Store) rollbackBatch(ctx context.Context, marker Pair) error {
 	}
 	s.mu.Lock()
 	for _, p := range present {
-		if c, ok := s.containers[strings.TrimPrefix(p.Key, containersPrefix)]; ok {
-			s.remove(c)
+		if name, ok := strings.CutPrefix(p.Key, containersPrefix); ok {
+			if c, ok := s.containers[name]; ok {
+				s.remove(c)
+			}
+		}
+		if name, ok := strings.CutPrefix(p.Key, policiesPrefix); ok {
+			delete(s.policies, name)
 		}
 	}
 	s.mu.Unlock()
@@ -615,6 +630,26 @@ func (s *Store) App(name string) (*AppRecord, bool) {
 	defer s.mu.RUnlock()
 	a, ok := s.apps[name]
 	return a, ok
+}
+
+// Policies returns every scaling policy record, sorted by service.
+func (s *Store) Policies() []*PolicyRecord {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := make([]*PolicyRecord, 0, len(s.policies))
+	for _, p := range s.policies {
+		out = append(out, p)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Service < out[j].Service })
+	return out
+}
+
+// Policy returns the scaling policy record of one service.
+func (s *Store) Policy(service string) (*PolicyRecord, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	p, ok := s.policies[service]
+	return p, ok
 }
 
 // Members returns the gossip addresses of the members seen so far.

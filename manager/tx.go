@@ -25,6 +25,7 @@ type Tx struct {
 	conts map[string]*Container
 	insts map[string]*Instance
 	apps  map[string]*AppRecord
+	pols  map[string]*PolicyRecord
 	mems  map[string]string
 	// touched records whether a key was staged (a nil value is a delete).
 	touched map[string]bool
@@ -32,7 +33,7 @@ type Tx struct {
 
 func newTx(s *Store, up *Tx) *Tx {
 	return &Tx{s: s, up: up, conts: map[string]*Container{}, insts: map[string]*Instance{},
-		apps: map[string]*AppRecord{}, mems: map[string]string{}, touched: map[string]bool{}}
+		apps: map[string]*AppRecord{}, pols: map[string]*PolicyRecord{}, mems: map[string]string{}, touched: map[string]bool{}}
 }
 
 // peek returns the current record of name without copying it.
@@ -136,6 +137,36 @@ func (tx *Tx) DeleteApp(name string) {
 	tx.touched[appsPrefix+name] = true
 }
 
+// Policy returns a copy of a service's scaling policy record, or nil.
+func (tx *Tx) Policy(service string) *PolicyRecord {
+	for t := tx; t != nil; t = t.up {
+		if t.touched[policiesPrefix+service] {
+			if p := t.pols[service]; p != nil {
+				cp := *p
+				return &cp
+			}
+			return nil
+		}
+	}
+	if p, ok := tx.s.policies[service]; ok {
+		cp := *p
+		return &cp
+	}
+	return nil
+}
+
+// PutPolicy stages a scaling policy record.
+func (tx *Tx) PutPolicy(p *PolicyRecord) {
+	tx.pols[p.Service] = p
+	tx.touched[policiesPrefix+p.Service] = true
+}
+
+// DeletePolicy stages the removal of a service's scaling policy.
+func (tx *Tx) DeletePolicy(service string) {
+	tx.pols[service] = nil
+	tx.touched[policiesPrefix+service] = true
+}
+
 // SetMember records a member's gossip address (written unconditionally).
 func (tx *Tx) SetMember(name, addr string) {
 	tx.mems[name] = addr
@@ -159,6 +190,9 @@ func (tx *Tx) merge(sub *Tx) {
 	for k, v := range sub.apps {
 		tx.apps[k] = v
 	}
+	for k, v := range sub.pols {
+		tx.pols[k] = v
+	}
 	for k, v := range sub.mems {
 		tx.mems[k] = v
 	}
@@ -168,6 +202,12 @@ func (tx *Tx) merge(sub *Tx) {
 func (tx *Tx) onlyCreates() bool {
 	if len(tx.insts)+len(tx.apps)+len(tx.mems) > 0 {
 		return false
+	}
+	for name, p := range tx.pols {
+		// A new service's policy is created with its containers.
+		if p == nil || tx.s.policies[name] != nil {
+			return false
+		}
 	}
 	for name, c := range tx.conts {
 		if c == nil || tx.s.containers[name] != nil {
@@ -211,6 +251,13 @@ func (tx *Tx) ops() ([]Op, error) {
 				cur = a
 			}
 			if old, ok := s.apps[name]; ok {
+				index = old.index
+			}
+		case strings.HasPrefix(k, policiesPrefix):
+			if p := tx.pols[name]; p != nil {
+				cur = p
+			}
+			if old, ok := s.policies[name]; ok {
 				index = old.index
 			}
 		case strings.HasPrefix(k, membersPrefix):
@@ -263,6 +310,14 @@ func (tx *Tx) apply(indexes map[string]uint64) {
 		}
 		a.index = indexes[appsPrefix+name]
 		s.apps[name] = a
+	}
+	for name, p := range tx.pols {
+		if p == nil {
+			delete(s.policies, name)
+			continue
+		}
+		p.index = indexes[policiesPrefix+name]
+		s.policies[name] = p
 	}
 	for name, addr := range tx.mems {
 		s.members[name] = addr
@@ -687,6 +742,14 @@ func (s *Store) refresh(ctx context.Context, tx *Tx) {
 			} else if json.Unmarshal(p.Value, &a) == nil {
 				a.index = p.Index
 				s.apps[name] = &a
+			}
+		case strings.HasPrefix(k, policiesPrefix):
+			var pr PolicyRecord
+			if !ok {
+				delete(s.policies, name)
+			} else if json.Unmarshal(p.Value, &pr) == nil {
+				pr.index = p.Index
+				s.policies[name] = &pr
 			}
 		}
 	}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/micado-scale/micado/coordinator"
+	"github.com/micado-scale/micado/definitions"
 	"github.com/micado-scale/micado/worker"
 )
 
@@ -155,6 +156,10 @@ type LaunchRequest struct {
 	App      string            `json:"app,omitempty"`
 	// Pinned marks the containers as not relocatable by consolidation.
 	Pinned bool `json:"pinned,omitempty"`
+	// Scaling scales the service by its real load (micado launch --min
+	// --max --cpu …); Replicas is then the count to start with (default
+	// min).
+	Scaling *definitions.Scaling `json:"scaling,omitempty"`
 }
 
 // LaunchResponse answers POST /v1/containers.

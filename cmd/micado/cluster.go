@@ -78,6 +78,10 @@ func upCmd(g *globals) *cobra.Command {
 		tlsKey    string
 		managers  int
 		servers   int
+		prom      string
+		alertCPU  string
+		alertMem  string
+		alertFor  time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "up",
@@ -143,9 +147,18 @@ roots).`,
 			if err != nil {
 				return err
 			}
+			if _, err := parseNodeAlert(alertCPU, alertMem, alertFor); err != nil {
+				return err
+			}
+			if prom != "" {
+				if _, err := manager.NewPromSource(prom); err != nil {
+					return userErr("--prometheus: %v", err)
+				}
+			}
 			return up(ctx, cmd, g, upOptions{tls: tlsFiles, workers: workers, managers: managers, consulServers: servers, roles: rs, memory: mem, strategy: strategy,
 				provider: provider, types: types, maxTotal: maxTotal, maxPerRole: maxRole, joinTimeout: joinWait, scaleImage: scaleImg,
-				schedule: schedule, scaleInDelay: siDelay, unneeded: unneeded, minPerRole: minRole})
+				schedule: schedule, scaleInDelay: siDelay, unneeded: unneeded, minPerRole: minRole,
+				prometheus: prom, alertCPU: alertCPU, alertMem: alertMem, alertFor: alertFor})
 		},
 	}
 	cmd.Flags().IntVar(&workers, "workers", 2, "number of worker agents")
@@ -165,6 +178,10 @@ roots).`,
 	cmd.Flags().StringVar(&minRole, "min-per-role", "", "workers kept per role, e.g. proxy=1 (default: 1 for each of --roles)")
 	cmd.Flags().StringVar(&scaleImg, "scale-image", "", "image new workers run (default: the micado image)")
 	cmd.Flags().DurationVar(&joinWait, "join-timeout", manager.DefaultJoinTimeout, "how long a new worker may take to join before it is removed")
+	cmd.Flags().StringVar(&prom, "prometheus", "", "Prometheus HTTP API `URL` that scaling queries read, as the manager containers reach it (the host is the cluster network's gateway)")
+	cmd.Flags().StringVar(&alertCPU, "node-cpu-alert", "", "node usage alert: a role whose workers use more than this % of their CPU for --alert-for gets one more instance (e.g. 80%)")
+	cmd.Flags().StringVar(&alertMem, "node-memory-alert", "", "node usage alert on the memory really used, % of the workers' capacity (e.g. 85%)")
+	cmd.Flags().DurationVar(&alertFor, "alert-for", coordinator.DefaultAlertFor, "how long a role must stay above a node usage limit before its alert fires")
 	cmd.Flags().StringVar(&tlsCert, "tls-cert", "", "PEM certificate of the manager API, valid for 127.0.0.1: the API then speaks HTTPS only (with --tls-key; trust its CA with --ca-cert)")
 	cmd.Flags().StringVar(&tlsKey, "tls-key", "", "PEM private key of --tls-cert")
 	return cmd
@@ -255,6 +272,10 @@ type upOptions struct {
 	unneeded      time.Duration
 	minPerRole    string
 	tls           *upTLS // nil: the API speaks plain HTTP
+	prometheus    string
+	alertCPU      string
+	alertMem      string
+	alertFor      time.Duration
 }
 
 // Where the containers find their secrets: read-only bind mounts of the
@@ -481,6 +502,18 @@ func up(ctx context.Context, cmd *cobra.Command, g *globals, o upOptions) (err e
 			"--unneeded-time", o.unneeded.String(), "--min-per-role", o.minPerRoleFlag()}
 		if len(others) > 0 {
 			args = append(args, "--join", strings.Join(others, ","))
+		}
+		if o.prometheus != "" {
+			args = append(args, "--prometheus", o.prometheus)
+		}
+		if o.alertCPU != "" {
+			args = append(args, "--node-cpu-alert", o.alertCPU)
+		}
+		if o.alertMem != "" {
+			args = append(args, "--node-memory-alert", o.alertMem)
+		}
+		if o.alertFor > 0 {
+			args = append(args, "--alert-for", o.alertFor.String())
 		}
 		mi, err := run(n, &container.Config{Image: micadoImage, Labels: ml, ExposedPorts: exp, Hostname: n,
 			Cmd: append(args, tlsArgs...)}, &container.HostConfig{PortBindings: pm, Mounts: mounts})

@@ -22,6 +22,7 @@ import (
 func launchCmd(g *globals) *cobra.Command {
 	var (
 		req     manager.LaunchRequest
+		sf      scalingFlags
 		ports   []string
 		envs    []string
 		health  string
@@ -37,11 +38,16 @@ every --tag) that have enough free memory, publishes each --port on a free
 host port, registers every container in Consul with a health check, and
 waits until all of them pass (unless --detach).
 
+With --min and --max and a target (--cpu, --memory-target, --query with
+--per-replica, or --schedule) the service is scaled by its real load,
+unattended: see ` + "`micado autoscale --help`" + `.
+
 The service is named after the image unless --name is given; its containers
 are NAME-1, NAME-2, ...`,
 		Example: `  micado launch micado/demo-web --role proxy --memory 64MiB --port 8080
   micado launch micado/demo-web --role app --name api --replicas 3 --port 8080 --health-path /health
-  micado launch micado/demo-web --role app --env MESSAGE=hi --detach`,
+  micado launch micado/demo-web --role app --env MESSAGE=hi --detach
+  micado launch micado/demo-web --role app --port 8080 --min 2 --max 12 --cpu 60% --stabilization 5m`,
 		Args: func(cmd *cobra.Command, args []string) error {
 			if len(args) != 1 {
 				return userErr("launch needs exactly one IMAGE, e.g. `micado launch micado/demo-web --role proxy`")
@@ -60,6 +66,15 @@ are NAME-1, NAME-2, ...`,
 			}
 			if req.Replicas < 1 {
 				return userErr("--replicas %d must be at least 1", req.Replicas)
+			}
+			if sf.given(cmd) {
+				var err error
+				if req.Scaling, err = sf.policy(); err != nil {
+					return err
+				}
+				if !cmd.Flags().Changed("replicas") {
+					req.Replicas = req.Scaling.Min
+				}
 			}
 			for _, p := range ports {
 				num, _, _ := strings.Cut(p, "/")
@@ -129,6 +144,7 @@ are NAME-1, NAME-2, ...`,
 	f.BoolVarP(&detach, "detach", "d", false, "return once the request is accepted")
 	f.DurationVar(&wait, "wait", 3*time.Minute, "how long to wait for the containers to pass")
 	f.BoolVar(&jsonOut, "json", false, "print the containers as JSON")
+	sf.add(cmd)
 	f.SortFlags = false
 	return cmd
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"image/png"
 	"io"
@@ -92,19 +93,33 @@ func dashboardProblems(dom, cluster, token string) []string {
 	want(!strings.Contains(dom, "needs the cluster"), "the page asks for a token although the URL carries one")
 	want(!strings.Contains(dom, token), "the token appears in the page")
 
+	// The autoscaling section: a card with a chart of scaled's last hour
+	// (at least one point, its replicas drawn), the workers per role, and
+	// no hint that no service has a policy.
+	auto := between(dom, `(?s)<section id="autoscale-panel"(.*?)</section>`)
+	want(strings.Contains(auto, `<article class="scaled" data-service="scaled" data-off="false">`), "the autoscaling section has no card for scaled")
+	want(strings.Contains(auto, "autoscale on") && strings.Contains(auto, "min 1 · max 3"), "scaled's card does not show autoscale on, min 1 and max 3")
+	want(strings.Contains(auto, "cpu target 80%") || strings.Contains(auto, "/ target 80%"), "scaled's card does not show its cpu target of 80%%")
+	chart := between(dom, `(?s)(<svg class="chart" data-service="scaled" data-points="[1-9]\d*".*?</svg>)`)
+	want(strings.Contains(chart, `<polyline class="l-replicas" points="`) && strings.Contains(chart, `class="dot d-replicas"`), "no chart of scaled's replicas with at least one point")
+	roles := between(dom, `(?s)(<svg class="chart roles-chart" data-chart="roles" data-points="[1-9]\d*".*?</svg>)`)
+	want(strings.Contains(roles, `data-series="proxy"`) && strings.Contains(roles, `data-series="app"`), "the workers per role chart has no line for proxy and app")
+	want(!strings.Contains(auto, "No service has a scaling policy"), "the autoscaling section says no service has a policy")
+
 	proxy, app := role("proxy"), role("app")
 	want(strings.Contains(proxy, `data-worker="w-1"`) && !strings.Contains(proxy, `data-worker="w-2"`), "w-1 (only) is not under role=proxy")
 	want(strings.Contains(app, `data-worker="w-2"`) && !strings.Contains(app, `data-worker="w-1"`), "w-2 (only) is not under role=app")
 
 	w1, w2 := worker("w-1"), worker("w-2")
 	want(strings.Contains(w1, `data-container="demo-web-1" data-state="running" data-health="passing"`), "demo-web-1 is not shown running and passing on w-1")
+	want(strings.Contains(w1, `data-container="scaled-1" data-state="running"`), "scaled-1 is not shown running on w-1")
 	want(strings.Contains(w2, `data-container="api-1" data-state="running"`) && strings.Contains(w2, `data-container="api-2" data-state="running"`), "api-1 and api-2 are not shown on w-2")
 	want(!strings.Contains(w1+w2, "big-1"), "the pending big-1 is shown on a worker")
-	// Memory: capacity, reserved (64 MiB on w-1, 400 MiB on w-2), used, and
-	// the bar's reserved part in proportion.
+	// Memory: capacity, reserved (2 × 64 MiB on w-1, 400 MiB on w-2), used,
+	// and the bar's reserved part in proportion.
 	for _, f := range []struct{ in, name, what string }{
-		{w1, "w-1", "reserved <b>64 MiB</b>"}, {w1, "w-1", "of <b>1 GiB</b>"}, {w1, "w-1", "free <b>857.6 MiB</b>"},
-		{w1, "w-1", `class="fig fig-used">used <b>`}, {w1, "w-1", `class="bar-reserved" style="width: 6.25%;"`},
+		{w1, "w-1", "reserved <b>128 MiB</b>"}, {w1, "w-1", "of <b>1 GiB</b>"}, {w1, "w-1", "free <b>793.6 MiB</b>"},
+		{w1, "w-1", `class="fig fig-used">used <b>`}, {w1, "w-1", `class="bar-reserved" style="width: 12.5%;"`},
 		{w2, "w-2", "reserved <b>400 MiB</b>"}, {w2, "w-2", "of <b>1 GiB</b>"}, {w2, "w-2", `class="bar-used`},
 	} {
 		want(strings.Contains(f.in, f.what), "%s does not show %q", f.name, f.what)
@@ -136,6 +151,10 @@ func TestDashboard(t *testing.T) {
 	token := strings.TrimSpace(string(tok))
 
 	c.mustMicado("launch", "micado/demo-web", "--role", "proxy", "--memory", "64MiB", "--port", "8080")
+	// A service with a scaling policy, for the autoscaling section; idle,
+	// it stays at its min of 1.
+	c.mustMicado("launch", "micado/demo-web", "--name", "scaled", "--role", "proxy", "--memory", "64MiB", "--port", "8080",
+		"--min", "1", "--max", "3", "--cpu", "80%")
 	c.mustMicado("launch", "micado/demo-web", "--name", "api", "--role", "app", "--memory", "200MiB", "--replicas", "2", "--port", "8080", "--health-path", "/health")
 	c.mustMicado("launch", "micado/demo-web", "--name", "big", "--role", "app", "--memory", "1GiB", "--port", "8080", "--detach")
 	eventually(t, time.Minute, "big-1 waits for the instance limit", func() (bool, string) {
@@ -145,6 +164,32 @@ func TestDashboard(t *testing.T) {
 			}
 		}
 		return false, "no big-1"
+	})
+
+	// The autoscaler (every 5 s) has drawn at least one point of scaled's
+	// hour and of the workers per role.
+	eventually(t, 30*time.Second, "the autoscaler has a point of scaled's last hour", func() (bool, string) {
+		req, err := http.NewRequest(http.MethodGet, st.Manager+"/v1/autoscale?history=1", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Authorization", "Bearer "+token)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return false, err.Error()
+		}
+		defer resp.Body.Close()
+		var v manager.AutoscaleView
+		if err := json.NewDecoder(resp.Body).Decode(&v); err != nil {
+			return false, resp.Status + ": " + err.Error()
+		}
+		for _, p := range v.Policies {
+			if p.Service == "scaled" {
+				return len(p.Series) > 0 && len(v.Roles["proxy"]) > 0 && len(v.Roles["app"]) > 0,
+					fmt.Sprintf("%d points of scaled, %d of role proxy, %d of role app", len(p.Series), len(v.Roles["proxy"]), len(v.Roles["app"]))
+			}
+		}
+		return false, fmt.Sprintf("no policy for scaled among %d", len(v.Policies))
 	})
 
 	var url string
@@ -183,7 +228,7 @@ func TestDashboard(t *testing.T) {
 	})
 
 	dir := t.TempDir()
-	t.Run("headless Chromium renders workers by role, containers, memory, pending reasons and events", func(t *testing.T) {
+	t.Run("headless Chromium renders autoscaling charts, workers by role, containers, memory, pending reasons and events", func(t *testing.T) {
 		var dom string
 		var bad []string
 		for try := 0; try < 3; try++ { // a slow first poll gets another go

@@ -66,7 +66,7 @@ in Consul so services find each other.`,
 	root.AddCommand(
 		upCmd(g), downCmd(g), launchCmd(g), psCmd(g), nodesCmd(g), stopCmd(g), consolidateCmd(g),
 		deployCmd(g), appsCmd(g), statusCmd(g), undeployCmd(g), validateCmd(), versionCmd(g),
-		eventsCmd(g), explainCmd(g), dashboardCmd(g),
+		eventsCmd(g), explainCmd(g), dashboardCmd(g), scaleCmd(g), autoscaleCmd(g),
 		managerCmd(), workerCmd(),
 	)
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {

@@ -112,8 +112,22 @@ much memory they have free, and why the container was put where it is.`,
 			if err := c.get(cmd.Context(), "/v1/containers/"+url.PathEscape(args[0])+"/explain", &ex); err != nil {
 				return err
 			}
+			// A service with a scaling policy: why it has the replicas it has.
+			var pol *manager.PolicyView
+			var pv manager.PolicyView
+			if c.get(cmd.Context(), "/v1/autoscale/"+url.PathEscape(args[0]), &pv) == nil {
+				pv.Series = nil
+				pol = &pv
+			}
 			if jsonOut {
+				if pol != nil {
+					return printJSON(cmd.OutOrStdout(), map[string]any{"containers": ex, "scaling": pol})
+				}
 				return printJSON(cmd.OutOrStdout(), ex)
+			}
+			if pol != nil {
+				printScaleExplanation(cmd.OutOrStdout(), *pol)
+				fmt.Fprintln(cmd.OutOrStdout())
 			}
 			for i, e := range ex {
 				if i > 0 {
@@ -126,6 +140,35 @@ much memory they have free, and why the container was put where it is.`,
 	}
 	cmd.Flags().BoolVar(&jsonOut, "json", false, "print JSON")
 	return cmd
+}
+
+// printScaleExplanation says why a scaled service has its replicas.
+func printScaleExplanation(w io.Writer, p manager.PolicyView) {
+	state := "on"
+	if p.Off {
+		state = "off: replicas change only by hand"
+	}
+	fmt.Fprintf(w, "%s has %d replicas (%d ready); scaling policy min %d, max %d, autoscaling %s.\n", p.Service, p.Replicas, p.Ready, p.Scaling.Min, p.Scaling.Max, state)
+	for _, m := range p.Metrics {
+		if m.Missing {
+			fmt.Fprintf(w, "  %s: no value (%s), so it is not scaled down\n", m.Name, orDash(m.Error))
+			continue
+		}
+		fmt.Fprintf(w, "  %s: %s against a target of %s", m.Name, fmtMetric(m.Name, m.Value), fmtMetric(m.Name, m.Target))
+		if m.Reported > 0 && m.Name != "query" {
+			fmt.Fprintf(w, " (mean of %d replicas)", m.Reported)
+		}
+		fmt.Fprintln(w)
+	}
+	for _, win := range p.Windows {
+		fmt.Fprintf(w, "  scheduled window active now: %s\n", win)
+	}
+	if p.Last != nil {
+		fmt.Fprintf(w, "Last decision: %s\n", p.Last.Reason)
+	}
+	if p.LastChange != nil {
+		fmt.Fprintf(w, "Last change: %d → %d at %s: %s\n", p.LastChange.Current, p.LastChange.Desired, p.LastChange.At.Local().Format("15:04:05"), p.LastChange.Reason)
+	}
 }
 
 func printExplanation(w io.Writer, e manager.Explanation) {
