@@ -195,11 +195,11 @@ func TestAutoscaleUnattendedFromSpikeToQuiet(t *testing.T) {
 	// after the window, then one worker again.
 	var rose, grew bool
 	for _, p := range timeline {
-		switch {
-		case p.phase == "load" && p.replicas > 1:
-			rose = true
-		case p.phase == "load" && p.workers == 2 && rose:
+		if p.phase == "load" && p.workers == 2 && rose {
 			grew = true
+		}
+		if p.phase == "load" && p.replicas > 1 {
+			rose = true
 		}
 	}
 	if !rose || !grew {
