@@ -555,6 +555,13 @@ func (l *leader) AppStatus(_ context.Context, name string) (AppStatus, error) {
 	}
 	for _, s := range app.Services {
 		ss := ServiceStatus{Name: s.Name, Service: consulName(app.Name, s.Name), Level: level[s.Name], DependsOn: s.DependsOn, Desired: s.Replicas}
+		if s.Scaling != nil {
+			// The autoscaler owns the count: what it has now, within
+			// the policy's bounds.
+			if members, _ := l.scaleMembers(ss.Service); len(members) > 0 {
+				ss.Desired = min(max(len(members), s.Scaling.Min), s.Scaling.Max)
+			}
+		}
 		for _, c := range l.store.Service(ss.Service) {
 			if c.State == StateStopping {
 				continue

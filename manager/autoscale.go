@@ -476,7 +476,7 @@ func (l *leader) decideService(ctx context.Context, p *PolicyRecord, now time.Ti
 	}
 	l.m.event(EventAutoscale, p.Service, "%d → %d replicas: %s", current, d.Desired, inputs)
 	l.m.log.Info("autoscale", "service", p.Service, "from", current, "to", d.Desired, "reason", d.Reason)
-	if err := l.setReplicas(ctx, p.Service, d.Desired); err != nil && ctx.Err() == nil {
+	if err := l.setReplicas(ctx, p.Service, d.Desired, true); err != nil && ctx.Err() == nil {
 		l.m.log.Warn("autoscale could not change the replicas", "service", p.Service, "err", err)
 		l.m.event(EventAutoscale, p.Service, "could not scale to %d: %v", d.Desired, err)
 	}
@@ -537,8 +537,10 @@ func (l *leader) pruneScaling(pols []*PolicyRecord) {
 
 // setReplicas brings a service to n replicas: new ones go through
 // placement like any launch (and so scale out instances when they do not
-// fit); removed ones are the pending ones first, then the newest.
-func (l *leader) setReplicas(ctx context.Context, service string, n int) error {
+// fit); removed ones are the pending ones first, then the newest. With
+// needPolicy, replicas are added only while the service still has its
+// policy (a stop removes it first).
+func (l *leader) setReplicas(ctx context.Context, service string, n int, needPolicy bool) error {
 	members, _ := l.scaleMembers(service)
 	switch {
 	case n > len(members):
@@ -546,7 +548,17 @@ func (l *leader) setReplicas(ctx context.Context, service string, n int) error {
 		if err != nil {
 			return err
 		}
-		_, err = l.admit(ctx, cs, nil, nil)
+		_, err = l.admit(ctx, cs, func(tx *Tx) error {
+			// The service may have been stopped (its policy removed)
+			// since the decision: then add nothing.
+			if needPolicy && tx.Policy(service) == nil {
+				return errStateChanged
+			}
+			return nil
+		}, nil)
+		if errors.Is(err, errStateChanged) {
+			return nil
+		}
 		return err
 	case n < len(members):
 		victims := append([]*Container(nil), members...)
@@ -613,7 +625,7 @@ func (l *leader) Scale(ctx context.Context, service string, req ScaleRequest) (P
 	if p, ok := l.store.Policy(service); ok && (req.Replicas < p.Scaling.Min || req.Replicas > p.Scaling.Max) {
 		return PolicyView{}, badRequest("%d replicas is outside %s's scaling policy (min %d, max %d): change the policy first", req.Replicas, service, p.Scaling.Min, p.Scaling.Max)
 	}
-	if err := l.setReplicas(ctx, service, req.Replicas); err != nil {
+	if err := l.setReplicas(ctx, service, req.Replicas, false); err != nil {
 		return PolicyView{}, err
 	}
 	a := l.scaler

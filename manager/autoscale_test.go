@@ -375,3 +375,26 @@ func TestNodeUsageAlertScalesOut(t *testing.T) {
 	}
 
 }
+
+// A scheduled window (a real cron expression) raises the minimum while it
+// lasts, with no metric at all.
+func TestAutoscaleScheduledWindow(t *testing.T) {
+	_, m, clock, round := autoscaleWorld(t)
+	if code, msg := m.launch(LaunchRequest{Image: "micado/demo-web", Name: "web", Role: "app", Memory: "64MiB",
+		Scaling: &definitions.Scaling{Min: 1, Max: 5, Schedule: []definitions.Window{{Cron: "* * * * *", Duration: "2m", Min: 3}}}}); code != http.StatusAccepted {
+		t.Fatalf("launch: %d %s", code, msg)
+	}
+	eventually(t, 5*time.Second, "web-1 passes", func() bool { return m.passing("web") == 1 })
+	if n := round(); n != 3 {
+		t.Fatalf("inside the window (min 3): %d replicas", n)
+	}
+	var v PolicyView
+	if code := m.do("GET", "/v1/autoscale/web", nil, &v); code != 200 || len(v.Windows) != 1 || v.Windows[0] != "* * * * *" ||
+		v.Last == nil || !strings.Contains(v.Last.Clamp, `schedule "* * * * *" min 3`) {
+		t.Fatalf("the view does not show the window: %d %+v %+v", code, v.Windows, v.Last)
+	}
+	clock.add(time.Second)
+	if n := round(); n != 3 {
+		t.Fatalf("still inside: %d replicas", n)
+	}
+}

@@ -29,14 +29,20 @@ func (l *leader) Launch(ctx context.Context, req LaunchRequest) (LaunchResponse,
 		return LaunchResponse{}, err
 	}
 	service := cs[0].Service
-	var pol *PolicyRecord
+	var withPolicy func(*Tx) error
 	if req.Scaling != nil {
 		if err := l.checkScaling(ctx, req.Scaling); err != nil {
 			return LaunchResponse{}, err
 		}
-		pol = &PolicyRecord{Service: service, App: req.App, Scaling: *req.Scaling, UpdatedAt: time.Now().UTC()}
+		pol := PolicyRecord{Service: service, App: req.App, Scaling: *req.Scaling, UpdatedAt: time.Now().UTC()}
+		// A new service's policy is written with its containers.
+		withPolicy = func(tx *Tx) error {
+			cp := pol
+			tx.PutPolicy(&cp)
+			return nil
+		}
 	}
-	return l.admit(ctx, cs, pol, func() error {
+	return l.admit(ctx, cs, withPolicy, func() error {
 		_, named := l.store.Container(service)
 		if len(l.store.Service(service)) > 0 || named || l.store.heldName("service:"+service) || l.store.heldName(service) {
 			return &RequestError{Status: http.StatusConflict,
@@ -50,7 +56,7 @@ func (l *leader) Launch(ctx context.Context, req LaunchRequest) (LaunchResponse,
 // those that wait for scale-out, refuses the whole set if any can never be
 // placed, writes them to the journal all at once, and only then starts
 // them. check may refuse the set given the current records.
-func (l *leader) admit(ctx context.Context, cs []*Container, pol *PolicyRecord, check func() error) (LaunchResponse, error) {
+func (l *leader) admit(ctx context.Context, cs []*Container, inTx func(*Tx) error, check func() error) (LaunchResponse, error) {
 	m := l.m
 	service := cs[0].Service
 	l.placeMu.Lock()
@@ -123,10 +129,8 @@ func (l *leader) admit(ctx context.Context, cs []*Container, pol *PolicyRecord, 
 				return err
 			}
 		}
-		if pol != nil {
-			// A new service's policy is written with its containers.
-			cp := *pol
-			tx.PutPolicy(&cp)
+		if inTx != nil {
+			return inTx(tx)
 		}
 		return nil
 	})

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math/rand/v2"
 	"net/http"
 	"strings"
 	"sync"
@@ -83,6 +84,47 @@ func startLoad(cl *consul.Client, service string, conc, burnMS int) *loadGen {
 			}
 		}(i)
 	}
+	return g
+}
+
+// startNoisyLoad is one client burning CPU in a service's replicas with
+// requests of ms±noise milliseconds and random pauses of up to a fifth of
+// that, so the load varies around its mean.
+func startNoisyLoad(cl *consul.Client, service string, ms int, noise float64) *loadGen {
+	ctx, cancel := context.WithCancel(context.Background())
+	g := &loadGen{cancel: cancel}
+	client := &http.Client{Timeout: 10 * time.Second}
+	rng := rand.New(rand.NewPCG(1, 2))
+	g.wg.Add(1)
+	go func() {
+		defer g.wg.Done()
+		var addrs []string
+		var refreshed time.Time
+		for n := 0; ctx.Err() == nil; n++ {
+			if time.Since(refreshed) > time.Second {
+				if es, _, err := cl.Health().Service(service, "", true, nil); err == nil {
+					addrs = addrs[:0]
+					for _, e := range es {
+						addrs = append(addrs, fmt.Sprintf("%s:%d", e.Service.Address, e.Service.Port))
+					}
+				}
+				refreshed = time.Now()
+			}
+			if len(addrs) == 0 {
+				time.Sleep(100 * time.Millisecond)
+				continue
+			}
+			burn := int(float64(ms) * (1 + noise*(2*rng.Float64()-1)))
+			req, _ := http.NewRequestWithContext(ctx, "GET", fmt.Sprintf("http://%s/burn?ms=%d", addrs[n%len(addrs)], burn), nil)
+			if r, err := client.Do(req); err == nil {
+				r.Body.Close()
+				g.mu.Lock()
+				g.ok++
+				g.mu.Unlock()
+			}
+			time.Sleep(time.Duration(rng.Float64() * float64(ms) / 5 * float64(time.Millisecond)))
+		}
+	}()
 	return g
 }
 

@@ -65,7 +65,16 @@ var rows = []row{
 	{"8. idle manager's Consul requests per minute, 1,000 containers", "BenchmarkIdleConsulRequests", "req/min-1000", perMin, "", nil},
 	{"8. idle manager's Consul requests per minute, 1,000 containers, 5 dashboards", "BenchmarkIdleConsulRequests", "req/min-1000-dashboards", perMin, "", nil},
 	{"8. kill -9 of the leader → standby's first reconcile (median)", "BenchmarkFailover", "failover-ms", ms, "≤ 15 s", atMost(15000)},
+	{"9. load step → first new replica passing in Consul (median of 5)", "BenchmarkAutoscaleReaction", "reaction-ms", ms, "≤ 20 s", atMost(20000)},
+	{"9. scale changes in 10 min of steady noisy load, Docker", "BenchmarkAutoscaleSteady", "changes-10m", count, "0", atMost(0)},
+	{"9. scale changes after 1 min, steady load ±20% noise, simulated, 3.3 cores", "BenchmarkAutoscaleStability/load=3.3", "changes-after-1m", count, "0", atMost(0)},
+	{"9. scale changes after 1 min, steady load ±20% noise, simulated, 7.7 cores", "BenchmarkAutoscaleStability/load=7.7", "changes-after-1m", count, "0", atMost(0)},
+	{"9. simulated day: node-hours / provisioned for the spike all day", "BenchmarkSimulatedDay", "node-hours/peak-provisioned", ratio, "", nil},
+	{"9. simulated day: node-hours / provisioned for the daily peak", "BenchmarkSimulatedDay", "node-hours/diurnal-peak-provisioned", ratio, "", nil},
+	{"9. simulated day: minutes a replica was above its target by > 50%", "BenchmarkSimulatedDay", "overloaded-min", count, "", nil},
 }
+
+func count(v float64) string { return fmt.Sprintf("%.0f", v) }
 
 func perMin(v float64) string { return fmt.Sprintf("%.0f/min", v) }
 
