@@ -29,9 +29,9 @@ const (
 	// sized for, it catches a typo (10000) before it asks the cloud for
 	// hundreds of instances.
 	MaxReplicas = 1000
-	// MaxCPUTarget is 6400%, 64 cores per replica, the largest common
-	// instance: more is a mistake of units (millicores for percent).
-	MaxCPUTarget = 6400
+	// MaxCPUTarget is 100%: a replica is asked to keep at most one core
+	// busy on average (as definitions.MaxCPUTarget).
+	MaxCPUTarget = 100
 	// MaxStabilization is the HPA's bound too: a longer window keeps
 	// unneeded replicas, and their instances, for hours.
 	MaxStabilization = time.Hour

@@ -13,9 +13,10 @@ import (
 
 // Limits of a scaling policy.
 const (
-	// MaxCPUTarget bounds the cpu target: 6400% is 64 cores per replica,
-	// more than any instance type micado knows offers to one container.
-	MaxCPUTarget = 6400
+	// MaxCPUTarget bounds the cpu target: a replica is asked to keep at
+	// most one core busy on average (docker stats' 100%); a target above
+	// it would let a saturated replica look on target.
+	MaxCPUTarget = 100
 	// MaxQueryLength bounds a PromQL query kept in a policy.
 	MaxQueryLength = 4096
 	// MaxWindows bounds the scheduled windows of one policy.
@@ -36,8 +37,7 @@ const (
 //   - min, max (required): the replicas the service keeps, 1 ≤ min ≤ max ≤
 //     1000.
 //   - cpu (optional): target mean CPU per replica in % of one core, as
-//     docker stats shows it ("60%", or 60); above 100% for containers
-//     that use several cores.
+//     docker stats shows it ("60%", or 60), above 0% and at most 100%.
 //   - memory (optional): target mean memory used per replica, in % of its
 //     memory request ("70%"), at most 100%.
 //   - query, per_replica (optional, together): a PromQL query read from the
@@ -133,7 +133,7 @@ func (s *Scaling) Problems() []string {
 		bad("min", "%d is above max %d", s.Min, s.Max)
 	}
 	if s.CPU != 0 && (s.CPU < 0 || s.CPU > MaxCPUTarget || math.IsNaN(s.CPU)) {
-		bad("cpu", "must be above 0%% and at most %d%% (%% of one core per replica), not %g%%", MaxCPUTarget, s.CPU)
+		bad("cpu", "must be above 0%% and at most %d%% (of one core per replica), not %g%%", MaxCPUTarget, s.CPU)
 	}
 	if s.Memory != 0 && (s.Memory < 0 || s.Memory > 100 || math.IsNaN(s.Memory)) {
 		bad("memory", "must be above 0%% and at most 100%% of the memory request, not %g%%", s.Memory)
@@ -286,6 +286,10 @@ func (p *parser) scaling(raw *yaml.Node, path string) *Scaling {
 		n := deref(v.val)
 		if n.Kind == yaml.ScalarNode && (n.ShortTag() == "!!int" || n.ShortTag() == "!!float" || n.ShortTag() == "!!str") {
 			if x, err := ParsePercent(n.Value); err == nil {
+				if x <= 0 {
+					p.report(v.val.Line, path+"."+name, "must be above 0%%, not %s (leave it out to not scale on %s)", q(n.Value), name)
+					valid = false
+				}
 				return x
 			}
 		}

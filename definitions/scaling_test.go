@@ -43,7 +43,8 @@ func TestParseScalingProblems(t *testing.T) {
 	head := "application: shop\nservices:\n  app:\n    image: micado/demo-web\n    role: app\n"
 	for _, tc := range []struct{ name, body, want string }{
 		{"min above max", "    scaling: {min: 5, max: 2, cpu: 60%}\n", "x.yaml:6: services.app.scaling.min: 5 is above max 2"},
-		{"target zero", "    scaling: {min: 1, max: 2, cpu: 0%}\n", "services.app.scaling: needs a metric to scale on"},
+		{"target zero", "    scaling: {min: 1, max: 2, cpu: 0%}\n", "services.app.scaling.cpu: must be above 0%, not '0%'"},
+		{"cpu over 100", "    scaling: {min: 1, max: 2, cpu: 150%}\n", "services.app.scaling.cpu: must be above 0% and at most 100% (of one core per replica), not 150%"},
 		{"negative target", "    scaling: {min: 1, max: 2, cpu: -5%}\n", "services.app.scaling.cpu: must be above 0%"},
 		{"memory over 100", "    scaling: {min: 1, max: 2, memory: 120%}\n", "services.app.scaling.memory: must be above 0% and at most 100% of the memory request, not 120%"},
 		{"not a percentage", "    scaling: {min: 1, max: 2, cpu: lots}\n", "services.app.scaling.cpu: 'lots' is not a percentage"},
@@ -74,7 +75,7 @@ func TestScalingProblemsFromTheAPI(t *testing.T) {
 	// The same checks serve policies that come from the CLI or the API.
 	s := &Scaling{Min: 3, Max: 2, CPU: 7000}
 	err := s.Validate()
-	if err == nil || !strings.Contains(err.Error(), "min: 3 is above max 2") || !strings.Contains(err.Error(), "cpu: must be above 0% and at most 6400%") {
+	if err == nil || !strings.Contains(err.Error(), "min: 3 is above max 2") || !strings.Contains(err.Error(), "cpu: must be above 0% and at most 100%") {
 		t.Fatalf("Validate = %v", err)
 	}
 	ok := &Scaling{Min: 1, Max: 3, Schedule: []Window{{Cron: "0 8 * * 1-5", Duration: "10h", Min: 2}}}

@@ -203,7 +203,7 @@ func TestAutoscaleOffScaleAndBadPolicies(t *testing.T) {
 	}{
 		{definitions.Scaling{Min: 5, Max: 2, CPU: 50}, "min: 5 is above max 2"},
 		{definitions.Scaling{Min: 1, Max: 2}, "needs a metric to scale on"},
-		{definitions.Scaling{Min: 1, Max: 2, CPU: 7000}, "cpu: must be above 0% and at most 6400%"},
+		{definitions.Scaling{Min: 1, Max: 2, CPU: 150}, "cpu: must be above 0% and at most 100%"},
 		{definitions.Scaling{Min: 1, Max: 2, Memory: 120}, "memory: must be above 0% and at most 100%"},
 		{definitions.Scaling{Min: 1, Max: 2, Query: "up", PerReplica: 10}, "the manager has no Prometheus"},
 		{definitions.Scaling{Min: 1, Max: 2, Query: "sum(rate(x[1m])", PerReplica: 10}, `has an unclosed "("`},

@@ -29,7 +29,7 @@ func (s *scalingFlags) add(cmd *cobra.Command) {
 	f := cmd.Flags()
 	f.IntVar(&s.min, "min", 0, "autoscale: the fewest replicas")
 	f.IntVar(&s.max, "max", 0, "autoscale: the most replicas")
-	f.StringVar(&s.cpu, "cpu", "", "autoscale: target mean CPU per replica, % of one core (e.g. 60%)")
+	f.StringVar(&s.cpu, "cpu", "", "autoscale: target mean CPU per replica, % of one core, up to 100% (e.g. 60%)")
 	f.StringVar(&s.memory, "memory-target", "", "autoscale: target mean memory used per replica, % of --memory (e.g. 70%)")
 	f.StringVar(&s.query, "query", "", "autoscale: PromQL query read from the manager's --prometheus")
 	f.Float64Var(&s.perReplica, "per-replica", 0, "autoscale: the value of --query each replica should carry")
@@ -55,10 +55,16 @@ func (s *scalingFlags) policy() (*definitions.Scaling, error) {
 		if p.CPU, err = definitions.ParsePercent(s.cpu); err != nil {
 			return nil, userErr("--cpu: %v", err)
 		}
+		if p.CPU <= 0 {
+			return nil, userErr("--cpu %s: the target must be above 0%%", s.cpu)
+		}
 	}
 	if s.memory != "" {
 		if p.Memory, err = definitions.ParsePercent(s.memory); err != nil {
 			return nil, userErr("--memory-target: %v", err)
+		}
+		if p.Memory <= 0 {
+			return nil, userErr("--memory-target %s: the target must be above 0%%", s.memory)
 		}
 	}
 	for _, w := range s.schedule {

@@ -25,6 +25,8 @@ func TestScalingFlags(t *testing.T) {
 		{scalingFlags{min: 5, max: 2, cpu: "60%"}, "--min: 5 is above max 2"},
 		{scalingFlags{min: 1, max: 2, cpu: "lots"}, `--cpu: "lots" is not a percentage`},
 		{scalingFlags{min: 1, max: 2}, "the scaling flags: needs a metric to scale on"},
+		{scalingFlags{min: 1, max: 2, cpu: "0%"}, "--cpu 0%: the target must be above 0%"},
+		{scalingFlags{min: 1, max: 2, cpu: "150%"}, "--cpu: must be above 0% and at most 100%"},
 		{scalingFlags{min: 1, max: 2, memory: "150%"}, "--memory-target: must be above 0% and at most 100%"},
 		{scalingFlags{min: 1, max: 2, query: "up"}, "--per-replica: is required with query"},
 		{scalingFlags{min: 1, max: 3, schedule: []string{"0 8 * * 1-5 10h min 4"}}, `write it as "CRON for DURATION min N [max N]"`},
