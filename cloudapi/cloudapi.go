@@ -38,6 +38,7 @@ import (
 	"math/big"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -96,6 +97,10 @@ type InstanceType struct {
 	// OpenStack flavor; empty for the docker provider or when the provider's
 	// own configuration maps Name.
 	ProviderType string
+	// Price is what one instance costs per hour, in the user's currency
+	// (from --instance-prices); 0 when unknown. Scale-out and consolidation
+	// minimise it; with no prices every type counts the same per instance.
+	Price float64
 }
 
 // String renders the type like the ParseInstanceTypes syntax.
@@ -348,6 +353,49 @@ func ParseInstanceTypes(s string) ([]InstanceType, error) {
 		types = append(types, InstanceType{Name: name, Memory: mem, ProviderType: strings.TrimSpace(ptype)})
 	}
 	return types, nil
+}
+
+// ApplyPrices sets the price per hour of instance types from a
+// comma-separated list NAME=PRICE, e.g. "small=0.0104,large=0.0832" (the
+// --instance-prices flag). Every name must be one of types; a type not
+// listed keeps price 0. Prices are numbers of at least 0. On an error
+// types are left as they were.
+func ApplyPrices(types []InstanceType, s string) error {
+	if strings.TrimSpace(s) == "" {
+		return nil
+	}
+	out := append([]InstanceType(nil), types...)
+	idx := map[string]int{}
+	for i, t := range types {
+		idx[t.Name] = i
+	}
+	seen := map[string]bool{}
+	for entry := range strings.SplitSeq(s, ",") {
+		name, v, ok := strings.Cut(strings.TrimSpace(entry), "=")
+		name = strings.TrimSpace(name)
+		if !ok || name == "" {
+			return fmt.Errorf("cloudapi: instance price %q: want NAME=PRICE, e.g. small=0.0104", entry)
+		}
+		i, known := idx[name]
+		if !known {
+			names := make([]string, len(types))
+			for j, t := range types {
+				names[j] = t.Name
+			}
+			return fmt.Errorf("cloudapi: instance price %q: no instance type %q (types: %s)", entry, name, strings.Join(names, ", "))
+		}
+		if seen[name] {
+			return fmt.Errorf("cloudapi: instance price for %q given twice", name)
+		}
+		seen[name] = true
+		price, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+		if err != nil || math.IsNaN(price) || math.IsInf(price, 0) || price < 0 {
+			return fmt.Errorf("cloudapi: instance price %q: %q is not a price per hour (a number of at least 0)", entry, strings.TrimSpace(v))
+		}
+		out[i].Price = price
+	}
+	copy(types, out)
+	return nil
 }
 
 // SmallestFitting returns the type with the least memory whose usable memory,

@@ -187,3 +187,27 @@ func TestLabels(t *testing.T) {
 		}
 	}
 }
+
+func TestApplyPrices(t *testing.T) {
+	types, err := ParseInstanceTypes("small=512MiB,large=2GiB@t3.medium")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ApplyPrices(types, "small=0.0104, large=0.0416"); err != nil {
+		t.Fatal(err)
+	}
+	if types[0].Price != 0.0104 || types[1].Price != 0.0416 {
+		t.Fatalf("prices %v %v", types[0].Price, types[1].Price)
+	}
+	for in, want := range map[string]string{
+		"tiny=1":          `no instance type "tiny" (types: small, large)`,
+		"small=cheap":     `"cheap" is not a price per hour`,
+		"small=-1":        `"-1" is not a price per hour`,
+		"small=1,small=2": `given twice`,
+		"small":           `want NAME=PRICE`,
+	} {
+		if err := ApplyPrices(types, in); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("ApplyPrices(%q) = %v, want %q", in, err, want)
+		}
+	}
+}

@@ -72,6 +72,9 @@ type Config struct {
 	Consolidate coordinator.ConsolidateOptions
 	// MoveTimeout bounds one make-before-break move (default 2 min).
 	MoveTimeout time.Duration
+	// DrainDeadline bounds the draining of one worker (default 10 min):
+	// past it the move in progress is rolled back and the worker kept.
+	DrainDeadline time.Duration
 	// RevalidateDelay separates the two plans of an unattended round.
 	RevalidateDelay time.Duration
 
@@ -173,6 +176,9 @@ func (c *Config) defaults() error {
 	}
 	if c.MoveTimeout == 0 {
 		c.MoveTimeout = DefaultMoveTimeout
+	}
+	if c.DrainDeadline == 0 {
+		c.DrainDeadline = DefaultDrainDeadline
 	}
 	if c.RevalidateDelay == 0 {
 		c.RevalidateDelay = DefaultRevalidateDelay

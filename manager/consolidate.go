@@ -20,6 +20,11 @@ const (
 	// DefaultMoveTimeout bounds one make-before-break move: starting the
 	// new copy and waiting for its Consul check to pass.
 	DefaultMoveTimeout = 2 * time.Minute
+	// DefaultDrainDeadline bounds the draining of one worker: a drain
+	// still moving containers after it rolls the move in progress back
+	// and keeps the worker, so a stuck drain never holds a worker half
+	// empty (and its moves' capacity reserved) for long.
+	DefaultDrainDeadline = 10 * time.Minute
 	// DefaultRevalidateDelay: an unattended round decides, waits this
 	// long, decides again on a fresh snapshot, and acts only if both
 	// agree (karpenter does the same), so a plan made on a passing dip or
@@ -265,8 +270,14 @@ func (l *leader) drain(ctx context.Context, node string, moves []coordinator.Mov
 	l.setDraining(node, "scale-in")
 	m.log.Info("draining for scale-in", "worker", node, "moves", len(moves))
 	m.event(EventScaleIn, node, "draining for scale-in: %d containers to move", len(moves))
+	dctx, cancel := context.WithTimeoutCause(ctx, m.cfg.DrainDeadline,
+		fmt.Errorf("the drain deadline of %s passed", m.cfg.DrainDeadline))
+	defer cancel()
 	for _, mv := range moves {
-		if err := l.move(ctx, mv); err != nil {
+		if err := l.move(dctx, mv); err != nil {
+			if cause := context.Cause(dctx); cause != nil && ctx.Err() == nil {
+				err = fmt.Errorf("%w (%w)", err, cause)
+			}
 			l.setDraining(node, "")
 			err = fmt.Errorf("moving %s from %s to %s failed, so %s stays: %w", mv.Container, mv.From, mv.To, node, err)
 			m.log.Warn("scale-in aborted", "worker", node, "err", err)
@@ -401,6 +412,15 @@ func (l *leader) move(ctx context.Context, mv coordinator.Move) error {
 		delete(l.cons.moving, name)
 		l.cons.stateMu.Unlock()
 	}()
+	// Disruption guard: a service with a replica that should pass but
+	// does not is not disturbed further; moves are make-before-break and
+	// one at a time, so a healthy service never has fewer passing
+	// replicas during them.
+	if cur, ok := l.store.Container(name); ok {
+		if why := l.degraded(cur.Service, name); why != "" {
+			return fmt.Errorf("%s is not moved now: %s", name, why)
+		}
+	}
 	c, err := l.store.Modify(ctx, name, func(c *Container) error {
 		if c.State != StateRunning || c.Node != mv.From || c.Move != nil {
 			return fmt.Errorf("%s is no longer running on %s", name, mv.From)
@@ -458,6 +478,26 @@ func (l *leader) move(ctx context.Context, mv coordinator.Move) error {
 	m.log.Info("moved", "container", name, "from", old.Node, "to", next.Node)
 	m.event(EventMoved, name, "moved from %s to %s: the new copy passed before the old one stopped", old.Node, next.Node)
 	return nil
+}
+
+// degraded says why a service is short of passing replicas (leaving out
+// the container about to move), or "" when every other running replica
+// passes.
+func (l *leader) degraded(service, except string) string {
+	want, passing := 0, 0
+	for _, c := range l.store.Service(service) {
+		if c.Name == except || c.State != StateRunning {
+			continue
+		}
+		want++
+		if l.health(c) == HealthPassing {
+			passing++
+		}
+	}
+	if passing < want {
+		return fmt.Sprintf("service %s has %d of its other %d running replicas passing", service, passing, want)
+	}
+	return ""
 }
 
 // undoMove stops a move's new copy and clears the mark; the old copy

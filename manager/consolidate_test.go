@@ -152,3 +152,49 @@ func TestUnattendedRoundsRunOnSchedule(t *testing.T) {
 		return false
 	})
 }
+
+// A service with a running replica that does not pass is not disturbed
+// by a move; a drain past its deadline rolls the move in progress back.
+func TestConsolidateDisruptionGuards(t *testing.T) {
+	w, m := consolidationWorld(t)
+	// web-1 and web-2 run on different workers; make the one that stays
+	// fail its check: moving the other would leave web with none passing.
+	var dry ConsolidateResult
+	if code := m.do("POST", "/v1/consolidate", ConsolidateRequest{DryRun: true}, &dry); code != 200 || len(dry.Plan.Moves) != 1 {
+		t.Fatalf("dry run: %d %+v", code, dry)
+	}
+	moving := dry.Plan.Moves[0].Container
+	other := "web-1"
+	if moving == "web-1" {
+		other = "web-2"
+	}
+	w.reg.mu.Lock()
+	w.reg.critical[other] = true
+	w.reg.bump()
+	w.reg.mu.Unlock()
+	eventually(t, 5*time.Second, "the manager sees "+other+" failing", func() bool { return m.passing("web") == 1 })
+	var res ConsolidateResult
+	if code := m.do("POST", "/v1/consolidate", nil, &res); code != 200 || res.Outcome != "failed" ||
+		!strings.Contains(res.Error, "is not moved now: service web has 0 of its other 1 running replicas passing") {
+		t.Fatalf("round with a degraded service: %d %+v", code, res)
+	}
+	w.reg.mu.Lock()
+	delete(w.reg.critical, other)
+	w.reg.critical[moving+".g1"] = true // the new copy never passes
+	w.reg.bump()
+	w.reg.mu.Unlock()
+	eventually(t, 5*time.Second, "both pass again", func() bool { return m.passing("web") == 2 })
+	m.cfg.MoveTimeout = time.Minute
+	m.cfg.DrainDeadline = 300 * time.Millisecond
+	if code := m.do("POST", "/v1/consolidate", nil, &res); code != 200 || res.Outcome != "failed" || !strings.Contains(res.Error, "the drain deadline of 300ms passed") {
+		t.Fatalf("round past the drain deadline: %d %+v", code, res)
+	}
+	eventually(t, 5*time.Second, "the move is rolled back", func() bool {
+		for _, c := range m.ps() {
+			if c.Move != nil {
+				return false
+			}
+		}
+		return m.passing("web") == 2
+	})
+}

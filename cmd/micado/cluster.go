@@ -79,6 +79,7 @@ func upCmd(g *globals) *cobra.Command {
 		managers  int
 		servers   int
 		prom      string
+		prices    string
 		alertCPU  string
 		alertMem  string
 		alertFor  time.Duration
@@ -129,8 +130,12 @@ roots).`,
 			if provider != "docker" && provider != "none" {
 				return userErr("--provider %q: a local cluster scales out with docker, or not at all (none)", provider)
 			}
-			if _, err := cloudapi.ParseInstanceTypes(types); err != nil {
+			its, err := cloudapi.ParseInstanceTypes(types)
+			if err != nil {
 				return userErr("--instance-types: %v", err)
+			}
+			if err := cloudapi.ApplyPrices(its, prices); err != nil {
+				return userErr("--instance-prices: %v", err)
 			}
 			if schedule != "off" {
 				if _, err := cron.ParseStandard(schedule); err != nil {
@@ -158,7 +163,7 @@ roots).`,
 			return up(ctx, cmd, g, upOptions{tls: tlsFiles, workers: workers, managers: managers, consulServers: servers, roles: rs, memory: mem, strategy: strategy,
 				provider: provider, types: types, maxTotal: maxTotal, maxPerRole: maxRole, joinTimeout: joinWait, scaleImage: scaleImg,
 				schedule: schedule, scaleInDelay: siDelay, unneeded: unneeded, minPerRole: minRole,
-				prometheus: prom, alertCPU: alertCPU, alertMem: alertMem, alertFor: alertFor})
+				prometheus: prom, alertCPU: alertCPU, alertMem: alertMem, alertFor: alertFor, prices: prices})
 		},
 	}
 	cmd.Flags().IntVar(&workers, "workers", 2, "number of worker agents")
@@ -178,6 +183,7 @@ roots).`,
 	cmd.Flags().StringVar(&minRole, "min-per-role", "", "workers kept per role, e.g. proxy=1 (default: 1 for each of --roles)")
 	cmd.Flags().StringVar(&scaleImg, "scale-image", "", "image new workers run (default: the micado image)")
 	cmd.Flags().DurationVar(&joinWait, "join-timeout", manager.DefaultJoinTimeout, "how long a new worker may take to join before it is removed")
+	cmd.Flags().StringVar(&prices, "instance-prices", "", "price per hour of instance types NAME=PRICE, e.g. small=0.01,medium=0.02,large=0.04")
 	cmd.Flags().StringVar(&prom, "prometheus", "", "Prometheus HTTP API `URL` that scaling queries read, as the manager containers reach it (the host is the cluster network's gateway)")
 	cmd.Flags().StringVar(&alertCPU, "node-cpu-alert", "", "node usage alert: a role whose workers use more than this % of their CPU for --alert-for gets one more instance (e.g. 80%)")
 	cmd.Flags().StringVar(&alertMem, "node-memory-alert", "", "node usage alert on the memory really used, % of the workers' capacity (e.g. 85%)")
@@ -273,6 +279,7 @@ type upOptions struct {
 	minPerRole    string
 	tls           *upTLS // nil: the API speaks plain HTTP
 	prometheus    string
+	prices        string
 	alertCPU      string
 	alertMem      string
 	alertFor      time.Duration
@@ -505,6 +512,9 @@ func up(ctx context.Context, cmd *cobra.Command, g *globals, o upOptions) (err e
 		}
 		if o.prometheus != "" {
 			args = append(args, "--prometheus", o.prometheus)
+		}
+		if o.prices != "" {
+			args = append(args, "--instance-prices", o.prices)
 		}
 		if o.alertCPU != "" {
 			args = append(args, "--node-cpu-alert", o.alertCPU)

@@ -27,6 +27,8 @@ type providerFlags struct {
 	lostTimeout time.Duration
 	joinAddr    string
 
+	prices string
+
 	dockerNetwork, dockerImage, dockerPublish, dockerSocket string
 
 	ec2Region, ec2Endpoint, ec2AMI, ec2Subnet, ec2Groups, ec2Key string
@@ -38,6 +40,7 @@ func (p *providerFlags) register(cmd *cobra.Command) {
 	f := cmd.Flags()
 	f.StringVar(&p.provider, "provider", "none", "cloud provider for scale-out: none, docker, ec2 or openstack")
 	f.StringVar(&p.types, "instance-types", DefaultInstanceTypes, "instance types NAME=SIZE[@PROVIDER_TYPE], comma-separated")
+	f.StringVar(&p.prices, "instance-prices", "", "price per hour of instance types NAME=PRICE, comma-separated, e.g. small=0.0104,large=0.0416 (scale-out and consolidation minimise cost)")
 	f.StringVar(&p.roles, "scale-roles", "", "roles scale-out may create workers for, comma-separated (default: any)")
 	f.IntVar(&p.maxTotal, "max-instances", 10, "most workers in the cluster, booting ones included (0 = no limit)")
 	f.IntVar(&p.maxPerRole, "max-per-role", 5, "most workers of one role (0 = no limit)")
@@ -69,6 +72,9 @@ func (p *providerFlags) apply(ctx context.Context, cfg *manager.Config, keyB64 s
 	types, err := cloudapi.ParseInstanceTypes(p.types)
 	if err != nil {
 		return userErr("--instance-types: %v", err)
+	}
+	if err := cloudapi.ApplyPrices(types, p.prices); err != nil {
+		return userErr("--instance-prices: %v", err)
 	}
 	if p.maxTotal < 0 || p.maxPerRole < 0 {
 		return userErr("--max-instances and --max-per-role must not be negative")

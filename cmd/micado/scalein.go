@@ -23,6 +23,7 @@ type scaleInFlags struct {
 	minPerRole  string
 	maxNonEmpty int
 	moveTimeout time.Duration
+	drainDL     time.Duration
 	revalidate  time.Duration
 }
 
@@ -35,6 +36,7 @@ func (s *scaleInFlags) register(cmd *cobra.Command) {
 	f.StringVar(&s.minPerRole, "min-per-role", "", "workers kept per role, e.g. proxy=1,app=2")
 	f.IntVar(&s.maxNonEmpty, "max-drain-per-round", coordinator.DefaultMaxNonEmptyPerRound, "workers with containers drained per round (empty ones may all go)")
 	f.DurationVar(&s.moveTimeout, "move-timeout", manager.DefaultMoveTimeout, "how long one move may take to pass its check")
+	f.DurationVar(&s.drainDL, "drain-deadline", manager.DefaultDrainDeadline, "how long draining one worker may take; past it the move in progress is rolled back and the worker kept")
 	f.DurationVar(&s.revalidate, "revalidate-delay", manager.DefaultRevalidateDelay, "an unattended round re-plans after this delay and acts only if the plan holds")
 }
 
@@ -47,7 +49,7 @@ func (s *scaleInFlags) apply(cfg *manager.Config) error {
 	if s.threshold <= 0 || s.threshold > 1 {
 		return userErr("--scale-in-threshold %.2f must be above 0 and at most 1", s.threshold)
 	}
-	if s.delay < 0 || s.unneeded < 0 || s.moveTimeout <= 0 || s.revalidate < 0 {
+	if s.delay < 0 || s.unneeded < 0 || s.moveTimeout <= 0 || s.drainDL <= 0 || s.revalidate < 0 {
 		return userErr("scale-in durations must not be negative")
 	}
 	if s.maxNonEmpty < 1 {
@@ -61,6 +63,7 @@ func (s *scaleInFlags) apply(cfg *manager.Config) error {
 	cfg.Consolidate = coordinator.ConsolidateOptions{Threshold: s.threshold, DelayAfterAdd: s.delay, UnneededTime: s.unneeded,
 		MinPerRole: mins, MaxNonEmpty: s.maxNonEmpty}
 	cfg.MoveTimeout = s.moveTimeout
+	cfg.DrainDeadline = s.drainDL
 	cfg.RevalidateDelay = s.revalidate
 	if s.revalidate == 0 {
 		cfg.RevalidateDelay = time.Nanosecond
