@@ -72,6 +72,10 @@ type Config struct {
 	Consolidate coordinator.ConsolidateOptions
 	// MoveTimeout bounds one make-before-break move (default 2 min).
 	MoveTimeout time.Duration
+	// ConsolidateWindows are maintenance windows: when any are given,
+	// unattended rounds outside all of them only remove empty workers
+	// (no container is moved). Manual rounds are not bound by them.
+	ConsolidateWindows []coordinator.ScheduleWindow
 	// DrainDeadline bounds the draining of one worker (default 10 min):
 	// past it the move in progress is rolled back and the worker kept.
 	DrainDeadline time.Duration

@@ -230,6 +230,9 @@ func (l *leader) planRound(manual, track bool) coordinator.ConsolidationPlan {
 	nodes := l.consolidationInput()
 	now := time.Now()
 	plan := coordinator.PlanConsolidation(nodes, now, l.m.consolidateOptions(manual))
+	if ws := l.m.cfg.ConsolidateWindows; !manual && len(ws) > 0 && len(coordinator.ActiveWindows(ws, now)) == 0 {
+		plan = emptyOnly(plan, ws)
+	}
 	if track {
 		l.cons.stateMu.Lock()
 		still := map[string]bool{}
@@ -247,6 +250,31 @@ func (l *leader) planRound(manual, track bool) coordinator.ConsolidationPlan {
 		l.cons.stateMu.Unlock()
 	}
 	return plan
+}
+
+// emptyOnly keeps from a plan only what disrupts nothing: the removal of
+// workers with no container to move. The others wait for a maintenance
+// window, and say so.
+func emptyOnly(p coordinator.ConsolidationPlan, ws []coordinator.ScheduleWindow) coordinator.ConsolidationPlan {
+	movesFrom := map[string]bool{}
+	for _, mv := range p.Moves {
+		movesFrom[mv.From] = true
+	}
+	specs := make([]string, len(ws))
+	for i, w := range ws {
+		specs[i] = fmt.Sprintf("%q for %s", w.Spec, w.Duration)
+	}
+	out := p
+	out.Remove, out.Moves = nil, nil
+	for _, w := range p.Remove {
+		if movesFrom[w] {
+			out.Skipped = append(out.Skipped, coordinator.Skip{Worker: w,
+				Reason: "its containers would move, and unattended moves wait for a maintenance window (" + strings.Join(specs, ", ") + ")"})
+			continue
+		}
+		out.Remove = append(out.Remove, w)
+	}
+	return out
 }
 
 func samePlan(a, b coordinator.ConsolidationPlan) bool {

@@ -1,12 +1,15 @@
 package manager
 
 import (
+	"fmt"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/micado-scale/micado/cloudapi"
+	"github.com/micado-scale/micado/coordinator"
+	"github.com/micado-scale/micado/definitions"
 )
 
 // consolidationWorld has two app workers known to the cloud, with one
@@ -197,4 +200,27 @@ func TestConsolidateDisruptionGuards(t *testing.T) {
 		}
 		return m.passing("web") == 2
 	})
+}
+
+// Outside every maintenance window an unattended plan keeps only the
+// removal of empty workers; the others say why they wait.
+func TestEmptyOnlyOutsideMaintenanceWindows(t *testing.T) {
+	sch, err := definitions.ParseCron("0 2 * * *")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ws := []coordinator.ScheduleWindow{{Spec: "0 2 * * *", Schedule: sch, Duration: 3 * time.Hour}}
+	plan := coordinator.ConsolidationPlan{Remove: []string{"w-1", "w-2"},
+		Moves: []coordinator.Move{{Container: "web-1", From: "w-2", To: "w-3"}}}
+	got := emptyOnly(plan, ws)
+	if fmt.Sprint(got.Remove) != "[w-1]" || len(got.Moves) != 0 || len(got.Skipped) != 1 || got.Skipped[0].Worker != "w-2" ||
+		!strings.Contains(got.Skipped[0].Reason, `wait for a maintenance window ("0 2 * * *" for 3h0m0s)`) {
+		t.Fatalf("emptyOnly: %+v", got)
+	}
+	if active := coordinator.ActiveWindows(ws, time.Date(2026, 12, 2, 3, 0, 0, 0, time.UTC)); len(active) != 1 {
+		t.Fatal("03:00 is inside the 02:00 + 3h window")
+	}
+	if active := coordinator.ActiveWindows(ws, time.Date(2026, 12, 2, 6, 0, 0, 0, time.UTC)); len(active) != 0 {
+		t.Fatal("06:00 is outside the 02:00 + 3h window")
+	}
 }

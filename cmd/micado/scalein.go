@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/micado-scale/micado/coordinator"
+	"github.com/micado-scale/micado/definitions"
 	"github.com/micado-scale/micado/manager"
 	"github.com/robfig/cron/v3"
 	"github.com/spf13/cobra"
@@ -25,6 +26,7 @@ type scaleInFlags struct {
 	moveTimeout time.Duration
 	drainDL     time.Duration
 	revalidate  time.Duration
+	windows     []string
 }
 
 func (s *scaleInFlags) register(cmd *cobra.Command) {
@@ -36,6 +38,7 @@ func (s *scaleInFlags) register(cmd *cobra.Command) {
 	f.StringVar(&s.minPerRole, "min-per-role", "", "workers kept per role, e.g. proxy=1,app=2")
 	f.IntVar(&s.maxNonEmpty, "max-drain-per-round", coordinator.DefaultMaxNonEmptyPerRound, "workers with containers drained per round (empty ones may all go)")
 	f.DurationVar(&s.moveTimeout, "move-timeout", manager.DefaultMoveTimeout, "how long one move may take to pass its check")
+	f.StringArrayVar(&s.windows, "consolidate-window", nil, `maintenance window "CRON for DURATION" (UTC), e.g. "0 2 * * * for 3h": outside every window unattended rounds only remove empty workers (repeatable)`)
 	f.DurationVar(&s.drainDL, "drain-deadline", manager.DefaultDrainDeadline, "how long draining one worker may take; past it the move in progress is rolled back and the worker kept")
 	f.DurationVar(&s.revalidate, "revalidate-delay", manager.DefaultRevalidateDelay, "an unattended round re-plans after this delay and acts only if the plan holds")
 }
@@ -64,6 +67,24 @@ func (s *scaleInFlags) apply(cfg *manager.Config) error {
 		MinPerRole: mins, MaxNonEmpty: s.maxNonEmpty}
 	cfg.MoveTimeout = s.moveTimeout
 	cfg.DrainDeadline = s.drainDL
+	for _, w := range s.windows {
+		win, err := parseWindow(w)
+		if err != nil {
+			return userErr("--consolidate-window %q: %v", w, err)
+		}
+		if win.Min != 0 || win.Max != 0 {
+			return userErr("--consolidate-window %q: a maintenance window has no min or max: write \"CRON for DURATION\"", w)
+		}
+		sch, err := definitions.ParseCron(win.Cron)
+		if err != nil {
+			return userErr("--consolidate-window %q: %v", w, err)
+		}
+		d, err := time.ParseDuration(win.Duration)
+		if err != nil || d <= 0 || d > definitions.MaxWindowDuration {
+			return userErr("--consolidate-window %q: %q is not a duration from 1s to 168h", w, win.Duration)
+		}
+		cfg.ConsolidateWindows = append(cfg.ConsolidateWindows, coordinator.ScheduleWindow{Spec: win.Cron, Schedule: sch, Duration: d})
+	}
 	cfg.RevalidateDelay = s.revalidate
 	if s.revalidate == 0 {
 		cfg.RevalidateDelay = time.Nanosecond
