@@ -27,7 +27,7 @@ func TestParseExamples(t *testing.T) {
 			Name: "db", Image: "micado/demo-web", Role: "db", Memory: 128 << 20, Replicas: 1,
 			Ports:  []PortSpec{{Port: 8080, Protocol: "tcp", Check: &CheckSpec{TCP: true}}},
 			Env:    map[string]string{"ROLE": "db"},
-			Pinned: true, Line: 36,
+			Pinned: true, Line: 32,
 		},
 	}}
 	science := &App{Name: "science-pipeline", File: "science.yaml", Services: []Service{

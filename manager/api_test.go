@@ -239,14 +239,17 @@ func TestEventsAreJournaled(t *testing.T) {
 		m.do("GET", "/v1/events", nil, &evs)
 		return len(evs) == 150 && evs[len(evs)-1].Seq > 150
 	})
-	eventually(t, 5*time.Second, "the journal keeps about the newest 150, in a few records", func() bool {
+	// Events are written in chunks of what is queued (one per record when
+	// they come slower than the journal takes them, on a loaded machine),
+	// and older chunks are deleted.
+	eventually(t, 10*time.Second, "the journal keeps about the newest 150", func() bool {
 		n := 0
 		keys := w.journal.Keys(eventsPrefix)
 		for _, k := range keys {
 			p, _ := w.journal.Get(k)
 			n += len(decodeEventChunk(p.Value))
 		}
-		return n >= 150 && n < 150+maxChunkEvents && len(keys) < n
+		return n >= 150 && n < 150+maxChunkEvents
 	})
 	last := evs[len(evs)-1]
 	m.stop()
