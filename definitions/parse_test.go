@@ -21,7 +21,6 @@ func TestParseExamples(t *testing.T) {
 			Ports:     []PortSpec{{Port: 8080, Protocol: "tcp", Check: &CheckSpec{HTTP: "/health"}}},
 			Env:       map[string]string{"MESSAGE": "webshop"},
 			DependsOn: []string{"db"}, Links: []string{"db"}, Line: 19,
-			Scaling: &Scaling{Min: 2, Max: 12, CPU: 60},
 		},
 		{
 			Name: "db", Image: "micado/demo-web", Role: "db", Memory: 128 << 20, Replicas: 1,
