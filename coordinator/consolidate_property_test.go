@@ -3,6 +3,7 @@ package coordinator
 import (
 	"fmt"
 	"maps"
+	"math"
 	"slices"
 	"testing"
 	"time"
@@ -33,6 +34,10 @@ func genConsCluster(t *rapid.T, headroom float64) []Node {
 		}
 		capMiB := rapid.SampledFrom([]int64{512, 1024, 2048, 4096}).Draw(t, "capacity")
 		w := Worker{Name: fmt.Sprintf("w%02d", names[i]), Tags: tags, Capacity: capMiB * mib}
+		// Prices: unknown, or per GiB-hour with a discount for the larger.
+		if rapid.Bool().Draw(t, "priced") {
+			w.Price = float64(capMiB) / 1024 * rapid.SampledFrom([]float64{0.04, 0.05, 0.06}).Draw(t, "price-per-gib")
+		}
 		usable := w.Capacity - int64(float64(w.Capacity)*headroom)
 		// Fill to a drawn share of the usable memory.
 		fill := rapid.SampledFrom([]float64{0, 0, 0.1, 0.2, 0.3, 0.45, 0.5, 0.7, 0.9, 1}).Draw(t, "fill")
@@ -84,6 +89,18 @@ func genConsOptions(t *rapid.T) ConsolidateOptions {
 	}
 	o.Threshold = rapid.SampledFrom([]float64{0.3, 0.5, 0.5, 0.7, 1.01}).Draw(t, "threshold")
 	o.MaxNonEmpty = rapid.IntRange(0, 4).Draw(t, "max-non-empty")
+	o.Budget = Budget{
+		Workers: rapid.SampledFrom([]int{0, 0, 1, 2, 3}).Draw(t, "budget-workers"),
+		Percent: rapid.SampledFrom([]float64{0, 0.1, 0.3, 0.5, 1}).Draw(t, "budget-percent"),
+	}
+	o.MinSaving = rapid.SampledFrom([]float64{0, 0, 0.01, 0.05, 0.2}).Draw(t, "min-saving")
+	if rapid.Bool().Draw(t, "types") {
+		o.Types = []InstanceType{
+			{Name: "s", Memory: 512 * mib, Price: rapid.SampledFrom([]float64{0, 0.02, 0.03}).Draw(t, "price-s")},
+			{Name: "m", Memory: 1024 * mib, Price: rapid.SampledFrom([]float64{0, 0.04, 0.06}).Draw(t, "price-m")},
+			{Name: "l", Memory: 2048 * mib, Price: rapid.SampledFrom([]float64{0.08, 0.1}).Draw(t, "price-l")},
+		}
+	}
 	o.Manual = rapid.IntRange(0, 3).Draw(t, "manual") == 0
 	if rapid.Bool().Draw(t, "usage-limit") {
 		o.UsageLimit = UsageLimit{
@@ -110,12 +127,18 @@ func genConsOptions(t *rapid.T) ConsolidateOptions {
 //	    which is not draining;
 //	(b) every removed worker's residents all move, each exactly once, and
 //	    no removed worker is a target;
-//	(c) no removed worker holds a container that may not move, is
-//	    draining, or takes its role under MinPerRole; removed workers are
-//	    under the threshold and, unless Manual, old and unneeded for long
-//	    enough; at most MaxNonEmpty of them hold containers; with a
-//	    UsageLimit, a role that lost workers keeps its load (all its
-//	    workers' CPUUsed, Used) within the limit over the workers left.
+//	(c) no removed or replaced worker holds a container that may not
+//	    move or is draining; no role goes under MinPerRole; unless Manual,
+//	    removed and replaced workers are old and unneeded for long enough;
+//	    at most MaxNonEmpty of them hold containers; per role, the workers
+//	    draining with containers, already or by this plan, stay within the
+//	    budget; with a UsageLimit, a role that lost workers keeps its load
+//	    within the limit over the workers left;
+//	(d) the plan never costs more: each replacement's type is cheaper than
+//	    its worker by its Saving, at least MinSaving, and holds the
+//	    worker's reservations with headroom; a removed worker with
+//	    containers and a known price saves at least MinSaving; the
+//	    savings add up to SavingPerHour.
 func TestPlanConsolidationProperties(t *testing.T) {
 	rapid.Check(t, func(t *rapid.T) {
 		o := genConsOptions(t)
@@ -134,6 +157,10 @@ func TestPlanConsolidationProperties(t *testing.T) {
 		removed := map[string]bool{}
 		for _, w := range p.Remove {
 			removed[w] = true
+		}
+		replaced := map[string]Replacement{}
+		for _, rp := range p.Replace {
+			replaced[rp.Worker] = rp
 		}
 
 		// (a) Apply the moves.
@@ -172,6 +199,9 @@ func TestPlanConsolidationProperties(t *testing.T) {
 			if limit := nd.Capacity - o.Placement.HeadroomBytes(&nd.Worker); reserved[nd.Name] > limit {
 				t.Errorf("%s over-committed after the moves: %d reserved, %d allowed", nd.Name, reserved[nd.Name], limit)
 			}
+			if _, ok := replaced[nd.Name]; ok {
+				t.Errorf("%s receives moves and is replaced", nd.Name)
+			}
 		}
 
 		// (b) Removed workers are emptied and take nothing.
@@ -180,42 +210,54 @@ func TestPlanConsolidationProperties(t *testing.T) {
 				t.Errorf("removed %s is also a move target", w)
 			}
 		}
-		// (checkPlanShape checked that each resident moves exactly once.)
 
 		// (c) Safety and the rules of a round.
 		nonEmpty := 0
 		removedOfRole := map[string]int{}
-		for _, w := range p.Remove {
+		drainsOfRole := map[string]int{}
+		gone := append(slices.Clone(p.Remove), slices.Collect(maps.Keys(replaced))...)
+		for _, w := range gone {
 			nd := byName[w]
 			if nd.Draining {
-				t.Errorf("removed %s is draining", w)
+				t.Errorf("removed or replaced %s is draining", w)
 			}
 			if r := pinned(nd.Residents); r != "" {
-				t.Errorf("removed %s holds %s, which may not move", w, r)
-			}
-			if u := Utilization(&nd.Worker); u >= o.Threshold {
-				t.Errorf("removed %s has utilization %.2f, not under %.2f", w, u, o.Threshold)
+				t.Errorf("removed or replaced %s holds %s, which may not move", w, r)
 			}
 			if !o.Manual {
 				if consNow.Sub(nd.JoinedAt) < o.DelayAfterAdd {
-					t.Errorf("removed %s joined %s ago", w, consNow.Sub(nd.JoinedAt))
+					t.Errorf("removed or replaced %s joined %s ago", w, consNow.Sub(nd.JoinedAt))
 				}
 				if nd.UnneededSince.IsZero() || consNow.Sub(nd.UnneededSince) < o.UnneededTime {
-					t.Errorf("removed %s unneeded since %v only", w, nd.UnneededSince)
+					t.Errorf("removed or replaced %s unneeded since %v only", w, nd.UnneededSince)
 				}
 			}
 			if len(nd.Residents) > 0 {
 				nonEmpty++
+				drainsOfRole[RoleOf(nd.Tags)]++
 			}
-			removedOfRole[RoleOf(nd.Tags)]++
 		}
-		if maxNE := max(o.MaxNonEmpty, 0); o.MaxNonEmpty == 0 {
-			maxNE = DefaultMaxNonEmptyPerRound
-			if nonEmpty > maxNE {
-				t.Errorf("%d non-empty workers removed, at most %d", nonEmpty, maxNE)
+		for _, w := range p.Remove {
+			removedOfRole[RoleOf(byName[w].Tags)]++
+		}
+		if o.MaxNonEmpty > 0 && nonEmpty > o.MaxNonEmpty {
+			t.Errorf("%d non-empty workers drained, at most %d", nonEmpty, o.MaxNonEmpty)
+		}
+		budget := o.Budget
+		if budget == (Budget{}) {
+			budget = DefaultBudget()
+		}
+		size, draining := map[string]int{}, map[string]int{}
+		for _, nd := range nodes {
+			size[RoleOf(nd.Tags)]++
+			if nd.Draining && (nd.Reserved > 0 || nd.Containers > 0) {
+				draining[RoleOf(nd.Tags)]++
 			}
-		} else if nonEmpty > maxNE {
-			t.Errorf("%d non-empty workers removed, at most %d", nonEmpty, maxNE)
+		}
+		for role, n := range drainsOfRole {
+			if allow := budget.Allowance(size[role]); draining[role]+n > allow {
+				t.Errorf("role %q: %d workers draining already and %d more planned, budget %d", role, draining[role], n, allow)
+			}
 		}
 		serving := map[string]int{}
 		for _, nd := range nodes {
@@ -241,6 +283,10 @@ func TestPlanConsolidationProperties(t *testing.T) {
 				if !nd.Draining && !nd.Booting && !removed[nd.Name] {
 					l.left++
 					l.cap += nd.Capacity
+					if rp, ok := replaced[nd.Name]; ok {
+						l.cap += rp.Type.Memory - nd.Capacity
+						l.cpu += nd.CPUUsed*float64(nd.Capacity)/float64(rp.Type.Memory) - nd.CPUUsed
+					}
 				}
 			}
 			for role, n := range removedOfRole {
@@ -268,8 +314,51 @@ func TestPlanConsolidationProperties(t *testing.T) {
 			}
 		}
 
-		// Unneeded: every removed worker, and only workers that pass the
-		// safety rules and the threshold.
+		// (d) Cost.
+		total, cost := 0.0, 0.0
+		if len(p.Removals) != len(p.Remove) {
+			t.Fatalf("%d removals for %d removed workers", len(p.Removals), len(p.Remove))
+		}
+		for k, rm := range p.Removals {
+			nd := byName[p.Remove[k]]
+			if rm.Worker != nd.Name || rm.Saving != max(nd.Price, 0) || rm.Moves != len(nd.Residents) || rm.Reason == "" {
+				t.Errorf("removal %+v of %s (price %v, %d residents)", rm, nd.Name, nd.Price, len(nd.Residents))
+			}
+			if len(nd.Residents) > 0 && nd.Price > 0 && nd.Price < o.MinSaving-1e-9 {
+				t.Errorf("%s removed, saving %v under the minimum %v", nd.Name, nd.Price, o.MinSaving)
+			}
+			total += rm.Saving
+			cost -= nd.Price
+		}
+		for _, rp := range p.Replace {
+			nd := byName[rp.Worker]
+			if nd == nil {
+				t.Fatalf("replacement of unknown %q", rp.Worker)
+			}
+			if rp.Type.Price <= 0 || nd.Price <= 0 || rp.Type.Price >= nd.Price {
+				t.Errorf("%s (price %v) replaced by %s at %v", nd.Name, nd.Price, rp.Type.Name, rp.Type.Price)
+			}
+			if d := nd.Price - rp.Type.Price; math.Abs(rp.Saving-d) > 1e-9 || rp.Saving < o.MinSaving-1e-9 {
+				t.Errorf("%s replaced saving %v, prices say %v, minimum %v", nd.Name, rp.Saving, d, o.MinSaving)
+			}
+			if o.Placement.Usable(rp.Type) < nd.Reserved {
+				t.Errorf("%s (%d reserved) replaced by %s (%d usable)", nd.Name, nd.Reserved, rp.Type.Name, o.Placement.Usable(rp.Type))
+			}
+			if !slices.Equal(rp.Tags, nd.Tags) || len(rp.Containers) != len(nd.Residents) || rp.Reason == "" {
+				t.Errorf("replacement %+v of %+v", rp, nd.Worker)
+			}
+			total += rp.Saving
+			cost += rp.Type.Price - nd.Price
+		}
+		if cost > 1e-9 {
+			t.Errorf("the plan raises the cost by %v per hour", cost)
+		}
+		if math.Abs(total-p.SavingPerHour) > 1e-9 {
+			t.Errorf("SavingPerHour %v, the actions add up to %v", p.SavingPerHour, total)
+		}
+
+		// Unneeded: every removed or replaced worker, and only workers that
+		// pass the safety rules.
 		unneeded := map[string]bool{}
 		for _, w := range p.Unneeded {
 			if unneeded[w] {
@@ -277,13 +366,13 @@ func TestPlanConsolidationProperties(t *testing.T) {
 			}
 			unneeded[w] = true
 			nd := byName[w]
-			if nd.Draining || pinned(nd.Residents) != "" || Utilization(&nd.Worker) >= o.Threshold {
-				t.Errorf("%s is unneeded but fails a safety rule or the threshold", w)
+			if nd.Draining || pinned(nd.Residents) != "" {
+				t.Errorf("%s is unneeded but fails a safety rule", w)
 			}
 		}
-		for _, w := range p.Remove {
+		for _, w := range gone {
 			if !unneeded[w] {
-				t.Errorf("removed %s is not in Unneeded", w)
+				t.Errorf("removed or replaced %s is not in Unneeded", w)
 			}
 		}
 	})
@@ -306,7 +395,8 @@ func TestPlanConsolidationPropertyOrder(t *testing.T) {
 			shuffled[i] = nodes[j]
 		}
 		got := PlanConsolidation(shuffled, consNow, o)
-		if !slices.Equal(got.Remove, want.Remove) || !slices.Equal(got.Unneeded, want.Unneeded) || !slices.Equal(got.Moves, want.Moves) {
+		if !slices.Equal(got.Remove, want.Remove) || !slices.Equal(got.Unneeded, want.Unneeded) || !slices.Equal(got.Moves, want.Moves) ||
+			!slices.EqualFunc(got.Replace, want.Replace, func(a, b Replacement) bool { return a.Worker == b.Worker && a.Type == b.Type }) {
 			t.Fatalf("shuffled plan differs:\n%+v\nwant\n%+v", got, want)
 		}
 		reasons := func(p ConsolidationPlan) map[string]string {

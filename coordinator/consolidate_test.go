@@ -1,6 +1,7 @@
 package coordinator
 
 import (
+	"math"
 	"reflect"
 	"slices"
 	"strings"
@@ -76,14 +77,17 @@ func movesOf(p ConsolidationPlan) []mv {
 }
 
 // checkPlanShape checks what holds for every plan: each worker appears
-// exactly once in Remove or Skipped, moves come only from removed workers
-// and carry the resident's memory, every resident of a removed worker
-// moves exactly once, and no removed worker is a target.
+// exactly once in Remove, Replace or Skipped, moves come only from removed
+// workers and carry the resident's memory, every resident of a removed
+// worker moves exactly once, and no removed worker is a target.
 func checkPlanShape(t errorHelper, nodes []Node, p ConsolidationPlan) {
 	t.Helper()
 	seen := map[string]int{}
 	for _, w := range p.Remove {
 		seen[w]++
+	}
+	for _, rp := range p.Replace {
+		seen[rp.Worker]++
 	}
 	for _, s := range p.Skipped {
 		seen[s.Worker]++
@@ -95,11 +99,11 @@ func checkPlanShape(t errorHelper, nodes []Node, p ConsolidationPlan) {
 	for i := range nodes {
 		byName[nodes[i].Name] = &nodes[i]
 		if seen[nodes[i].Name] != 1 {
-			t.Errorf("worker %s appears %d times in Remove and Skipped, want once", nodes[i].Name, seen[nodes[i].Name])
+			t.Errorf("worker %s appears %d times in Remove, Replace and Skipped, want once", nodes[i].Name, seen[nodes[i].Name])
 		}
 	}
 	if len(seen) != len(nodes) {
-		t.Errorf("Remove and Skipped name %d workers, the cluster has %d", len(seen), len(nodes))
+		t.Errorf("Remove, Replace and Skipped name %d workers, the cluster has %d", len(seen), len(nodes))
 	}
 	removed := map[string]bool{}
 	for _, w := range p.Remove {
@@ -164,9 +168,10 @@ func TestPlanConsolidation(t *testing.T) {
 				cn("b", 1000, app, res("b1", 100, app...)),
 				filler("big", 10000, 6000, app...),
 			},
-			remove:   []string{"b"},
-			moves:    []mv{{"b1", "b", "big"}},
-			skipped:  map[string]string{"a": "only 1 worker with containers is drained per round", "c": "only 1 worker", "big": "receives moved containers this round"},
+			remove: []string{"b"},
+			moves:  []mv{{"b1", "b", "big"}},
+			// The default budget: a tenth of role=app's 4 workers, rounded up.
+			skipped:  map[string]string{"a": "the disruption budget of role=app is used up (1 of its 4 workers may drain at once: 10% of 4 workers, rounded up)", "c": "disruption budget", "big": "receives moved containers this round"},
 			unneeded: []string{"b", "a", "c"},
 		},
 		{
@@ -178,7 +183,7 @@ func TestPlanConsolidation(t *testing.T) {
 			},
 			remove:  []string{"b"},
 			moves:   []mv{{"b1", "b", "big"}},
-			skipped: map[string]string{"a": "only 1 worker"},
+			skipped: map[string]string{"a": "disruption budget"},
 		},
 		{
 			name: "candidate: equal reservation and use, the younger worker first",
@@ -189,7 +194,7 @@ func TestPlanConsolidation(t *testing.T) {
 			},
 			remove:  []string{"a"},
 			moves:   []mv{{"a1", "a", "big"}},
-			skipped: map[string]string{"b": "only 1 worker"},
+			skipped: map[string]string{"b": "disruption budget"},
 		},
 		{
 			name: "candidate: all equal, the smaller name first",
@@ -200,30 +205,34 @@ func TestPlanConsolidation(t *testing.T) {
 			},
 			remove:  []string{"n1"},
 			moves:   []mv{{"y", "n1", "big"}},
-			skipped: map[string]string{"n2": "only 1 worker"},
+			skipped: map[string]string{"n2": "disruption budget"},
 		},
 		{
-			name: "threshold: exactly at 0.5 stays, just below goes",
+			// The threshold is a hint (issue 13): "under" is tried first
+			// although its container is larger, and "over" goes too, since
+			// its container fits.
+			name: "threshold: a hint only: under it first, over it goes too when its containers fit",
 			nodes: []Node{
-				cn("at", 1000, app, res("at1", 500, app...)),
-				cn("below", 1000, app, res("below1", 490, app...)),
+				cn("over", 1000, app, res("over1", 600, app...)),
+				cn("under", 2000, app, res("under1", 700, app...)),
 				filler("big", 10000, 5000, app...),
 			},
-			opts:     func(o *ConsolidateOptions) { o.MaxNonEmpty = 5 },
-			remove:   []string{"below"},
-			moves:    []mv{{"below1", "below", "big"}},
-			skipped:  map[string]string{"at": "utilization 0.50 is not under 0.50", "big": "receives moved containers this round"},
-			unneeded: []string{"below"},
+			opts:     func(o *ConsolidateOptions) { o.Budget = Budget{Percent: 1} },
+			remove:   []string{"under", "over"},
+			moves:    []mv{{"under1", "under", "big"}, {"over1", "over", "big"}},
+			skipped:  map[string]string{"big": "receives moved containers this round"},
+			unneeded: []string{"under", "over"},
 		},
 		{
-			name: "threshold: a lower threshold keeps a worker the default would drain",
+			name: "threshold: a worker above it is emptied when its containers fit",
 			nodes: []Node{
 				cn("w", 1000, app, res("w1", 300, app...)),
 				filler("big", 10000, 6000, app...),
 			},
 			opts:     func(o *ConsolidateOptions) { o.Threshold = 0.25 },
-			skipped:  map[string]string{"w": "utilization 0.30 is not under 0.25"},
-			unneeded: []string{},
+			remove:   []string{"w"},
+			moves:    []mv{{"w1", "w", "big"}},
+			unneeded: []string{"w"},
 		},
 		{
 			name: "waiting: a worker younger than DelayAfterAdd stays but is unneeded",
@@ -231,9 +240,10 @@ func TestPlanConsolidation(t *testing.T) {
 				with(cn("young", 1000, app), func(n *Node) { n.JoinedAt = consNow.Add(-5 * time.Minute) }),
 				cn("old", 1000, app),
 			},
-			remove:   []string{"old"},
-			skipped:  map[string]string{"young": "joined 5m0s ago; scale-in waits 10m0s after scale-out"},
-			unneeded: []string{"young", "old"},
+			remove:  []string{"old"},
+			skipped: map[string]string{"young": "joined 5m0s ago; scale-in waits 10m0s after scale-out"},
+			// Workers too young to go come last in the repack.
+			unneeded: []string{"old", "young"},
 		},
 		{
 			name: "waiting: Manual ignores DelayAfterAdd",
@@ -343,7 +353,8 @@ func TestPlanConsolidation(t *testing.T) {
 			skipped: map[string]string{
 				"db1": "its containers cannot all move: no worker fits pg (role=db, 200 MiB): 1 worker lacks role=db; 1 worker has too little free memory (most: 50 MiB on db2)",
 			},
-			unneeded: []string{"db1"},
+			// Unneeded lists only workers that could be emptied.
+			unneeded: []string{},
 		},
 		{
 			name: "fit: enough free memory in total, but no single worker holds the largest container",
@@ -353,7 +364,7 @@ func TestPlanConsolidation(t *testing.T) {
 				filler("z", 1000, 600, app...),
 			},
 			skipped:  map[string]string{"x": "its containers cannot all move: no worker fits big"},
-			unneeded: []string{"x"},
+			unneeded: []string{},
 		},
 		{
 			name: "fit: two residents never count on the same free memory",
@@ -371,7 +382,8 @@ func TestPlanConsolidation(t *testing.T) {
 				cn("x", 2000, app, res("r1", 300, app...), res("r2", 300, app...)),
 				filler("y", 1000, 500, app...),
 			},
-			skipped: map[string]string{"x": "its containers cannot all move: no worker fits r2 (role=app, 300 MiB): 1 worker has too little free memory (most: 200 MiB on y)"},
+			// The largest fits, not both: the room in all says so at once.
+			skipped: map[string]string{"x": "its containers cannot all move: they need 600 MiB, and the workers that stay and carry their tags have 500 MiB free in all"},
 		},
 		{
 			name: "fit: headroom is not free memory",
@@ -391,14 +403,15 @@ func TestPlanConsolidation(t *testing.T) {
 			skipped: map[string]string{"x": "its containers cannot all move: no worker fits r (role=app, 100 MiB): 1 worker is draining", "d": "already draining"},
 		},
 		{
-			name: "fit: spread moves to the most free memory, largest container first",
+			// Moves pack whatever the launch strategy (issue 13).
+			name: "fit: under spread too, moves go to the least free memory that fits, largest container first",
 			nodes: []Node{
 				cn("x", 4000, app, res("s", 100, app...), res("l", 300, app...)),
 				filler("y", 1000, 600, app...),
 				filler("z", 2000, 1500, app...),
 			},
 			remove: []string{"x"},
-			moves:  []mv{{"l", "x", "z"}, {"s", "x", "y"}},
+			moves:  []mv{{"l", "x", "y"}, {"s", "x", "y"}},
 		},
 		{
 			name: "fit: binpack moves to the least free memory that fits",
@@ -422,11 +435,11 @@ func TestPlanConsolidation(t *testing.T) {
 			},
 			remove:   []string{"e1", "e2", "n1"},
 			moves:    []mv{{"n1a", "n1", "big"}},
-			skipped:  map[string]string{"n2": "only 1 worker with containers is drained per round"},
+			skipped:  map[string]string{"n2": "the disruption budget of role=app is used up (1 of its 5 workers may drain at once"},
 			unneeded: []string{"e1", "e2", "n1", "n2"},
 		},
 		{
-			name: "round: MaxNonEmpty 0 means the default, 1",
+			name: "round: MaxNonEmpty 0 leaves the round to the budget (one of 3 workers)",
 			nodes: []Node{
 				cn("n1", 1000, app, res("n1a", 100, app...)),
 				cn("n2", 1000, app, res("n2a", 200, app...)),
@@ -435,7 +448,57 @@ func TestPlanConsolidation(t *testing.T) {
 			opts:    func(o *ConsolidateOptions) { o.MaxNonEmpty = 0 },
 			remove:  []string{"n1"},
 			moves:   []mv{{"n1a", "n1", "big"}},
-			skipped: map[string]string{"n2": "only 1 worker"},
+			skipped: map[string]string{"n2": "disruption budget"},
+		},
+		{
+			name: "round: MaxNonEmpty 1 caps a round the budget allows more",
+			nodes: []Node{
+				cn("n1", 1000, app, res("n1a", 100, app...)),
+				cn("n2", 1000, app, res("n2a", 200, app...)),
+				filler("big", 10000, 6000, app...),
+			},
+			opts:    func(o *ConsolidateOptions) { o.MaxNonEmpty = 1; o.Budget = Budget{Workers: 5} },
+			remove:  []string{"n1"},
+			moves:   []mv{{"n1a", "n1", "big"}},
+			skipped: map[string]string{"n2": "only 1 worker with containers is drained per round"},
+		},
+		{
+			name: "round: a budget of 2 workers drains two in one round",
+			nodes: []Node{
+				cn("n1", 1000, app, res("n1a", 100, app...)),
+				cn("n2", 1000, app, res("n2a", 200, app...)),
+				cn("n3", 1000, app, res("n3a", 300, app...)),
+				filler("big", 10000, 6000, app...),
+			},
+			opts:    func(o *ConsolidateOptions) { o.Budget = Budget{Workers: 2} },
+			remove:  []string{"n1", "n2"},
+			moves:   []mv{{"n1a", "n1", "big"}, {"n2a", "n2", "big"}},
+			skipped: map[string]string{"n3": "the disruption budget of role=app is used up (2 of its 4 workers may drain at once: at most 2)"},
+		},
+		{
+			name: "round: the smaller of the two allowances applies",
+			nodes: []Node{
+				cn("n1", 1000, app, res("n1a", 100, app...)),
+				cn("n2", 1000, app, res("n2a", 200, app...)),
+				cn("n3", 1000, app, res("n3a", 300, app...)),
+				filler("big", 10000, 6000, app...),
+			},
+			opts:    func(o *ConsolidateOptions) { o.Budget = Budget{Workers: 3, Percent: 0.5} },
+			remove:  []string{"n1", "n2"},
+			moves:   []mv{{"n1a", "n1", "big"}, {"n2a", "n2", "big"}},
+			skipped: map[string]string{"n3": "(2 of its 4 workers may drain at once: 50% of 4 workers, rounded up)"},
+		},
+		{
+			name: "round: workers already draining use up the budget",
+			nodes: []Node{
+				cn("n1", 1000, app, res("n1a", 100, app...)),
+				with(cn("d", 1000, app, res("da", 100, app...)), func(n *Node) { n.Draining = true }),
+				cn("e", 1000, app),
+				filler("big", 10000, 6000, app...),
+			},
+			opts:    func(o *ConsolidateOptions) { o.Budget = Budget{Workers: 1} },
+			remove:  []string{"e"},
+			skipped: map[string]string{"n1": "disruption budget", "d": "already draining"},
 		},
 		{
 			// The residents need zone=b, which only y and z have.
@@ -446,9 +509,11 @@ func TestPlanConsolidation(t *testing.T) {
 				filler("y", 1000, 600, "role=app", "zone=b"),
 				filler("z", 1000, 600, "role=app", "zone=b"),
 			},
-			opts:   func(o *ConsolidateOptions) { o.MaxNonEmpty = 2 },
+			opts:   func(o *ConsolidateOptions) { o.MaxNonEmpty = 2; o.Budget = Budget{Percent: 1} },
 			remove: []string{"n1", "n2"},
-			moves:  []mv{{"n1a", "n1", "y"}, {"n2a", "n2", "z"}},
+			// Placed together, largest first: n2a takes y (the smaller
+			// name of two equal fits), n1a the room left on z.
+			moves: []mv{{"n1a", "n1", "z"}, {"n2a", "n2", "y"}},
 		},
 		{
 			name: "round: a candidate that cannot move does not use up the round",
@@ -460,19 +525,19 @@ func TestPlanConsolidation(t *testing.T) {
 			remove:   []string{"n2"},
 			moves:    []mv{{"web", "n2", "big"}},
 			skipped:  map[string]string{"n1": "cannot all move"},
-			unneeded: []string{"n1", "n2"},
+			unneeded: []string{"n2"},
 		},
 		{
 			name: "round: a worker receiving moved containers is not removed in the same round",
 			nodes: []Node{
 				cn("n1", 1000, db, res("pg", 100, db...)),
 				cn("n2", 4000, db, res("pg2", 1200, db...)),
-				filler("f", 1000, 900, db...),
+				filler("f", 1000, 950, db...),
 			},
-			opts:     func(o *ConsolidateOptions) { o.MaxNonEmpty = 5 },
+			opts:     func(o *ConsolidateOptions) { o.MaxNonEmpty = 5; o.Budget = Budget{Percent: 1} },
 			remove:   []string{"n1"},
 			moves:    []mv{{"pg", "n1", "n2"}},
-			skipped:  map[string]string{"n2": "receives moved containers this round", "f": "utilization 0.90"},
+			skipped:  map[string]string{"n2": "receives moved containers this round", "f": "950 MiB of its reservation belongs to no container it lists"},
 			unneeded: []string{"n1"},
 		},
 		{
@@ -620,4 +685,206 @@ func cloneNodes(ns []Node) []Node {
 		}
 	}
 	return out
+}
+
+// TestPlanConsolidationReplace checks replacement by a cheaper type, the
+// minimum saving and the savings the plan reports.
+// TestBudgetAllowance checks how a budget turns into a number of workers.
+func TestBudgetAllowance(t *testing.T) {
+	for _, c := range []struct {
+		b    Budget
+		n    int
+		want int
+	}{
+		{Budget{Percent: 0.1}, 3, 1},
+		{Budget{Percent: 0.1}, 30, 3}, // 0.1·30 is 3.0000000000000004 in floating point
+		{Budget{Percent: 0.1}, 31, 4},
+		{Budget{Percent: 0.1}, 0, 0},
+		{Budget{Workers: 2}, 100, 2},
+		{Budget{Workers: 2, Percent: 0.5}, 3, 2},
+		{Budget{Workers: 5, Percent: 0.5}, 3, 2},
+		{Budget{Percent: 1}, 7, 7},
+		{Budget{}, 7, math.MaxInt},
+	} {
+		if got := c.b.Allowance(c.n); got != c.want {
+			t.Errorf("%+v.Allowance(%d) = %d, want %d", c.b, c.n, got, c.want)
+		}
+	}
+}
+
+// TestPlanConsolidationYoungLast checks that a worker too young to go does
+// not take, in the repack, the room an older worker needs to go now.
+func TestPlanConsolidationYoungLast(t *testing.T) {
+	app := []string{"role=app"}
+	nodes := []Node{
+		with(cn("young", 1000, app, res("y1", 300, app...)), func(n *Node) { n.JoinedAt = consNow.Add(-time.Minute) }),
+		cn("old", 1000, app, res("o1", 300, app...)),
+		filler("big", 10000, 9600, app...),
+	}
+	p := PlanConsolidation(nodes, consNow, noHeadroomCons())
+	checkPlanShape(t, nodes, p)
+	if !reflect.DeepEqual(p.Remove, []string{"old"}) || !reflect.DeepEqual(movesOf(p), []mv{{"o1", "old", "big"}}) {
+		t.Errorf("plan %+v, want old emptied into big", p)
+	}
+}
+
+func TestPlanConsolidationReplace(t *testing.T) {
+	app, db := []string{"role=app"}, []string{"role=db"}
+	types := []InstanceType{
+		{Name: "medium", Memory: 2000 * mib, Price: 0.2},
+		{Name: "small", Memory: 1000 * mib, Price: 0.1},
+		{Name: "free", Memory: 500 * mib}, // no price: never used
+	}
+	priced := func(n Node, p float64) Node { n.Price = p; return n }
+	type rp struct {
+		worker, typ string
+		saving      float64
+	}
+	cases := []struct {
+		name     string
+		nodes    []Node
+		opts     func(*ConsolidateOptions)
+		remove   []string
+		replace  []rp
+		skipped  map[string]string
+		unneeded []string
+		saving   float64
+	}{
+		{
+			name:     "a worker whose containers cannot move goes to the cheapest type that holds them",
+			nodes:    []Node{priced(cn("big", 4000, app, res("a1", 300, app...)), 0.4)},
+			replace:  []rp{{"big", "small", 0.3}},
+			unneeded: []string{"big"},
+			saving:   0.3,
+		},
+		{
+			name:    "headroom counts: 950 MiB needs the medium type with 10% headroom",
+			nodes:   []Node{priced(cn("big", 4000, app, res("a1", 950, app...)), 0.4)},
+			opts:    func(o *ConsolidateOptions) { o.Placement.Headroom = 0.10 },
+			replace: []rp{{"big", "medium", 0.2}},
+			saving:  0.2,
+		},
+		{
+			name:     "a saving under MinSaving keeps the worker as it is",
+			nodes:    []Node{priced(cn("big", 4000, app, res("a1", 300, app...)), 0.4)},
+			opts:     func(o *ConsolidateOptions) { o.MinSaving = 0.5 },
+			skipped:  map[string]string{"big": "removing it saves $0.4/h, under the minimum saving of $0.5/h"},
+			unneeded: []string{},
+		},
+		{
+			name:    "a worker of unknown price is not replaced",
+			nodes:   []Node{cn("big", 4000, app, res("a1", 300, app...))},
+			skipped: map[string]string{"big": "its containers cannot all move"},
+		},
+		{
+			name:    "a container that may not move keeps its worker as it is",
+			nodes:   []Node{priced(cn("big", 4000, db, pinnedRes("pg", 300, db...)), 0.4)},
+			skipped: map[string]string{"big": "pg is not relocatable"},
+		},
+		{
+			name:     "waiting rules: unneeded, replaced once it has been for UnneededTime",
+			nodes:    []Node{with(priced(cn("big", 4000, app, res("a1", 300, app...)), 0.4), func(n *Node) { n.UnneededSince = time.Time{} })},
+			skipped:  map[string]string{"big": "could be replaced by a small (saves $0.3/h); unneeded for 0s; must be for 2m0s"},
+			unneeded: []string{"big"},
+		},
+		{
+			name: "the budget: the larger saving first, the other waits its turn",
+			nodes: []Node{
+				priced(cn("a", 4000, []string{"role=app", "zone=a"}, res("a1", 300, "role=app", "zone=a")), 0.3),
+				priced(cn("b", 4000, []string{"role=app", "zone=b"}, res("b1", 300, "role=app", "zone=b")), 0.4),
+			},
+			opts:     func(o *ConsolidateOptions) { o.Budget = Budget{Workers: 1} },
+			replace:  []rp{{"b", "small", 0.3}},
+			skipped:  map[string]string{"a": "could be replaced by a small (saves $0.2/h); the disruption budget of role=app is used up"},
+			unneeded: []string{"b", "a"},
+			saving:   0.3,
+		},
+		{
+			name: "an empty worker kept by MinPerRole is replaced by the cheapest type",
+			nodes: []Node{
+				priced(cn("e", 4000, app), 0.4),
+			},
+			opts:     func(o *ConsolidateOptions) { o.MinPerRole = map[string]int{"app": 1} },
+			replace:  []rp{{"e", "small", 0.3}},
+			unneeded: []string{"e"},
+			saving:   0.3,
+		},
+		{
+			name: "the usage guard: a smaller type must not push the role above the limit",
+			nodes: []Node{
+				with(priced(cn("big", 4000, app, res("a1", 300, app...)), 0.4), func(n *Node) { n.Used = 900 * mib }),
+			},
+			opts:    func(o *ConsolidateOptions) { o.UsageLimit = UsageLimit{Memory: 0.8} },
+			skipped: map[string]string{"big": "would leave role=app no worker to carry its load; a small would push role=app to 90% memory use, above the 80% limit"},
+		},
+		{
+			name: "removals save their worker's price; replacements the difference",
+			nodes: []Node{
+				priced(cn("n", 1000, app, res("n1", 100, app...)), 0.25),
+				priced(cn("e", 1000, app), 0.05),
+				priced(filler("f", 10000, 6000, app...), 1),
+				priced(cn("d", 4000, db, res("d1", 300, db...)), 0.4),
+			},
+			opts:     func(o *ConsolidateOptions) { o.Budget = Budget{Percent: 1} },
+			remove:   []string{"e", "n"},
+			replace:  []rp{{"d", "small", 0.3}},
+			skipped:  map[string]string{"f": "receives moved containers this round"},
+			unneeded: []string{"e", "n", "d"},
+			saving:   0.6,
+		},
+		{
+			name: "MinSaving keeps a worker with containers that saves too little; an empty one goes",
+			nodes: []Node{
+				priced(cn("n", 1000, app, res("n1", 100, app...)), 0.05),
+				priced(cn("e", 1000, app), 0.05),
+				priced(filler("f", 10000, 6000, app...), 1),
+			},
+			opts:    func(o *ConsolidateOptions) { o.MinSaving = 0.1; o.Budget = Budget{Percent: 1} },
+			remove:  []string{"e"},
+			skipped: map[string]string{"n": "removing it saves $0.05/h, under the minimum saving of $0.1/h"},
+			saving:  0.05,
+		},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			o := noHeadroomCons()
+			o.Types = types
+			if tc.opts != nil {
+				tc.opts(&o)
+			}
+			p := PlanConsolidation(tc.nodes, consNow, o)
+			checkPlanShape(t, tc.nodes, p)
+			if len(p.Remove)+len(tc.remove) > 0 && !reflect.DeepEqual(p.Remove, tc.remove) {
+				t.Errorf("Remove = %q, want %q", p.Remove, tc.remove)
+			}
+			var got []rp
+			for _, r := range p.Replace {
+				got = append(got, rp{r.Worker, r.Type.Name, math.Round(r.Saving*1e6) / 1e6})
+				if r.Reason == "" {
+					t.Errorf("replacement of %s without a reason", r.Worker)
+				}
+			}
+			if len(got)+len(tc.replace) > 0 && !reflect.DeepEqual(got, tc.replace) {
+				t.Errorf("Replace = %v, want %v", got, tc.replace)
+			}
+			reasons := map[string]string{}
+			for _, s := range p.Skipped {
+				reasons[s.Worker] = s.Reason
+			}
+			for w, want := range tc.skipped {
+				if got, ok := reasons[w]; !ok || !strings.Contains(got, want) {
+					t.Errorf("%s skipped with %q, want it to contain %q", w, got, want)
+				}
+			}
+			if tc.unneeded != nil && len(p.Unneeded)+len(tc.unneeded) > 0 && !reflect.DeepEqual(p.Unneeded, tc.unneeded) {
+				t.Errorf("Unneeded = %q, want %q", p.Unneeded, tc.unneeded)
+			}
+			if math.Abs(p.SavingPerHour-tc.saving) > 1e-9 {
+				t.Errorf("SavingPerHour = %v, want %v", p.SavingPerHour, tc.saving)
+			}
+			if t.Failed() {
+				t.Logf("plan: %+v", p)
+			}
+		})
+	}
 }

@@ -3,10 +3,12 @@
 // cluster (workers with tags, memory capacity, reservations and usage) and a
 // request, and returns a decision together with its reasons.
 //
-// Besides placement (Place, Placer), scale-out (PlanScaleOut) and scale-in
-// (PlanConsolidation), it decides replica counts by real load the way the
-// Kubernetes HPA does (DecideScale) and raises alerts when a role's real
-// use stays above a limit (RoleAlerts).
+// Besides placement (Place, Placer), scale-out (PlanScaleOut, the cheapest
+// set of instances when types have prices) and scale-in (PlanConsolidation:
+// a repack of the whole cluster within a disruption budget, and the
+// replacement of workers by cheaper types), it decides replica counts by
+// real load the way the Kubernetes HPA does (DecideScale) and raises alerts
+// when a role's real use stays above a limit (RoleAlerts).
 //
 // It never touches Docker, Consul, the network or the clock: callers pass
 // everything in, which keeps every decision reproducible, cheap to test and

@@ -10,6 +10,8 @@ import (
 type InstanceType struct {
 	Name   string
 	Memory int64 // memory the worker offers to containers, bytes
+	// Price per hour, in the currency of Worker.Price; 0 means unknown.
+	Price float64
 }
 
 // Usable is the memory of an instance of type t that placement may hand
@@ -67,9 +69,13 @@ func RoleOf(tags []string) string {
 // each group it picks the smallest type that holds the whole group on one
 // instance; when no type does, it packs the group first-fit-decreasing
 // onto instances of the largest type and then shrinks each instance to the
-// smallest type that still holds what was packed on it. Requests larger
-// than any type can hold are Impossible; requests beyond the limits are
-// Limited.
+// smallest type that still holds what was packed on it. When the types
+// have prices (every type a price, not all the same), it picks instead the
+// cheapest of these sets: for each type, the group packed
+// first-fit-decreasing onto instances of that type, each instance then
+// changed to the cheapest type that still holds what was packed on it.
+// Requests larger than any type can hold are Impossible; requests beyond
+// the limits are Limited.
 func PlanScaleOut(unplaced []Request, types []InstanceType, o Options, lim ScaleLimits) ScaleOutPlan {
 	var plan ScaleOutPlan
 	ts := append([]InstanceType(nil), types...)
@@ -117,7 +123,12 @@ func PlanScaleOut(unplaced []Request, types []InstanceType, o Options, lim Scale
 		if len(fit) == 0 {
 			continue
 		}
-		bins := pack(fit, ts, o)
+		var bins []bin
+		if priced(ts) {
+			bins = packCheapest(fit, ts, o)
+		} else {
+			bins = pack(fit, ts, o)
+		}
 		role := RoleOf(fit[0].Tags)
 		asked := 0
 		for _, b := range bins {
@@ -151,8 +162,16 @@ func PlanScaleOut(unplaced []Request, types []InstanceType, o Options, lim Scale
 			if tags == "" {
 				tags = "no tags"
 			}
-			plan.Reasons = append(plan.Reasons, strconv.Itoa(len(fit))+" pending requests ("+tags+", "+FormatBytes(sum)+
-				") fit on no worker: asking for "+describeBins(plan.Instances[len(plan.Instances)-asked:]))
+			why := strconv.Itoa(len(fit)) + " pending requests (" + tags + ", " + FormatBytes(sum) +
+				") fit on no worker: asking for " + describeBins(plan.Instances[len(plan.Instances)-asked:])
+			if priced(ts) {
+				cost := 0.0
+				for _, ni := range plan.Instances[len(plan.Instances)-asked:] {
+					cost += ni.Type.Price
+				}
+				why += ", " + FormatPrice(cost) + " in all, the cheapest set found"
+			}
+			plan.Reasons = append(plan.Reasons, why)
 		}
 	}
 	return plan
@@ -202,6 +221,66 @@ func pack(reqs []Request, ts []InstanceType, o Options) []bin {
 		}
 	}
 	return bins
+}
+
+// priced reports whether every type has a price and not all the same:
+// only then can a set of instances be cheaper than another of as many.
+func priced(ts []InstanceType) bool {
+	for _, t := range ts {
+		if t.Price <= 0 {
+			return false
+		}
+	}
+	for _, t := range ts {
+		if t.Price != ts[0].Price {
+			return true
+		}
+	}
+	return false
+}
+
+// packCheapest returns the cheapest of the packings of reqs (sorted
+// largest first, each fitting the largest type) first-fit-decreasing onto
+// instances of one type, for each type that holds the largest request,
+// each instance then changed to the cheapest type that holds what it got.
+// Ties go to fewer instances, then to the type tried first (smaller).
+func packCheapest(reqs []Request, ts []InstanceType, o Options) []bin {
+	var best []bin
+	bestCost := 0.0
+	for _, base := range ts {
+		cap := o.Usable(base)
+		if cap < reqs[0].Memory {
+			continue
+		}
+		var bins []bin
+		for _, r := range reqs {
+			placed := false
+			for i := range bins {
+				if bins[i].used+r.Memory <= cap {
+					bins[i].used += r.Memory
+					bins[i].reqs = append(bins[i].reqs, r)
+					placed = true
+					break
+				}
+			}
+			if !placed {
+				bins = append(bins, bin{t: base, used: r.Memory, reqs: []Request{r}})
+			}
+		}
+		cost := 0.0
+		for i := range bins {
+			for _, t := range ts {
+				if o.Usable(t) >= bins[i].used && t.Price < bins[i].t.Price {
+					bins[i].t = t
+				}
+			}
+			cost += bins[i].t.Price
+		}
+		if best == nil || cost < bestCost-1e-9 || (cost < bestCost+1e-9 && len(bins) < len(best)) {
+			best, bestCost = bins, cost
+		}
+	}
+	return best
 }
 
 func impossibleReason(r Request, ts []InstanceType, o Options) string {

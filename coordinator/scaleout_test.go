@@ -1,11 +1,13 @@
 package coordinator
 
 import (
+	"maps"
+	"math"
 	"strings"
 	"testing"
 )
 
-var testTypes = []InstanceType{{"large", 2 << 30}, {"small", 512 << 20}, {"medium", 1 << 30}}
+var testTypes = []InstanceType{{Name: "large", Memory: 2 << 30}, {Name: "small", Memory: 512 << 20}, {Name: "medium", Memory: 1 << 30}}
 
 func reqs(n int, role string, mem int64) []Request {
 	out := make([]Request, n)
@@ -99,6 +101,83 @@ func TestPlanScaleOut(t *testing.T) {
 			}
 			if held+len(p.Impossible)+len(p.Limited) != len(tc.unplaced) {
 				t.Errorf("%d held + %d impossible + %d limited != %d requests", held, len(p.Impossible), len(p.Limited), len(tc.unplaced))
+			}
+		})
+	}
+}
+
+// TestPlanScaleOutByPrice checks that priced types buy the cheapest set
+// found, and that without prices (or with one price for all) the plan is
+// the one by size.
+func TestPlanScaleOutByPrice(t *testing.T) {
+	o := DefaultOptions()
+	typed := func(small, medium, large float64) []InstanceType {
+		return []InstanceType{
+			{Name: "large", Memory: 2 << 30, Price: large},
+			{Name: "small", Memory: 512 << 20, Price: small},
+			{Name: "medium", Memory: 1 << 30, Price: medium},
+		}
+	}
+	cost := func(p ScaleOutPlan) float64 {
+		c := 0.0
+		for _, ni := range p.Instances {
+			c += ni.Type.Price
+		}
+		return c
+	}
+	tests := []struct {
+		name     string
+		unplaced []Request
+		types    []InstanceType
+		want     map[string]int
+		cost     float64
+	}{
+		{name: "smaller types cheaper per request: ten mediums, not three large and a medium",
+			unplaced: reqs(10, "app", 500<<20), types: typed(0.02, 0.05, 0.20), want: map[string]int{"medium": 10}, cost: 0.50},
+		{name: "the large type cheaper per byte: three large and a medium, as by size",
+			unplaced: reqs(10, "app", 500<<20), types: typed(0.02, 0.04, 0.05), want: map[string]int{"large": 3, "medium": 1}, cost: 0.19},
+		{name: "two small instances cheaper than the one medium that holds both",
+			unplaced: reqs(2, "proxy", 400<<20), types: typed(0.01, 0.05, 0.08), want: map[string]int{"small": 2}, cost: 0.02},
+		{name: "one price for all: the plan by size",
+			unplaced: reqs(10, "app", 500<<20), types: typed(0.1, 0.1, 0.1), want: map[string]int{"large": 3, "medium": 1}, cost: 0.4},
+		{name: "a type without a price: the plan by size",
+			unplaced: reqs(10, "app", 500<<20), types: typed(0.02, 0, 0.20), want: map[string]int{"large": 3, "medium": 1}, cost: 0.6},
+		{name: "the last instance shrinks to the cheapest type that holds it",
+			unplaced: append(reqs(3, "app", 600<<20), Request{Name: "app-tiny", Tags: []string{"role=app"}, Memory: 100 << 20}), types: typed(0.01, 0.10, 0.12),
+			want: map[string]int{"large": 1, "small": 1}, cost: 0.13},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			p := PlanScaleOut(tc.unplaced, tc.types, o, ScaleLimits{})
+			got := typeCounts(p)
+			if !maps.Equal(got, tc.want) {
+				t.Fatalf("instances %v, want %v (%v)", got, tc.want, p.Reasons)
+			}
+			if c := cost(p); math.Abs(c-tc.cost) > 1e-9 {
+				t.Errorf("cost %v, want %v", c, tc.cost)
+			}
+			held := 0
+			for _, ni := range p.Instances {
+				var sum int64
+				for range ni.Requests {
+					held++
+				}
+				for _, n := range ni.Requests {
+					for _, r := range tc.unplaced {
+						if r.Name == n {
+							sum += r.Memory
+						}
+					}
+				}
+				if sum > o.Usable(ni.Type) {
+					t.Errorf("%s holds %d, more than its %d usable", ni.Type.Name, sum, o.Usable(ni.Type))
+				}
+			}
+			if held != len(tc.unplaced) {
+				t.Errorf("%d requests held of %d", held, len(tc.unplaced))
+			}
+			if priced(tc.types) && !strings.Contains(strings.Join(p.Reasons, "\n"), "the cheapest set found") {
+				t.Errorf("reasons %q do not give the cost", p.Reasons)
 			}
 		})
 	}

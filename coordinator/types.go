@@ -81,6 +81,10 @@ type Worker struct {
 	// joined yet: a request placed on it waits for it instead of asking
 	// for another instance.
 	Booting bool
+	// Price is what the instance costs per hour, in any currency as long
+	// as every price given to one call uses the same; 0 means unknown.
+	// Only consolidation reads it (to remove or replace what costs most).
+	Price float64
 }
 
 // HeadroomBytes is the memory of w kept free by the headroom setting.
