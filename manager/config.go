@@ -164,7 +164,14 @@ func (c *Config) defaults() error {
 		if c.Consolidate.MaxNonEmpty > 0 {
 			d.MaxNonEmpty = c.Consolidate.MaxNonEmpty
 		}
+		if c.Consolidate.Budget != (coordinator.Budget{}) {
+			d.Budget = c.Consolidate.Budget
+		}
+		d.MinSaving = c.Consolidate.MinSaving
 		c.Consolidate = d
+	}
+	if c.Consolidate.Budget == (coordinator.Budget{}) {
+		c.Consolidate.Budget = coordinator.DefaultBudget()
 	}
 	if c.ServiceWait == 0 {
 		c.ServiceWait = DefaultServiceWait

@@ -109,7 +109,9 @@ func (l *leader) startCron() (func(), error) {
 func (l *leader) consolidationInput() []coordinator.Node {
 	m := l.m
 	joined := map[string]time.Time{}
+	inst := map[string]*Instance{}
 	for _, in := range l.store.Instances() {
+		inst[in.Name] = in
 		if !in.JoinedAt.IsZero() {
 			joined[in.Name] = in.JoinedAt
 		}
@@ -131,6 +133,7 @@ func (l *leader) consolidationInput() []coordinator.Node {
 	defer l.cons.stateMu.Unlock()
 	nodes := make([]coordinator.Node, 0, len(snap.Workers))
 	for _, w := range snap.Workers {
+		w.Price = m.priceOf(w.Name, w.Capacity, inst)
 		n := coordinator.Node{Worker: w, UnneededSince: l.cons.unneededSince[w.Name], Residents: residents[w.Name]}
 		if mem, ok := m.members.get(w.Name); ok {
 			n.JoinedAt = mem.FirstSeen
@@ -153,6 +156,14 @@ func (m *Manager) consolidateOptions(manual bool) coordinator.ConsolidateOptions
 	// Never empty a worker if that would push its role above the node
 	// usage limits (the alert would then ask for it back).
 	o.UsageLimit = m.cfg.NodeAlert
+	// Workers may be replaced by a cheaper type only where types have
+	// prices: without them no replacement can be shown to save.
+	for _, t := range m.coordTypes() {
+		if t.Price > 0 {
+			o.Types = m.coordTypes()
+			break
+		}
+	}
 	return o
 }
 
@@ -178,7 +189,7 @@ func (l *leader) Consolidate(ctx context.Context, manual, dryRun bool) Consolida
 	if !dryRun {
 		l.skipEvents(plan.Skipped)
 	}
-	if len(plan.Remove) == 0 {
+	if len(plan.Remove) == 0 && len(plan.Replace) == 0 {
 		res.Outcome = "nothing-to-do"
 		return res
 	}
@@ -188,7 +199,14 @@ func (l *leader) Consolidate(ctx context.Context, manual, dryRun bool) Consolida
 			res.Actions = append(res.Actions, fmt.Sprintf("would move %s from %s to %s", mv.Container, mv.From, mv.To))
 		}
 		for _, w := range plan.Remove {
-			res.Actions = append(res.Actions, "would terminate "+w)
+			res.Actions = append(res.Actions, "would terminate "+w+savingText(removalSaving(plan, w)))
+		}
+		for _, r := range plan.Replace {
+			res.Actions = append(res.Actions, fmt.Sprintf("would replace %s by a new %s instance and move %d containers to it%s",
+				r.Worker, r.Type.Name, len(r.Containers), savingText(r.Saving)))
+		}
+		if plan.SavingPerHour > 0 {
+			res.Actions = append(res.Actions, "would save "+coordinator.FormatPrice(plan.SavingPerHour)+" in all")
 		}
 		return res
 	}
@@ -221,9 +239,40 @@ func (l *leader) Consolidate(ctx context.Context, manual, dryRun bool) Consolida
 			res.Outcome, res.Error = "failed", err.Error()
 			return res
 		}
+		if sv := removalSaving(plan, w); sv > 0 {
+			m.event(EventTerminated, w, "scale-in saves %s", coordinator.FormatPrice(sv))
+		}
+	}
+	for _, r := range plan.Replace {
+		start := time.Now()
+		acts, err := l.replace(ctx, r)
+		m.metrics.scaledIn(err, time.Since(start))
+		res.Actions = append(res.Actions, acts...)
+		if err != nil {
+			res.Outcome, res.Error = "failed", err.Error()
+			return res
+		}
+		m.event(EventTerminated, r.Worker, "replaced by a %s instance: saves %s", r.Type.Name, coordinator.FormatPrice(r.Saving))
 	}
 	res.Outcome = "removed"
 	return res
+}
+
+// removalSaving is what removing worker w saves per hour, from the plan.
+func removalSaving(p coordinator.ConsolidationPlan, w string) float64 {
+	for _, r := range p.Removals {
+		if r.Worker == w {
+			return r.Saving
+		}
+	}
+	return 0
+}
+
+func savingText(v float64) string {
+	if v <= 0 {
+		return ""
+	}
+	return " (saves " + coordinator.FormatPrice(v) + ")"
 }
 
 func (l *leader) planRound(manual, track bool) coordinator.ConsolidationPlan {
@@ -265,7 +314,11 @@ func emptyOnly(p coordinator.ConsolidationPlan, ws []coordinator.ScheduleWindow)
 		specs[i] = fmt.Sprintf("%q for %s", w.Spec, w.Duration)
 	}
 	out := p
-	out.Remove, out.Moves = nil, nil
+	out.Remove, out.Moves, out.Removals, out.Replace, out.SavingPerHour = nil, nil, nil, nil, 0
+	for _, r := range p.Replace {
+		out.Skipped = append(out.Skipped, coordinator.Skip{Worker: r.Worker,
+			Reason: "its replacement by a cheaper instance moves containers, and unattended moves wait for a maintenance window (" + strings.Join(specs, ", ") + ")"})
+	}
 	for _, w := range p.Remove {
 		if movesFrom[w] {
 			out.Skipped = append(out.Skipped, coordinator.Skip{Worker: w,
@@ -273,13 +326,24 @@ func emptyOnly(p coordinator.ConsolidationPlan, ws []coordinator.ScheduleWindow)
 			continue
 		}
 		out.Remove = append(out.Remove, w)
+		for _, r := range p.Removals {
+			if r.Worker == w {
+				out.Removals = append(out.Removals, r)
+				out.SavingPerHour += r.Saving
+			}
+		}
 	}
 	return out
 }
 
 func samePlan(a, b coordinator.ConsolidationPlan) bool {
-	if strings.Join(a.Remove, ",") != strings.Join(b.Remove, ",") || len(a.Moves) != len(b.Moves) {
+	if strings.Join(a.Remove, ",") != strings.Join(b.Remove, ",") || len(a.Moves) != len(b.Moves) || len(a.Replace) != len(b.Replace) {
 		return false
+	}
+	for i := range a.Replace {
+		if a.Replace[i].Worker != b.Replace[i].Worker || a.Replace[i].Type.Name != b.Replace[i].Type.Name {
+			return false
+		}
 	}
 	for i := range a.Moves {
 		if a.Moves[i].Container != b.Moves[i].Container || a.Moves[i].To != b.Moves[i].To {

@@ -224,3 +224,68 @@ func TestEmptyOnlyOutsideMaintenanceWindows(t *testing.T) {
 		t.Fatal("06:00 is outside the 02:00 + 3h window")
 	}
 }
+
+// A worker whose containers fit a cheaper type is replaced: the new
+// instance is asked for, the containers move to it make before break,
+// the old instance is terminated, and the saving is shown.
+func TestConsolidateReplacesByACheaperType(t *testing.T) {
+	w := newWorld(t)
+	w.addWorker("w-1", 2<<30, "role=app")
+	w.cloud.listed = append(w.cloud.listed, cloudapi.Instance{ID: "i-w-1", Name: "w-1", Cluster: "mt", State: cloudapi.StateRunning})
+	cfg := scaleConfig()
+	cfg.Provider = w.cloud
+	cfg.InstanceTypes = []cloudapi.InstanceType{{Name: "small", Memory: 512 << 20, Price: 0.01}, {Name: "large", Memory: 2 << 30, Price: 0.04}}
+	cfg.Consolidate = coordinator.DefaultConsolidateOptions()
+	cfg.Consolidate.MinPerRole = map[string]int{"app": 1}
+	// A joining instance: the fake cloud's create makes its worker join.
+	w.cloud.onCreate = func(spec cloudapi.Spec) {
+		go w.addWorker(spec.Name, 512<<20, "role=app")
+		w.cloud.mu.Lock()
+		w.cloud.listed = append(w.cloud.listed, cloudapi.Instance{ID: "i-" + spec.Name, Name: spec.Name, Cluster: "mt", State: cloudapi.StateRunning})
+		w.cloud.mu.Unlock()
+	}
+	m := w.start("m1", cfg)
+	w.leader()
+	if code, msg := m.launch(LaunchRequest{Image: "micado/demo-web", Name: "web", Role: "app", Memory: "64MiB", Ports: []string{"8080"}, Replicas: 2}); code != http.StatusAccepted {
+		t.Fatalf("launch: %d %s", code, msg)
+	}
+	eventually(t, 5*time.Second, "web passes", func() bool { return m.passing("web") == 2 })
+
+	var dry ConsolidateResult
+	if code := m.do("POST", "/v1/consolidate", ConsolidateRequest{DryRun: true}, &dry); code != 200 || dry.Outcome != "planned" || len(dry.Plan.Replace) != 1 {
+		t.Fatalf("dry run: %d %+v", code, dry)
+	}
+	if got := strings.Join(dry.Actions, "\n"); !strings.Contains(got, "would replace w-1 by a new small instance and move 2 containers to it (saves $0.03/h)") {
+		t.Fatalf("dry-run actions:\n%s", got)
+	}
+	var res ConsolidateResult
+	if code := m.do("POST", "/v1/consolidate", nil, &res); code != 200 || res.Outcome != "removed" {
+		t.Fatalf("round: %d %+v", code, res)
+	}
+	var newNode string
+	for _, c := range m.ps() {
+		if c.Node == "w-1" || c.State != StateRunning || c.Health != HealthPassing || c.Generation != 1 {
+			t.Fatalf("after the replacement: %+v", c)
+		}
+		newNode = c.Node
+	}
+	if in, ok := m.current().store.Instance(newNode); !ok || in.Type != "small" {
+		t.Fatalf("the new worker %s is not a small instance: %+v", newNode, in)
+	}
+	w.cloud.mu.Lock()
+	terminated := append([]string(nil), w.cloud.terminated...)
+	w.cloud.mu.Unlock()
+	if fmt.Sprint(terminated) != "[i-w-1]" {
+		t.Fatalf("terminated %v, want [i-w-1]", terminated)
+	}
+	evs, _ := m.events.since(0, 0)
+	saved := false
+	for _, e := range evs {
+		if e.Kind == EventTerminated && e.Subject == "w-1" && strings.Contains(e.Message, "saves $0.03/h") {
+			saved = true
+		}
+	}
+	if !saved {
+		t.Fatal("no event shows the saving")
+	}
+}

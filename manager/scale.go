@@ -74,9 +74,32 @@ func (m *Manager) scaling() bool { return m.cfg.Provider != nil && len(m.cfg.Ins
 func (m *Manager) coordTypes() []coordinator.InstanceType {
 	out := make([]coordinator.InstanceType, len(m.cfg.InstanceTypes))
 	for i, t := range m.cfg.InstanceTypes {
-		out[i] = coordinator.InstanceType{Name: t.Name, Memory: t.Memory}
+		out[i] = coordinator.InstanceType{Name: t.Name, Memory: t.Memory, Price: t.Price}
 	}
 	return out
+}
+
+// priceOf is a worker's price per hour: its instance type's (from the
+// instance record), else that of the one type with exactly its memory;
+// 0 when unknown.
+func (m *Manager) priceOf(name string, capacity int64, inst map[string]*Instance) float64 {
+	if in, ok := inst[name]; ok {
+		for _, t := range m.cfg.InstanceTypes {
+			if t.Name == in.Type {
+				return t.Price
+			}
+		}
+	}
+	price, n := 0.0, 0
+	for _, t := range m.cfg.InstanceTypes {
+		if t.Memory == capacity {
+			price, n = t.Price, n+1
+		}
+	}
+	if n == 1 {
+		return price
+	}
+	return 0
 }
 
 // roleAllowed reports whether scale-out may create workers with tags.

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"math"
 	"net/http"
 	"strconv"
 	"strings"
@@ -27,6 +28,8 @@ type scaleInFlags struct {
 	drainDL     time.Duration
 	revalidate  time.Duration
 	windows     []string
+	budget      string
+	minSaving   float64
 }
 
 func (s *scaleInFlags) register(cmd *cobra.Command) {
@@ -36,7 +39,9 @@ func (s *scaleInFlags) register(cmd *cobra.Command) {
 	f.DurationVar(&s.delay, "scale-in-delay", coordinator.DefaultScaleDownDelayAfterAdd, "a worker is kept at least this long after it joined")
 	f.DurationVar(&s.unneeded, "unneeded-time", coordinator.DefaultScaleDownUnneededTime, "a worker must be removable this long before it is scaled in")
 	f.StringVar(&s.minPerRole, "min-per-role", "", "workers kept per role, e.g. proxy=1,app=2")
-	f.IntVar(&s.maxNonEmpty, "max-drain-per-round", coordinator.DefaultMaxNonEmptyPerRound, "workers with containers drained per round (empty ones may all go)")
+	f.IntVar(&s.maxNonEmpty, "max-drain-per-round", coordinator.DefaultMaxNonEmptyPerRound, "workers with containers drained per round in the whole cluster (0: only the per-role --drain-budget limits it; empty ones may all go)")
+	f.StringVar(&s.budget, "drain-budget", "10%", "the most workers of a role draining at once: N workers or N% of the role's workers (rounded up: a role may always drain one)")
+	f.Float64Var(&s.minSaving, "min-saving", 0, "a worker with containers is removed or replaced only if that saves at least this per hour (in the currency of --instance-prices)")
 	f.DurationVar(&s.moveTimeout, "move-timeout", manager.DefaultMoveTimeout, "how long one move may take to pass its check")
 	f.StringArrayVar(&s.windows, "consolidate-window", nil, `maintenance window "CRON for DURATION" (UTC), e.g. "0 2 * * * for 3h": outside every window unattended rounds only remove empty workers (repeatable)`)
 	f.DurationVar(&s.drainDL, "drain-deadline", manager.DefaultDrainDeadline, "how long draining one worker may take; past it the move in progress is rolled back and the worker kept")
@@ -55,8 +60,15 @@ func (s *scaleInFlags) apply(cfg *manager.Config) error {
 	if s.delay < 0 || s.unneeded < 0 || s.moveTimeout <= 0 || s.drainDL <= 0 || s.revalidate < 0 {
 		return userErr("scale-in durations must not be negative")
 	}
-	if s.maxNonEmpty < 1 {
-		return userErr("--max-drain-per-round must be at least 1")
+	if s.maxNonEmpty < 0 {
+		return userErr("--max-drain-per-round must not be negative")
+	}
+	budget, err := parseBudget(s.budget)
+	if err != nil {
+		return err
+	}
+	if s.minSaving < 0 || math.IsNaN(s.minSaving) || math.IsInf(s.minSaving, 0) {
+		return userErr("--min-saving %v must be a price per hour of at least 0", s.minSaving)
 	}
 	mins, err := parseMinPerRole(s.minPerRole)
 	if err != nil {
@@ -64,7 +76,7 @@ func (s *scaleInFlags) apply(cfg *manager.Config) error {
 	}
 	cfg.ConsolidateSchedule = s.schedule
 	cfg.Consolidate = coordinator.ConsolidateOptions{Threshold: s.threshold, DelayAfterAdd: s.delay, UnneededTime: s.unneeded,
-		MinPerRole: mins, MaxNonEmpty: s.maxNonEmpty}
+		MinPerRole: mins, MaxNonEmpty: s.maxNonEmpty, Budget: budget, MinSaving: s.minSaving}
 	cfg.MoveTimeout = s.moveTimeout
 	cfg.DrainDeadline = s.drainDL
 	for _, w := range s.windows {
@@ -176,4 +188,21 @@ before the old one stops.`,
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "print the plan and change nothing")
 	cmd.Flags().BoolVar(&jsonOut, "json", false, "print the round as JSON")
 	return cmd
+}
+
+// parseBudget reads --drain-budget: "N" workers or "N%" of a role.
+func parseBudget(v string) (coordinator.Budget, error) {
+	v = strings.TrimSpace(v)
+	if p, ok := strings.CutSuffix(v, "%"); ok {
+		f, err := strconv.ParseFloat(strings.TrimSpace(p), 64)
+		if err != nil || f <= 0 || f > 100 {
+			return coordinator.Budget{}, userErr("--drain-budget %q: a percentage above 0%% and at most 100%%", v)
+		}
+		return coordinator.Budget{Percent: f / 100}, nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 {
+		return coordinator.Budget{}, userErr("--drain-budget %q: a number of workers (at least 1) or a percentage such as 10%%", v)
+	}
+	return coordinator.Budget{Workers: n}, nil
 }
