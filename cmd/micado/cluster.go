@@ -80,6 +80,7 @@ func upCmd(g *globals) *cobra.Command {
 		servers   int
 		prom      string
 		prices    string
+		budget    string
 		alertCPU  string
 		alertMem  string
 		alertFor  time.Duration
@@ -137,6 +138,9 @@ roots).`,
 			if err := cloudapi.ApplyPrices(its, prices); err != nil {
 				return userErr("--instance-prices: %v", err)
 			}
+			if _, err := parseBudget(budget); err != nil {
+				return err
+			}
 			if schedule != "off" {
 				if _, err := cron.ParseStandard(schedule); err != nil {
 					return userErr("--consolidate-schedule %q is not a cron schedule: %v", schedule, err)
@@ -163,7 +167,7 @@ roots).`,
 			return up(ctx, cmd, g, upOptions{tls: tlsFiles, workers: workers, managers: managers, consulServers: servers, roles: rs, memory: mem, strategy: strategy,
 				provider: provider, types: types, maxTotal: maxTotal, maxPerRole: maxRole, joinTimeout: joinWait, scaleImage: scaleImg,
 				schedule: schedule, scaleInDelay: siDelay, unneeded: unneeded, minPerRole: minRole,
-				prometheus: prom, alertCPU: alertCPU, alertMem: alertMem, alertFor: alertFor, prices: prices})
+				prometheus: prom, alertCPU: alertCPU, alertMem: alertMem, alertFor: alertFor, prices: prices, budget: budget})
 		},
 	}
 	cmd.Flags().IntVar(&workers, "workers", 2, "number of worker agents")
@@ -183,6 +187,7 @@ roots).`,
 	cmd.Flags().StringVar(&minRole, "min-per-role", "", "workers kept per role, e.g. proxy=1 (default: 1 for each of --roles)")
 	cmd.Flags().StringVar(&scaleImg, "scale-image", "", "image new workers run (default: the micado image)")
 	cmd.Flags().DurationVar(&joinWait, "join-timeout", manager.DefaultJoinTimeout, "how long a new worker may take to join before it is removed")
+	cmd.Flags().StringVar(&budget, "drain-budget", "10%", "the most workers of a role consolidation drains at once: N or N%")
 	cmd.Flags().StringVar(&prices, "instance-prices", "", "price per hour of instance types NAME=PRICE, e.g. small=0.01,medium=0.02,large=0.04")
 	cmd.Flags().StringVar(&prom, "prometheus", "", "Prometheus HTTP API `URL` that scaling queries read, as the manager containers reach it (the host is the cluster network's gateway)")
 	cmd.Flags().StringVar(&alertCPU, "node-cpu-alert", "", "node usage alert: a role whose workers use more than this % of their CPU for --alert-for gets one more instance (e.g. 80%)")
@@ -280,6 +285,7 @@ type upOptions struct {
 	tls           *upTLS // nil: the API speaks plain HTTP
 	prometheus    string
 	prices        string
+	budget        string
 	alertCPU      string
 	alertMem      string
 	alertFor      time.Duration
@@ -515,6 +521,9 @@ func up(ctx context.Context, cmd *cobra.Command, g *globals, o upOptions) (err e
 		}
 		if o.prices != "" {
 			args = append(args, "--instance-prices", o.prices)
+		}
+		if o.budget != "" {
+			args = append(args, "--drain-budget", o.budget)
 		}
 		if o.alertCPU != "" {
 			args = append(args, "--node-cpu-alert", o.alertCPU)
