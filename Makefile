@@ -151,7 +151,7 @@ BENCH_OUT := $(BUILD_DIR)/bench.txt
 bench: consul images ## Run the benchmarks and print one table of figures against targets (not part of pass/fail)
 	@mkdir -p $(BUILD_DIR)
 	@: > $(BENCH_OUT)
-	$(GO) test -run '^$$' -bench 'Place1000x100k$$|Place5000x1M$$|ConsolidationDay$$|AutoscaleStability|SimulatedDay$$' -benchtime 1x ./coordinator | tee -a $(BENCH_OUT)
+	$(GO) test -run '^$$' -bench 'Place1000x100k$$|Place5000x1M$$|ConsolidationDay$$|ConsolidationDayPriced$$|Repack|PlanConsolidation5000x100k|AutoscaleStability|SimulatedDay$$' -benchtime 1x ./coordinator | tee -a $(BENCH_OUT)
 	$(GO) test -run '^$$' -bench 'UnplaceableToCreateCall|Gossip100$$|Gossip500$$|DecideRepairs100k' -benchtime 1x -timeout 30m ./manager | tee -a $(BENCH_OUT)
 	$(GO) test -run '^$$' -bench 'Throughput100kOn5000|ManagerMemory5000x100k|IdleConsulRequests' -benchtime 1x -timeout 60m ./manager/daemon | tee -a $(BENCH_OUT)
 	$(GO) test -run '^$$' -bench 'HeldLaunchDocker|WorkerLossRecovery|LaunchVsDockerRun|Failover|AutoscaleReaction' -benchtime 5x -timeout 60m ./cmd/micado | tee -a $(BENCH_OUT)

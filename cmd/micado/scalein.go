@@ -166,8 +166,19 @@ before the old one stops.`,
 			for _, mv := range res.Plan.Moves {
 				fmt.Fprintf(out, "move %s (%s) from %s to %s: %s\n", mv.Container, coordinator.FormatBytes(mv.Memory), mv.From, mv.To, mv.Reason)
 			}
-			for _, w := range res.Plan.Remove {
-				fmt.Fprintf(out, "remove %s\n", w)
+			for _, r := range res.Plan.Removals {
+				fmt.Fprintf(out, "remove %s: %s%s\n", r.Worker, r.Reason, savingSuffix(r.Saving))
+			}
+			if len(res.Plan.Removals) == 0 {
+				for _, w := range res.Plan.Remove {
+					fmt.Fprintf(out, "remove %s\n", w)
+				}
+			}
+			for _, r := range res.Plan.Replace {
+				fmt.Fprintf(out, "replace %s by a %s instance: %s%s\n", r.Worker, r.Type.Name, r.Reason, savingSuffix(r.Saving))
+			}
+			if res.Plan.SavingPerHour > 0 {
+				fmt.Fprintf(out, "saving in all: %s\n", coordinator.FormatPrice(res.Plan.SavingPerHour))
 			}
 			for _, a := range res.Actions {
 				fmt.Fprintln(out, a)
@@ -178,7 +189,11 @@ before the old one stops.`,
 			case "planned":
 				fmt.Fprintln(out, "dry run: nothing was changed")
 			case "removed":
-				fmt.Fprintf(out, "scaled in: %s\n", strings.Join(res.Plan.Remove, ", "))
+				done := append([]string(nil), res.Plan.Remove...)
+				for _, r := range res.Plan.Replace {
+					done = append(done, r.Worker+" (replaced)")
+				}
+				fmt.Fprintf(out, "scaled in: %s\n", strings.Join(done, ", "))
 			default:
 				return userErr("consolidation %s: %s", res.Outcome, res.Error)
 			}
@@ -205,4 +220,11 @@ func parseBudget(v string) (coordinator.Budget, error) {
 		return coordinator.Budget{}, userErr("--drain-budget %q: a number of workers (at least 1) or a percentage such as 10%%", v)
 	}
 	return coordinator.Budget{Workers: n}, nil
+}
+
+func savingSuffix(v float64) string {
+	if v <= 0 {
+		return ""
+	}
+	return " (saves " + coordinator.FormatPrice(v) + ")"
 }

@@ -55,8 +55,17 @@ var rows = []row{
 	{"5. gossip, 100 agents: bytes per second per agent", "BenchmarkGossip100", "bytes-per-sec-per-agent", bytes, "", nil},
 	{"5. gossip, 500 agents: manager sees every load change", "BenchmarkGossip500", "all-seen-ms", ms, "≤ 3 s", atMost(3000)},
 	{"5. gossip, 500 agents: bytes per second per agent", "BenchmarkGossip500", "bytes-per-sec-per-agent", bytes, "", nil},
-	{"6. consolidation, synthetic day, spread: node-hours / lower bound", "BenchmarkConsolidationDay/spread", "ratio", ratio, "≤ 1.10", atMost(1.10)},
-	{"6. consolidation, synthetic day, binpack: node-hours / lower bound", "BenchmarkConsolidationDay/binpack", "ratio", ratio, "≤ 1.10", atMost(1.10)},
+	{"6. consolidation, synthetic day, spread: node-hours / lower bound", "BenchmarkConsolidationDay/spread", "ratio", ratio, "≤ 1.05", atMost(1.05)},
+	{"6. consolidation, synthetic day, binpack: node-hours / lower bound", "BenchmarkConsolidationDay/binpack", "ratio", ratio, "≤ 1.05", atMost(1.05)},
+	{"6. consolidation, priced day (two types): cost / lower-bound cost", "BenchmarkConsolidationDayPriced", "cost-ratio", ratio, "", nil},
+	{"6. repack from spread, 120 containers: workers left / fresh FFD (5 seeds)", "BenchmarkRepack120", "workers-left/ffd", ratio, "", nil},
+	{"6. repack from spread, 120 containers: most workers above FFD", "BenchmarkRepack120", "max-over-ffd", count, "≤ 1", atMost(1)},
+	{"6. repack from spread, 1,000 containers: most workers above FFD", "BenchmarkRepack1000", "max-over-ffd", count, "≤ 1", atMost(1)},
+	{"6. repack from spread, 1,000 containers: workers left / lower bound", "BenchmarkRepack1000", "workers-left/lower-bound", ratio, "", nil},
+	{"6. repack from spread, 1,000 containers: rounds to stable (mean)", "BenchmarkRepack1000", "rounds", num1, "", nil},
+	{"6. consolidation plan, 5,000 workers × 100,000 containers, typical", "BenchmarkPlanConsolidation5000x100k/typical", "ms/plan", ms1, "≤ 200 ms", atMost(200)},
+	{"6. consolidation plan, 5,000 × 100,000, nothing removable", "BenchmarkPlanConsolidation5000x100k/none-removable", "ms/plan", ms1, "≤ 200 ms", atMost(200)},
+	{"6. consolidation plan, 5,000 × 100,000, every trial fails late", "BenchmarkPlanConsolidation5000x100k/late-failure", "ms/plan", ms1, "≤ 200 ms", atMost(200)},
 	{"7. manager resident memory, 5,000 workers, 100,000 containers", "BenchmarkManagerMemory5000x100k", "rss-mb", mb, "≤ 150 MB", atMost(150)},
 	{"7. manager heap in use, 5,000 workers, 100,000 containers", "BenchmarkManagerMemory5000x100k", "heap-mb", mb, "", nil},
 	{"8. reconcile round with nothing to repair, 100,000 containers (mean)", "BenchmarkManagerMemory5000x100k", "reconcile-ms", ms1, "≤ 50 ms", atMost(50)},
@@ -75,6 +84,7 @@ var rows = []row{
 }
 
 func count(v float64) string { return fmt.Sprintf("%.0f", v) }
+func num1(v float64) string  { return fmt.Sprintf("%.1f", v) }
 
 func perMin(v float64) string { return fmt.Sprintf("%.0f/min", v) }
 
