@@ -9,6 +9,10 @@
 (() => {
   const TOKEN_KEY = 'micado.token';
   const POLL_MS = 1500;
+  // The autoscaling view (an hour of history, ~35 KB per scaled service)
+  // changes once per autoscaler round (5 s): fetched at that pace only.
+  const AUTO_MS = 5000;
+  let lastAutoAt = 0;
   const MAX_EVENTS = 60;
 
   const $ = (id) => document.getElementById(id);
@@ -632,8 +636,10 @@
       const evPath = lastSeq ? `/v1/events?since=${lastSeq}&limit=${MAX_EVENTS}` : `/v1/events?limit=${MAX_EVENTS}`;
       // The autoscaling view comes from the leader only: while it cannot
       // be had (a failover, an older manager), the rest still shows.
+      const fetchAuto = Date.now() - lastAutoAt >= AUTO_MS;
       const [st, all, cs, evs, auto] = await Promise.all([api('/v1/status'), api('/v1/nodes'), api('/v1/containers'), api(evPath),
-        api('/v1/autoscale?history=1').catch((e) => e)]);
+        fetchAuto ? api('/v1/autoscale?history=1').catch((e) => e) : Promise.resolve(undefined)]);
+      if (fetchAuto) lastAutoAt = Date.now();
       if (auto instanceof APIError && auto.status === 401) throw auto;
       const nodes = (all || []).filter((n) => n.kind !== 'manager');
       let newEvents = false;
@@ -654,7 +660,7 @@
       }
       if (newEvents || !$('events').childElementCount) drawEvents();
       const autoDrawn = auto instanceof Error ? 'error: ' + auto.message : JSON.stringify(auto);
-      if (autoDrawn !== lastAuto) {
+      if (auto !== undefined && autoDrawn !== lastAuto) {
         lastAuto = autoDrawn;
         try {
           drawAutoscale(auto);
