@@ -110,11 +110,7 @@ func NewPlacer(s *Snapshot, o Options) *Placer {
 			p.group[i] = -1
 			continue
 		}
-		tags := slices.Clone(w.Tags)
-		slices.Sort(tags)
-		tags = slices.Compact(tags)
-		// The first byte keeps hot and cool workers of one tag set apart.
-		k := string(appendTagsKey([]byte{boolByte(w.Hot)}, tags))
+		k, tags := groupKey(w)
 		g, ok := byTags[k]
 		if !ok {
 			g = int32(len(p.groups))
@@ -347,4 +343,14 @@ func PlaceAll(s *Snapshot, reqs []Request, o Options) []Decision {
 		out[i] = d
 	}
 	return out
+}
+
+// groupKey names w's group of interchangeable workers: its sorted tag
+// set, with a first byte that keeps hot and cool workers apart. It also
+// returns the sorted tags.
+func groupKey(w *Worker) (string, []string) {
+	tags := slices.Clone(w.Tags)
+	slices.Sort(tags)
+	tags = slices.Compact(tags)
+	return string(appendTagsKey([]byte{boolByte(w.Hot)}, tags)), tags
 }

@@ -78,10 +78,7 @@ func newPool(nodes []Node, o Options) *pool {
 			p.draining++
 			continue
 		}
-		tags := slices.Clone(w.Tags)
-		slices.Sort(tags)
-		tags = slices.Compact(tags)
-		k := string(appendTagsKey([]byte{boolByte(w.Hot)}, tags))
+		k, tags := groupKey(w)
 		g, ok := byKey[k]
 		if !ok {
 			g = int32(len(p.groups))

@@ -126,19 +126,11 @@ type RolePoint struct {
 
 // AutoscaleView answers GET /v1/autoscale.
 type AutoscaleView struct {
-	Interval string                       `json:"interval"`
-	Policies []PolicyView                 `json:"policies"`
-	Alerts   []coordinator.RoleAlert      `json:"alerts,omitempty"`
-	Limit    coordinator.UsageLimit       `json:"limit"`
-	Roles    map[string][]RolePoint       `json:"roles,omitempty"`
-	Stats    map[string]ContainerStatView `json:"-"`
-}
-
-// ContainerStatView is a container's measured use, as the autoscaler
-// holds it.
-type ContainerStatView struct {
-	CPU    float64 `json:"cpu"`
-	Memory int64   `json:"memory"`
+	Interval string                  `json:"interval"`
+	Policies []PolicyView            `json:"policies"`
+	Alerts   []coordinator.RoleAlert `json:"alerts,omitempty"`
+	Limit    coordinator.UsageLimit  `json:"limit"`
+	Roles    map[string][]RolePoint  `json:"roles,omitempty"`
 }
 
 // AutoscaleChange is the body of PUT /v1/autoscale/{service}: turn a
@@ -363,8 +355,7 @@ func policyOf(s definitions.Scaling) coordinator.ScalePolicy {
 }
 
 // measure reads one service's metrics for its policy.
-func (l *leader) measure(ctx context.Context, p *PolicyRecord, members []*Container, now time.Time) ([]coordinator.MetricValue, []MetricView) {
-	pol := policyOf(p.Scaling)
+func (l *leader) measure(ctx context.Context, p *PolicyRecord, pol coordinator.ScalePolicy, members []*Container, now time.Time) ([]coordinator.MetricValue, []MetricView) {
 	vals := make([]coordinator.MetricValue, 0, len(pol.Metrics))
 	views := make([]MetricView, 0, len(pol.Metrics))
 	a := l.scaler
@@ -425,8 +416,8 @@ func (l *leader) decideService(ctx context.Context, p *PolicyRecord, now time.Ti
 		// Nothing to scale from (its containers are all being stopped).
 		return
 	}
-	vals, views := l.measure(ctx, p, members, now)
 	pol := policyOf(p.Scaling)
+	vals, views := l.measure(ctx, p, pol, members, now)
 	a := l.scaler
 	a.mu.Lock()
 	st := a.services[p.Service]
@@ -462,7 +453,7 @@ func (l *leader) decideService(ctx context.Context, p *PolicyRecord, now time.Ti
 	}
 	st.series = append(st.series, pt)
 	a.mu.Unlock()
-	l.m.metrics.autoscaled(p.Service, current, d.Desired, views)
+	l.m.metrics.autoscaled(current, d.Desired)
 	if d.Desired == current {
 		return
 	}
@@ -796,11 +787,10 @@ func (l *leader) evaluateAlerts(ctx context.Context, now time.Time) {
 		}
 	}
 	a.mu.Lock()
-	for r, pts := range a.roles {
+	for r := range a.roles {
 		if perRole[r] == nil {
-			perRole[r] = &RolePoint{T: now.Unix()}
+			perRole[r] = &RolePoint{T: now.Unix()} // a role that lost its workers draws 0
 		}
-		_ = pts
 	}
 	for r, pt := range perRole {
 		pts := a.roles[r]
@@ -881,23 +871,8 @@ func (l *leader) alertScaleOut(ctx context.Context, al coordinator.RoleAlert, no
 			return false // one is booting already: wait for it
 		}
 	}
-	lim := coordinator.ScaleLimits{MaxInstances: m.cfg.MaxInstances, MaxPerRole: m.cfg.MaxPerRole, PerRole: map[string]int{}}
-	seen := map[string]bool{}
-	for _, w := range m.members.workers() {
-		if w.Status == statusAlive {
-			seen[w.Name] = true
-			lim.Instances++
-			lim.PerRole[coordinator.RoleOf(w.Load.Tags)]++
-		}
-	}
-	for _, in := range l.store.Instances() {
-		if !seen[in.Name] {
-			lim.Instances++
-			lim.PerRole[coordinator.RoleOf(in.Tags)]++
-		}
-	}
 	req := coordinator.Request{Name: "alert:" + al.Role, Tags: tags, Memory: 1}
-	plan := coordinator.PlanScaleOut([]coordinator.Request{req}, m.coordTypes(), m.cfg.Placement, lim)
+	plan := coordinator.PlanScaleOut([]coordinator.Request{req}, m.coordTypes(), m.cfg.Placement, l.scaleLimits())
 	if len(plan.Instances) == 0 {
 		reason := "no instance type carries the role"
 		if len(plan.Limited) > 0 {
@@ -906,16 +881,8 @@ func (l *leader) alertScaleOut(ctx context.Context, al coordinator.RoleAlert, no
 		m.event(EventNodeAlert, "role="+al.Role, "%s; no instance asked: %s", al.Reason, reason)
 		return true
 	}
-	ni := plan.Instances[0]
-	in := &Instance{Name: "w-" + al.Role + "-" + randHex(3), Type: ni.Type.Name, Memory: ni.Type.Memory, Tags: ni.Tags,
-		Provider: m.cfg.Provider.Name(), State: InstanceRequested, RequestedAt: now.UTC()}
-	if err := l.store.Update(ctx, func(tx *Tx) error {
-		if tx.Instance(in.Name) != nil {
-			return ErrExists
-		}
-		tx.PutInstance(in)
-		return nil
-	}); err != nil {
+	in := m.newInstance(plan.Instances[0].Type, plan.Instances[0].Tags, now)
+	if err := l.recordInstance(ctx, in); err != nil {
 		return false
 	}
 	m.metrics.scaleOutInstance("requested")

@@ -210,7 +210,7 @@ func (x *metrics) reconciled(took time.Duration) {
 }
 
 // autoscaled counts a decision that changes a service's replicas.
-func (x *metrics) autoscaled(_ string, current, desired int, _ []MetricView) {
+func (x *metrics) autoscaled(current, desired int) {
 	switch {
 	case x == nil || current == desired:
 	case desired > current:

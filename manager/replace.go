@@ -1,7 +1,6 @@
 package manager
 
 import (
-	"cmp"
 	"context"
 	"fmt"
 	"time"
@@ -22,20 +21,12 @@ func (l *leader) replace(ctx context.Context, r coordinator.Replacement) ([]stri
 	if !ok || old.Status != statusAlive {
 		return nil, fmt.Errorf("%s is not alive", r.Worker)
 	}
-	role := cmp.Or(coordinator.RoleOf(old.Load.Tags), "any")
 	tags := r.Tags
 	if len(tags) == 0 {
 		tags = old.Load.Tags
 	}
-	in := &Instance{Name: "w-" + role + "-" + randHex(3), Type: r.Type.Name, Memory: r.Type.Memory, Tags: tags,
-		Provider: m.cfg.Provider.Name(), State: InstanceRequested, RequestedAt: time.Now().UTC()}
-	if err := l.store.Update(ctx, func(tx *Tx) error {
-		if tx.Instance(in.Name) != nil {
-			return ErrExists
-		}
-		tx.PutInstance(in)
-		return nil
-	}); err != nil {
+	in := m.newInstance(r.Type, tags, time.Now())
+	if err := l.recordInstance(ctx, in); err != nil {
 		return nil, fmt.Errorf("record the replacement of %s: %w", r.Worker, err)
 	}
 	l.setDraining(r.Worker, "replacement")

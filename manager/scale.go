@@ -151,6 +151,49 @@ func tagsText(tags []string) string {
 	return strings.Join(tags, ",")
 }
 
+// scaleLimits counts the workers and instances scale-out limits apply
+// to: every alive worker, and every instance asked for whose worker is
+// not (yet) alive.
+func (l *leader) scaleLimits() coordinator.ScaleLimits {
+	m := l.m
+	lim := coordinator.ScaleLimits{MaxInstances: m.cfg.MaxInstances, MaxPerRole: m.cfg.MaxPerRole, PerRole: map[string]int{}}
+	seen := map[string]bool{}
+	for _, w := range m.members.workers() {
+		if w.Status == statusAlive {
+			seen[w.Name] = true
+			lim.Instances++
+			lim.PerRole[coordinator.RoleOf(w.Load.Tags)]++
+		}
+	}
+	for _, in := range l.store.Instances() {
+		if !seen[in.Name] {
+			lim.Instances++
+			lim.PerRole[coordinator.RoleOf(in.Tags)]++
+		}
+	}
+	return lim
+}
+
+// newInstance is the record of an instance about to be asked of the
+// cloud, named after its role.
+func (m *Manager) newInstance(t coordinator.InstanceType, tags []string, now time.Time) *Instance {
+	role := cmp.Or(coordinator.RoleOf(tags), "any")
+	return &Instance{Name: "w-" + role + "-" + randHex(3), Type: t.Name, Memory: t.Memory, Tags: tags,
+		Provider: m.cfg.Provider.Name(), State: InstanceRequested, RequestedAt: now.UTC()}
+}
+
+// recordInstance journals a new instance record before the cloud is
+// called for it.
+func (l *leader) recordInstance(ctx context.Context, in *Instance) error {
+	return l.store.Update(ctx, func(tx *Tx) error {
+		if tx.Instance(in.Name) != nil {
+			return ErrExists
+		}
+		tx.PutInstance(in)
+		return nil
+	})
+}
+
 // pendingChange is what placePending decided for one pending container.
 type pendingChange struct {
 	state                 State
@@ -201,22 +244,7 @@ func (l *leader) placePending(ctx context.Context) {
 	}
 	var create []*Instance
 	if len(unplaced) > 0 {
-		lim := coordinator.ScaleLimits{MaxInstances: m.cfg.MaxInstances, MaxPerRole: m.cfg.MaxPerRole, PerRole: map[string]int{}}
-		seen := map[string]bool{}
-		for _, w := range m.members.workers() {
-			if w.Status == statusAlive {
-				seen[w.Name] = true
-				lim.Instances++
-				lim.PerRole[coordinator.RoleOf(w.Load.Tags)]++
-			}
-		}
-		for _, in := range l.store.Instances() {
-			if !seen[in.Name] {
-				lim.Instances++
-				lim.PerRole[coordinator.RoleOf(in.Tags)]++
-			}
-		}
-		plan := coordinator.PlanScaleOut(unplaced, m.coordTypes(), m.cfg.Placement, lim)
+		plan := coordinator.PlanScaleOut(unplaced, m.coordTypes(), m.cfg.Placement, l.scaleLimits())
 		for _, d := range plan.Impossible {
 			changes[d.Request.Name] = pendingChange{state: StateFailed, reason: d.Reason, failed: true}
 		}
@@ -228,9 +256,7 @@ func (l *leader) placePending(ctx context.Context) {
 		}
 		now := time.Now().UTC()
 		for _, ni := range plan.Instances {
-			role := cmp.Or(coordinator.RoleOf(ni.Tags), "any")
-			in := &Instance{Name: "w-" + role + "-" + randHex(3), Type: ni.Type.Name, Memory: ni.Type.Memory, Tags: ni.Tags,
-				Provider: m.cfg.Provider.Name(), State: InstanceRequested, RequestedAt: now}
+			in := m.newInstance(ni.Type, ni.Tags, now)
 			// The intent is recorded before the cloud is called, together
 			// with the requests that wait for it.
 			create = append(create, in)

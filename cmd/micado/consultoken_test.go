@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"crypto/rand"
 	"encoding/base64"
 	"fmt"
@@ -11,31 +10,12 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	consul "github.com/hashicorp/consul/api"
 )
-
-// lockedBuffer is a process's output, read while the process writes it.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 // loopbackPort returns a loopback port free for both TCP and UDP.
 func loopbackPort(t *testing.T) int {
@@ -106,14 +86,14 @@ func TestManagerCommandTakesTheConsulToken(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	run := func(env []string, extra ...string) (*exec.Cmd, *lockedBuffer) {
+	run := func(env []string, extra ...string) (*exec.Cmd, *testnet.LogBuffer) {
 		args := append([]string{"manager", "--cluster", "ctok", "--consul", addr, "--key-file", keyFile,
 			"--api", "127.0.0.1:" + strconv.Itoa(loopbackPort(t)), "--bind", "127.0.0.1", "--advertise", "127.0.0.1",
 			"--port", strconv.Itoa(loopbackPort(t)), "--consolidate-schedule", "off"}, extra...)
 		cmd := exec.Command(micadoBin, args...)
 		cmd.Env = append(os.Environ(), "CONSUL_HTTP_TOKEN=", "CONSUL_HTTP_TOKEN_FILE=", "MICADO_CLUSTER_KEY=", "MICADO_API_TOKEN=")
 		cmd.Env = append(cmd.Env, env...)
-		out := &lockedBuffer{}
+		out := &testnet.LogBuffer{}
 		cmd.Stdout, cmd.Stderr = out, out
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/docker/docker/api/types/network"
+	"github.com/micado-scale/micado/internal/testnet"
 	"github.com/micado-scale/micado/manager"
 	"github.com/micado-scale/micado/worker"
 )
@@ -151,7 +152,7 @@ func TestMetricsScrapedByPrometheus(t *testing.T) {
 
 	// A real Prometheus, on loopback, scraping every second.
 	dir := t.TempDir()
-	port := loopbackPort(t) // lockedBuffer and loopbackPort: consultoken_test.go
+	port := loopbackPort(t) // loopbackPort: consultoken_test.go
 	promAddr := "127.0.0.1:" + strconv.Itoa(port)
 	cfg := fmt.Sprintf(`global:
   scrape_interval: 1s
@@ -173,7 +174,7 @@ scrape_configs:
 	if out, err := exec.Command(promtool, "check", "config", cfgFile).CombinedOutput(); err != nil {
 		t.Fatalf("promtool check config: %v\n%s\n%s", err, out, cfg)
 	}
-	var logs lockedBuffer
+	var logs testnet.LogBuffer
 	prom := exec.Command(promBin, "--config.file="+cfgFile, "--storage.tsdb.path="+filepath.Join(dir, "data"),
 		"--web.listen-address="+promAddr, "--log.level=warn")
 	prom.Stdout, prom.Stderr = &logs, &logs

@@ -5,13 +5,11 @@
 package testconsul
 
 import (
-	"bytes"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"sync"
 	"testing"
 	"time"
 
@@ -47,7 +45,7 @@ func Binary(tb testing.TB) string {
 type Agent struct {
 	Addr string // HTTP host:port
 	cmd  *exec.Cmd
-	out  *logBuffer
+	out  *testnet.LogBuffer
 }
 
 // Kill stops the agent at once.
@@ -55,23 +53,6 @@ func (a *Agent) Kill() { _ = a.cmd.Process.Kill(); _ = a.cmd.Wait() }
 
 // Log returns what the agent printed.
 func (a *Agent) Log() string { return a.out.String() }
-
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *logBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 // Start runs a Consul dev agent on loopback for one test (stopped at its
 // end) and waits until it has a leader.
@@ -101,7 +82,7 @@ func StartHCL(tb testing.TB, hcl, token string) *Agent {
 	ports := fmt.Sprintf(`ports { http = %d, dns = -1, grpc = -1, grpc_tls = -1, serf_lan = %d, serf_wan = %d, server = %d }`,
 		httpPort, testnet.FreePort(tb), testnet.FreePort(tb), testnet.FreePort(tb))
 	cmd := exec.Command(Binary(tb), "agent", "-dev", "-bind=127.0.0.1", "-client=127.0.0.1", "-log-level=error", "-hcl", ports+"\n"+hcl)
-	out := &logBuffer{}
+	out := &testnet.LogBuffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
 		tb.Fatalf("start consul: %v", err)

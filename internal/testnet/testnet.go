@@ -2,10 +2,30 @@
 package testnet
 
 import (
+	"bytes"
 	"net"
 	"strconv"
+	"sync"
 	"testing"
 )
+
+// LogBuffer collects what a process prints, safe to read while it writes.
+type LogBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *LogBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *LogBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
 
 // FreePort returns a loopback port free for both TCP and UDP (memberlist
 // and Consul's serf bind both), so tests do not collide with another

@@ -10,7 +10,6 @@
 package testprom
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"net"
@@ -20,7 +19,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -109,24 +107,6 @@ func isLoopback(host string) bool {
 	return ip != nil && ip.IsLoopback()
 }
 
-// logBuffer collects what the server prints, safe for concurrent writes.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *logBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // Start runs a Prometheus server on 127.0.0.1 for one test, scraping what
 // scrapeConfigYAML says (see Config), waits until /-/ready answers 200 and
 // returns its base URL, e.g. "http://127.0.0.1:41234". The server is
@@ -157,7 +137,7 @@ func Start(tb testing.TB, scrapeConfigYAML string) (url string) {
 			"--log.level=warn",
 		)
 		cmd.Dir = dir
-		out := &logBuffer{}
+		out := &testnet.LogBuffer{}
 		cmd.Stdout, cmd.Stderr = out, out
 		if err := cmd.Start(); err != nil {
 			tb.Fatalf("start prometheus: %v", err)

@@ -27,24 +27,6 @@ import (
 	"github.com/micado-scale/micado/worker"
 )
 
-// aclLogBuffer collects a manager's log lines.
-type aclLogBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *aclLogBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *aclLogBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 func startConsulWithACL(tb testing.TB, mgmt string) string {
 	return testconsul.StartWithACL(tb, mgmt).Addr
 }
@@ -191,7 +173,7 @@ type aclManager struct {
 	base   string
 	gossip string
 	key    []byte
-	logs   *aclLogBuffer
+	logs   *testnet.LogBuffer
 	done   chan error
 	cancel context.CancelFunc
 }
@@ -207,7 +189,7 @@ func startACLManager(tb testing.TB, consulAddr, token string) *aclManager {
 		APIAddr: "127.0.0.1:" + strconv.Itoa(freePort(tb)), ConsulWait: 20 * time.Second,
 		ReconcileInterval: time.Second, ConsolidateSchedule: "off",
 	}
-	m := &aclManager{base: "http://" + cfg.APIAddr, gossip: "127.0.0.1:" + strconv.Itoa(gossipPort), key: key, logs: &aclLogBuffer{}, done: make(chan error, 1)}
+	m := &aclManager{base: "http://" + cfg.APIAddr, gossip: "127.0.0.1:" + strconv.Itoa(gossipPort), key: key, logs: &testnet.LogBuffer{}, done: make(chan error, 1)}
 	cfg.Logger = slog.New(slog.NewTextHandler(m.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	ctx, cancel := context.WithCancel(context.Background())
 	m.cancel = cancel
