@@ -121,14 +121,15 @@ func consolidateCmd(g *globals) *cobra.Command {
 	var dryRun, jsonOut bool
 	cmd := &cobra.Command{
 		Use:   "consolidate",
-		Short: "Run one scale-in round now: move containers off the least-utilized worker and terminate it",
+		Short: "Run one scale-in round now: repack, empty and terminate the workers that can go, replace others by cheaper types",
 		Long: `Consolidate runs one scale-in round now and prints the plan and its reasons.
 The manager also runs rounds on its own schedule (--consolidate-schedule).
 Run by hand, a round skips the waiting rules (delay after scale-out, unneeded
-for a while) because you asked for it now, but never the safety rules
-(threshold, pinned containers, minimum workers per role, everything must fit
-elsewhere). Moves are make before break: the new copy passes its Consul check
-before the old one stops.`,
+for a while) and maintenance windows because you asked for it now, but never
+the safety rules (pinned containers, minimum workers per role, the drain
+budget, the minimum saving, everything must fit elsewhere). Moves are make
+before break: the new copy passes its Consul check before the old one stops.
+With --dry-run it only prints what it would do and the saving per hour.`,
 		Example: "  micado consolidate --dry-run\n  micado consolidate",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
