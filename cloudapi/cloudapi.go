@@ -398,27 +398,6 @@ func ApplyPrices(types []InstanceType, s string) error {
 	return nil
 }
 
-// SmallestFitting returns the type with the least memory whose usable memory,
-// Memory*(1-headroom), is at least need bytes. Ties go to fewer CPUs, then to
-// the earlier type. headroom is the fraction of memory kept free (0.1 keeps
-// 10%); values below 0 count as 0. It reports false if no type fits.
-func SmallestFitting(types []InstanceType, need int64, headroom float64) (InstanceType, bool) {
-	if math.IsNaN(headroom) || headroom < 0 {
-		headroom = 0
-	}
-	var best InstanceType
-	found := false
-	for _, t := range types {
-		if float64(t.Memory)*(1-headroom) < float64(need) || t.Memory <= 0 {
-			continue
-		}
-		if !found || t.Memory < best.Memory || t.Memory == best.Memory && t.CPUs < best.CPUs {
-			best, found = t, true
-		}
-	}
-	return best, found
-}
-
 // FindType returns the type called name.
 func FindType(types []InstanceType, name string) (InstanceType, bool) {
 	i := slices.IndexFunc(types, func(t InstanceType) bool { return t.Name == name })

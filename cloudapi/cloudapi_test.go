@@ -97,60 +97,6 @@ func TestParseInstanceTypes(t *testing.T) {
 	}
 }
 
-func TestSmallestFitting(t *testing.T) {
-	types, err := ParseInstanceTypes("large=2GiB,small=512MiB,medium=1GiB")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cases := []struct {
-		need     int64
-		headroom float64
-		want     string
-	}{
-		{0, 0, "small"},
-		{-5, 0, "small"},
-		{100 << 20, 0, "small"},
-		{512 << 20, 0, "small"},             // exactly fits
-		{512<<20 + 1, 0, "medium"},          // one byte more
-		{512 << 20, 0.1, "medium"},          // headroom pushes it up
-		{900 << 20, 0.1, "medium"},          // 1GiB*0.9 = 921.6MiB
-		{1 << 30, 0.5, "large"},             // 2GiB*0.5 = 1GiB
-		{2 << 30, 0, "large"},               // exactly the largest
-		{2<<30 + 1, 0, ""},                  // nothing fits
-		{1 << 30, 1, ""},                    // 100% headroom: nothing usable
-		{100 << 20, -0.5, "small"},          // negative headroom counts as 0
-		{1536 << 20, 0.25, "large"},         // 2GiB*0.75 = 1.5GiB
-		{1536<<20 + 1, 0.25, ""},            // just over
-		{256 << 20, 0.5, "small"},           // 512MiB*0.5
-		{256<<20 + 1, 0.5, "medium"},        // just over small
-		{1, 0.9999999999, ""},               // under one usable byte everywhere
-		{1 << 20, 0.99, "small"},            // 512MiB*0.01 ≈ 5.1MiB
-		{6 << 20, 0.99, "medium"},           // small gives 5.12MiB < 6MiB
-		{int64(^uint64(0) >> 1), 0, ""},     // absurd need
-		{(1 << 30) * 9 / 10, 0.1, "medium"}, // exactly 90% of medium
-	}
-	for _, c := range cases {
-		got, ok := SmallestFitting(types, c.need, c.headroom)
-		if c.want == "" {
-			if ok {
-				t.Errorf("SmallestFitting(%d, %v) = %s, want none", c.need, c.headroom, got.Name)
-			}
-			continue
-		}
-		if !ok || got.Name != c.want {
-			t.Errorf("SmallestFitting(%d, %v) = %s/%v, want %s", c.need, c.headroom, got.Name, ok, c.want)
-		}
-	}
-	if _, ok := SmallestFitting(nil, 1, 0); ok {
-		t.Error("SmallestFitting(nil) found a type")
-	}
-	// Ties on memory go to fewer CPUs, then to the earlier entry.
-	tie := []InstanceType{{Name: "a", Memory: 1 << 30, CPUs: 2}, {Name: "b", Memory: 1 << 30, CPUs: 1}, {Name: "c", Memory: 1 << 30, CPUs: 1}}
-	if got, _ := SmallestFitting(tie, 1, 0); got.Name != "b" {
-		t.Errorf("tie broken to %s, want b", got.Name)
-	}
-}
-
 func TestLabels(t *testing.T) {
 	spec := Spec{Cluster: "prod", Name: "w-proxy-3f2a", Type: InstanceType{Name: "small"}, Tags: []string{"zone=a", "role=proxy"}}
 	l, err := Labels(spec)

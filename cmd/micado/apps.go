@@ -95,9 +95,16 @@ before break. A file with errors changes nothing.`,
 			start := time.Now()
 			last := ""
 			for {
-				err := c.get(ctx, "/v1/apps/"+url.PathEscape(app.Name), &st)
+				// Each poll decodes into a fresh value: fields the manager
+				// omits when empty (a service's reasons once it runs) must not
+				// keep an earlier poll's values.
+				var cur manager.AppStatus
+				err := c.get(ctx, "/v1/apps/"+url.PathEscape(app.Name), &cur)
 				if err != nil && ctx.Err() == nil {
 					return err
+				}
+				if err == nil {
+					st = cur
 				}
 				line := summary(st)
 				if line != last && !jsonOut {
