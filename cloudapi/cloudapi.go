@@ -35,12 +35,13 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"math/big"
 	"regexp"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/micado-scale/micado/definitions/bytesize"
 )
 
 // Keys of the tags (EC2), metadata (OpenStack) or labels (Docker) that mark an
@@ -105,7 +106,7 @@ type InstanceType struct {
 
 // String renders the type like the ParseInstanceTypes syntax.
 func (t InstanceType) String() string {
-	s := t.Name + "=" + FormatSize(t.Memory)
+	s := t.Name + "=" + bytesize.Format(t.Memory)
 	if t.ProviderType != "" {
 		s += "@" + t.ProviderType
 	}
@@ -247,77 +248,13 @@ func Role(tags []string) (string, bool) {
 	return "", false
 }
 
-// sizeUnits maps the accepted size units (matched case-insensitively) to
-// their multipliers.
-var sizeUnits = map[string]int64{
-	"":    1,
-	"b":   1,
-	"kib": 1 << 10,
-	"mib": 1 << 20,
-	"gib": 1 << 30,
-	"tib": 1 << 40,
-	"kb":  1000,
-	"mb":  1000 * 1000,
-	"gb":  1000 * 1000 * 1000,
-}
-
-const validUnits = "B, KiB, MiB, GiB, TiB, KB, MB, GB or none (bytes)"
-
-// ParseSize parses a memory size such as "512MiB", "1.5GiB", "2 GB" or
-// "1048576". Units are B, KiB, MiB, GiB, TiB (powers of 1024), KB, MB, GB
-// (powers of 1000) or none for bytes, matched case-insensitively. Fractions
-// are allowed and rounded down to whole bytes. Negative sizes, unknown units
-// and sizes that do not fit in an int64 are errors.
-func ParseSize(s string) (int64, error) {
-	in := strings.TrimSpace(s)
-	i := 0
-	for i < len(in) && (in[i] >= '0' && in[i] <= '9' || in[i] == '.') {
-		i++
-	}
-	num, unit := in[:i], strings.TrimSpace(in[i:])
-	if num == "" {
-		return 0, fmt.Errorf("cloudapi: invalid size %q: want a number followed by an optional unit (%s)", s, validUnits)
-	}
-	mult, ok := sizeUnits[strings.ToLower(unit)]
-	if !ok {
-		return 0, fmt.Errorf("cloudapi: invalid size %q: unknown unit %q, want %s", s, unit, validUnits)
-	}
-	if strings.Count(num, ".") > 1 || num == "." {
-		return 0, fmt.Errorf("cloudapi: invalid size %q: malformed number %q", s, num)
-	}
-	r, ok := new(big.Rat).SetString(num)
-	if !ok {
-		return 0, fmt.Errorf("cloudapi: invalid size %q: malformed number %q", s, num)
-	}
-	r.Mul(r, new(big.Rat).SetInt64(mult))
-	n := new(big.Int).Quo(r.Num(), r.Denom())
-	if !n.IsInt64() {
-		return 0, fmt.Errorf("cloudapi: invalid size %q: too large", s)
-	}
-	return n.Int64(), nil
-}
-
-// FormatSize renders n bytes with the largest binary unit that divides it
-// exactly, e.g. "512MiB", "1GiB", "1000B"; ParseSize reads it back.
-func FormatSize(n int64) string {
-	for _, u := range []struct {
-		name string
-		mult int64
-	}{{"TiB", 1 << 40}, {"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}} {
-		if n != 0 && n%u.mult == 0 {
-			return fmt.Sprintf("%d%s", n/u.mult, u.name)
-		}
-	}
-	return fmt.Sprintf("%dB", n)
-}
-
 var typeNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*$`)
 
 // ParseInstanceTypes parses a comma-separated list of instance types as
 // written in configuration, e.g. "small=512MiB,medium=1GiB,large=2GiB".
 // Each entry is name=size[@providertype]; the optional provider type names
-// the cloud's size directly, e.g. "small=2GiB@t3.small". Sizes use ParseSize
-// and must be positive. Names must be unique and made of letters, digits,
+// the cloud's size directly, e.g. "small=2GiB@t3.small". Sizes are read by package
+// bytesize (512m, 512MiB, 1g, 1GB). Names must be unique and made of letters, digits,
 // '.', '_' and '-'. The types are returned in the order given.
 func ParseInstanceTypes(s string) ([]InstanceType, error) {
 	if strings.TrimSpace(s) == "" {
@@ -343,14 +280,11 @@ func ParseInstanceTypes(s string) ([]InstanceType, error) {
 		}
 		seen[name] = true
 		size, ptype, _ := strings.Cut(rest, "@")
-		mem, err := ParseSize(size)
+		mem, err := bytesize.Parse(size)
 		if err != nil {
 			return nil, fmt.Errorf("cloudapi: instance type %q: %w", name, err)
 		}
-		if mem <= 0 {
-			return nil, fmt.Errorf("cloudapi: instance type %q: memory must be positive", name)
-		}
-		types = append(types, InstanceType{Name: name, Memory: mem, ProviderType: strings.TrimSpace(ptype)})
+		types = append(types, InstanceType{Name: name, Memory: int64(mem), ProviderType: strings.TrimSpace(ptype)})
 	}
 	return types, nil
 }

@@ -14,8 +14,8 @@ import (
 // role=db, three quarters with disk=hdd and the rest with disk=ssd.
 // Requests follow the same shares; 20% of app requests want a zone, db
 // requests want disk=hdd or (10%) disk=ssd. (A db request that could go
-// to either disk would, under binpack, fill the ssd workers it shares.) Sizes are multiples of 32 MiB: proxy 32–128 MiB, app
-// 64–512 MiB, db 256–512 MiB.
+// to either disk would, under binpack, fill the ssd workers it shares.) Sizes are multiples of 32MiB: proxy 32–128MiB, app
+// 64–512MiB, db 256–512MiB.
 func benchCluster(n, containers int) (*Snapshot, []Request) {
 	rng := rand.New(rand.NewPCG(1, uint64(n)))
 	type role struct {

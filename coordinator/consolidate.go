@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/micado-scale/micado/definitions/bytesize"
 )
 
 // Scale-in defaults. Each carries the reason for its value.
@@ -382,7 +384,7 @@ func newRound(nodes []Node, now time.Time, o ConsolidateOptions) *round {
 		if p := pinned(rs); p != "" {
 			c.pinned = p + " is not relocatable"
 		} else if n.Reserved > c.moving {
-			c.pinned = FormatBytes(n.Reserved-c.moving) + " of its reservation belongs to no container it lists"
+			c.pinned = bytesize.Format(n.Reserved-c.moving) + " of its reservation belongs to no container it lists"
 		}
 	}
 	// The average price per byte, summed in name order so that rounding
@@ -825,7 +827,7 @@ func (r *round) try(i int32) string {
 		if _, ok := p.best(first.Tags, first.Memory); ok {
 			if room := p.roomFor(n.Residents); room < c.moving {
 				p.include(i)
-				return fmt.Sprintf("they need %s, and the workers that stay and carry their tags have %s free in all", FormatBytes(c.moving), FormatBytes(room))
+				return fmt.Sprintf("they need %s, and the workers that stay and carry their tags have %s free in all", bytesize.Format(c.moving), bytesize.Format(room))
 			}
 		}
 	}
@@ -936,7 +938,7 @@ func (r *round) replace() {
 			rp.Reason = fmt.Sprintf("it holds nothing but %s needs it: a %s (%s) does for %s less", roleLabel(c.role), t.Name, FormatPrice(t.Price), FormatPrice(cd.saving))
 		} else {
 			rp.Reason = fmt.Sprintf("its %s (%s) fit on a %s (%s usable after headroom, %s): saves %s",
-				plural(len(c.res), "container"), FormatBytes(n.Reserved), t.Name, FormatBytes(r.o.Placement.Usable(t)), FormatPrice(t.Price), FormatPrice(cd.saving))
+				plural(len(c.res), "container"), bytesize.Format(n.Reserved), t.Name, bytesize.Format(r.o.Placement.Usable(t)), FormatPrice(t.Price), FormatPrice(cd.saving))
 		}
 		r.replacing = append(r.replacing, rp)
 	}
@@ -964,7 +966,7 @@ func (r *round) finish() ConsolidationPlan {
 			if len(targets) > 1 {
 				stay = strconv.Itoa(len(targets)) + " workers that stay"
 			}
-			rm.Reason = fmt.Sprintf("its %s (%s) fit on %s", plural(len(c.moves), "container"), FormatBytes(c.moving), stay)
+			rm.Reason = fmt.Sprintf("its %s (%s) fit on %s", plural(len(c.moves), "container"), bytesize.Format(c.moving), stay)
 		}
 		if n.Price > 0 {
 			rm.Reason += "; saves " + FormatPrice(n.Price)

@@ -351,7 +351,7 @@ func TestPlanConsolidation(t *testing.T) {
 				filler("app1", 10000, 6000, app...),
 			},
 			skipped: map[string]string{
-				"db1": "its containers cannot all move: no worker fits pg (role=db, 200 MiB): 1 worker lacks role=db; 1 worker has too little free memory (most: 50 MiB on db2)",
+				"db1": "its containers cannot all move: no worker fits pg (role=db, 200MiB): 1 worker lacks role=db; 1 worker has too little free memory (most: 50MiB on db2)",
 			},
 			// Unneeded lists only workers that could be emptied.
 			unneeded: []string{},
@@ -383,7 +383,7 @@ func TestPlanConsolidation(t *testing.T) {
 				filler("y", 1000, 500, app...),
 			},
 			// The largest fits, not both: the room in all says so at once.
-			skipped: map[string]string{"x": "its containers cannot all move: they need 600 MiB, and the workers that stay and carry their tags have 500 MiB free in all"},
+			skipped: map[string]string{"x": "its containers cannot all move: they need 600MiB, and the workers that stay and carry their tags have 500MiB free in all"},
 		},
 		{
 			name: "fit: headroom is not free memory",
@@ -400,7 +400,7 @@ func TestPlanConsolidation(t *testing.T) {
 				cn("x", 1000, app, res("r", 100, app...)),
 				with(filler("d", 10000, 6000, app...), func(n *Node) { n.Draining = true }),
 			},
-			skipped: map[string]string{"x": "its containers cannot all move: no worker fits r (role=app, 100 MiB): 1 worker is draining", "d": "already draining"},
+			skipped: map[string]string{"x": "its containers cannot all move: no worker fits r (role=app, 100MiB): 1 worker is draining", "d": "already draining"},
 		},
 		{
 			// Moves pack whatever the launch strategy (issue 13).
@@ -537,7 +537,7 @@ func TestPlanConsolidation(t *testing.T) {
 			opts:     func(o *ConsolidateOptions) { o.MaxNonEmpty = 5; o.Budget = Budget{Percent: 1} },
 			remove:   []string{"n1"},
 			moves:    []mv{{"pg", "n1", "n2"}},
-			skipped:  map[string]string{"n2": "receives moved containers this round", "f": "950 MiB of its reservation belongs to no container it lists"},
+			skipped:  map[string]string{"n2": "receives moved containers this round", "f": "950MiB of its reservation belongs to no container it lists"},
 			unneeded: []string{"n1"},
 		},
 		{
@@ -548,7 +548,7 @@ func TestPlanConsolidation(t *testing.T) {
 			},
 			remove: []string{"e"},
 			skipped: map[string]string{
-				"n": "its containers cannot all move: no worker fits web (role=app, 300 MiB): the cluster has no workers",
+				"n": "its containers cannot all move: no worker fits web (role=app, 300MiB): the cluster has no workers",
 			},
 		},
 		{
@@ -607,7 +607,7 @@ func TestPlanConsolidationMoveReason(t *testing.T) {
 		filler("y", 2000, 1200, "role=app"),
 	}
 	p := PlanConsolidation(nodes, consNow, noHeadroomCons())
-	want := []Move{{Container: "web.1", Memory: 100 * mib, From: "x", To: "y", Reason: "placed web.1 on y: role=app, 800 MiB free"}}
+	want := []Move{{Container: "web.1", Memory: 100 * mib, From: "x", To: "y", Reason: "placed web.1 on y: role=app, 800MiB free"}}
 	if !reflect.DeepEqual(p.Moves, want) {
 		t.Errorf("Moves = %+v\nwant    %+v", p.Moves, want)
 	}
@@ -758,7 +758,7 @@ func TestPlanConsolidationReplace(t *testing.T) {
 			saving:   0.3,
 		},
 		{
-			name:    "headroom counts: 950 MiB needs the medium type with 10% headroom",
+			name:    "headroom counts: 950MiB needs the medium type with 10% headroom",
 			nodes:   []Node{priced(cn("big", 4000, app, res("a1", 950, app...)), 0.4)},
 			opts:    func(o *ConsolidateOptions) { o.Placement.Headroom = 0.10 },
 			replace: []rp{{"big", "medium", 0.2}},

@@ -67,7 +67,7 @@ func TestPlace(t *testing.T) {
 			workers: []Worker{wk("a", 4096, 0, "role=app")},
 			req:     req("web.1", 128, "role=app", "zone=x"),
 			opts:    DefaultOptions(),
-			reason:  "no worker fits web.1 (role=app,zone=x, 128 MiB): 1 worker lacks role=app,zone=x",
+			reason:  "no worker fits web.1 (role=app,zone=x, 128MiB): 1 worker lacks role=app,zone=x",
 		},
 		{
 			name:    "tags: no tags required, untagged worker fits",
@@ -75,7 +75,7 @@ func TestPlace(t *testing.T) {
 			req:     req("x", 1),
 			opts:    noHeadroom,
 			want:    "a", free: 1000 * mib,
-			reason: "placed x on a: no tags required, 1000 MiB free",
+			reason: "placed x on a: no tags required, 1000MiB free",
 		},
 		{
 			name:    "memory: skips worker with too little free",
@@ -90,14 +90,14 @@ func TestPlace(t *testing.T) {
 			req:     req("x", 500),
 			opts:    DefaultOptions(),
 			want:    "a", free: 500 * mib,
-			reason: "placed x on a: no tags required, 500 MiB free",
+			reason: "placed x on a: no tags required, 500MiB free",
 		},
 		{
 			name:    "headroom: one byte over the boundary does not",
 			workers: []Worker{wk("a", 1000, 400)},
 			req:     Request{Name: "x", Memory: 500*mib + 1},
 			opts:    DefaultOptions(),
-			reason:  "no worker fits x (500 MiB): 1 worker has too little free memory (most: 500 MiB on a)",
+			reason:  "no worker fits x (500MiB): 1 worker has too little free memory (most: 500MiB on a)",
 		},
 		{
 			name:    "headroom: zero headroom hands out everything",
@@ -139,7 +139,7 @@ func TestPlace(t *testing.T) {
 			workers: []Worker{draining(wk("a", 8000, 0)), draining(wk("b", 1000, 0))},
 			req:     req("x", 100),
 			opts:    DefaultOptions(),
-			reason:  "no worker fits x (100 MiB): 2 workers are draining",
+			reason:  "no worker fits x (100MiB): 2 workers are draining",
 		},
 		{
 			name: "nothing fits: counts per filter, most free named",
@@ -147,32 +147,32 @@ func TestPlace(t *testing.T) {
 				draining(wk("a", 8000, 0, "role=app")),
 				wk("b", 8000, 0, "role=db"),
 				wk("c", 8000, 0),
-				wk("d", 1000, 600, "role=app"), // 300 MiB free
-				wk("e", 1000, 800, "role=app"), // 100 MiB free
+				wk("d", 1000, 600, "role=app"), // 300MiB free
+				wk("e", 1000, 800, "role=app"), // 100MiB free
 			},
 			req:    req("web.1", 512, "role=app"),
 			opts:   DefaultOptions(),
-			reason: "no worker fits web.1 (role=app, 512 MiB): 1 worker is draining; 2 workers lack role=app; 2 workers have too little free memory (most: 300 MiB on d)",
+			reason: "no worker fits web.1 (role=app, 512MiB): 1 worker is draining; 2 workers lack role=app; 2 workers have too little free memory (most: 300MiB on d)",
 		},
 		{
 			name:    "nothing fits: ties for most free go to the smaller name",
 			workers: []Worker{wk("z", 1000, 800), wk("m", 1000, 800)},
 			req:     req("x", 512),
 			opts:    DefaultOptions(),
-			contain: []string{"2 workers have too little free memory (most: 100 MiB on m)"},
+			contain: []string{"2 workers have too little free memory (most: 100MiB on m)"},
 		},
 		{
 			name:    "nothing fits: over-reserved worker still named",
-			workers: []Worker{wk("a", 1000, 950)}, // free is -50 MiB
+			workers: []Worker{wk("a", 1000, 950)}, // free is -50MiB
 			req:     req("x", 1),
 			opts:    DefaultOptions(),
-			reason:  "no worker fits x (1 MiB): 1 worker has too little free memory (most: 0 B on a)",
+			reason:  "no worker fits x (1MiB): 1 worker has too little free memory (most: 0B on a)",
 		},
 		{
 			name:   "empty cluster",
 			req:    req("x", 256, "role=app"),
 			opts:   DefaultOptions(),
-			reason: "no worker fits x (role=app, 256 MiB): the cluster has no workers",
+			reason: "no worker fits x (role=app, 256MiB): the cluster has no workers",
 		},
 		{
 			name:    "reason of a placement",
@@ -180,7 +180,7 @@ func TestPlace(t *testing.T) {
 			req:     req("web.3", 64, "role=app", "zone=x"),
 			opts:    Options{},
 			want:    "w1", free: 2048 * mib,
-			reason: "placed web.3 on w1: role=app,zone=x, 2 GiB free",
+			reason: "placed web.3 on w1: role=app,zone=x, 2GiB free",
 		},
 	}
 	for _, c := range cases {
@@ -263,7 +263,7 @@ func TestRejections(t *testing.T) {
 	want := []Rejection{
 		{Worker: "a", Filter: "draining", Reason: "is draining for scale-in"},
 		{Worker: "b", Filter: "tags", Reason: "lacks role=app (has no tags)"},
-		{Worker: "c", Filter: "memory", Reason: "has 0 B free, needs 256 MiB"},
+		{Worker: "c", Filter: "memory", Reason: "has 0B free, needs 256MiB"},
 	}
 	t.Run("placed", func(t *testing.T) {
 		d := Explain(s, r, DefaultOptions())
@@ -316,7 +316,7 @@ func TestPlacerCommit(t *testing.T) {
 	}
 	// The no-fit answer is Explain's on the current state.
 	r := req("big", 300)
-	if d := p.Place(r); !reflect.DeepEqual(d, Explain(cur, r, o)) || !strings.Contains(d.Reason, "most: 200 MiB on a") {
+	if d := p.Place(r); !reflect.DeepEqual(d, Explain(cur, r, o)) || !strings.Contains(d.Reason, "most: 200MiB on a") {
 		t.Fatalf("%+v", d)
 	}
 	// Snapshot returns a copy.
@@ -359,7 +359,7 @@ func TestPlaceAll(t *testing.T) {
 			t.Fatalf("decision %d is for %q, want %q", i, d.Request.Name, reqs[i].Name)
 		}
 	}
-	if !strings.Contains(ds[0].Reason, "2 workers have too little free memory (most: 200 MiB on a)") {
+	if !strings.Contains(ds[0].Reason, "2 workers have too little free memory (most: 200MiB on a)") {
 		t.Fatalf("%q", ds[0].Reason)
 	}
 	if s.Workers[0].Reserved != 0 || s.Workers[0].Containers != 0 || s.Workers[1].Reserved != 0 {
@@ -419,29 +419,5 @@ func TestParseStrategy(t *testing.T) {
 	}
 	if _, err := ParseStrategy("random"); err == nil {
 		t.Error("ParseStrategy(random) did not fail")
-	}
-}
-
-func TestFormatBytes(t *testing.T) {
-	cases := map[int64]string{
-		0:                     "0 B",
-		1023:                  "1023 B",
-		1024:                  "1 KiB",
-		1536:                  "1.5 KiB",
-		512 * mib:             "512 MiB",
-		mib + mib/10:          "1.1 MiB",
-		1 << 30:               "1 GiB",
-		3 << 29:               "1.5 GiB",
-		(1 << 30) + 10*mib:    "1.01 GiB",
-		-512 * mib:            "-512 MiB",
-		-1:                    "-1 B",
-		1<<63 - 1:             "8589934592 GiB",
-		-1 << 63:              "-8589934592 GiB",
-		1000*mib - 100*mib/10: "990 MiB",
-	}
-	for n, want := range cases {
-		if got := FormatBytes(n); got != want {
-			t.Errorf("FormatBytes(%d) = %q, want %q", n, got, want)
-		}
 	}
 }

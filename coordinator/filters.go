@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+
+	"github.com/micado-scale/micado/definitions/bytesize"
 )
 
 // Filter is one placement rule. Check is the fast yes/no used on every
@@ -52,7 +54,7 @@ func (memoryFilter) Check(o *Options, w *Worker, r *Request) bool {
 	return o.Free(w) >= r.Memory
 }
 func (memoryFilter) Explain(o *Options, w *Worker, r *Request) string {
-	return fmt.Sprintf("has %s free, needs %s", FormatBytes(max(o.Free(w), 0)), FormatBytes(r.Memory))
+	return fmt.Sprintf("has %s free, needs %s", bytesize.Format(max(o.Free(w), 0)), bytesize.Format(r.Memory))
 }
 
 // better reports whether candidate a (with free memory fa) ranks before b
@@ -132,7 +134,7 @@ func appendPlacedReason(dst []byte, r *Request, w *Worker, free int64) []byte {
 		dst = append(dst, t...)
 	}
 	dst = append(dst, ", "...)
-	dst = appendBytes(dst, free)
+	dst = bytesize.Size(free).Append(dst)
 	dst = append(dst, " free"...)
 	if w.Hot {
 		dst = append(dst, " (above the usage limit, but no cooler worker fits)"...)
@@ -191,7 +193,7 @@ func Explain(s *Snapshot, r Request, o Options) Decision {
 }
 
 func noFitReason(r *Request, workers int, counts map[string]int, mostFree int64, mostFreeOn string) string {
-	want := FormatBytes(r.Memory)
+	want := bytesize.Format(r.Memory)
 	if len(r.Tags) > 0 {
 		want = strings.Join(r.Tags, ",") + ", " + want
 	}
@@ -214,7 +216,7 @@ func noFitReason(r *Request, workers int, counts map[string]int, mostFree int64,
 		parts = append(parts, plural(n, "lacks "+t, "lack "+t))
 	}
 	if n := counts["memory"]; n > 0 {
-		parts = append(parts, plural(n, "has", "have")+fmt.Sprintf(" too little free memory (most: %s on %s)", FormatBytes(max(mostFree, 0)), mostFreeOn))
+		parts = append(parts, plural(n, "has", "have")+fmt.Sprintf(" too little free memory (most: %s on %s)", bytesize.Format(max(mostFree, 0)), mostFreeOn))
 	}
 	return head + ": " + strings.Join(parts, "; ")
 }

@@ -174,20 +174,6 @@ func cloneSnapshot(s *Snapshot) *Snapshot {
 	return c
 }
 
-// TestFormatBytesMatchesFmt: the allocation-free FormatBytes renders like
-// the fmt-based formula it replaced.
-func TestFormatBytesMatchesFmt(t *testing.T) {
-	rapid.Check(t, func(t *rapid.T) {
-		n := rapid.OneOf(rapid.Int64(), rapid.Int64Range(-1<<34, 1<<34)).Draw(t, "n")
-		if n == -1<<63 {
-			return // the old formula rendered "--9223372036854775808 B"
-		}
-		if got, want := FormatBytes(n), fmtBytes(n); got != want {
-			t.Fatalf("FormatBytes(%d) = %q, want %q", n, got, want)
-		}
-	})
-}
-
 func fmtBytes(n int64) string {
 	const (
 		kib = 1 << 10

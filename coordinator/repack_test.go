@@ -7,8 +7,8 @@ import (
 	"testing"
 )
 
-// Repacking a fragmented cluster: containers of mixed sizes (64 MiB to
-// 2.5 GiB) placed by spread, in random order, over twice the 4 GiB
+// Repacking a fragmented cluster: containers of mixed sizes (64MiB to
+// 2.5GiB) placed by spread, in random order, over twice the 4GiB
 // workers a fresh first-fit-decreasing packing needs; then consolidation
 // rounds, one after the other with every waiting rule passed (Manual),
 // applying each plan's moves and removals, until a round removes nothing.

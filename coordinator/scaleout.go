@@ -4,6 +4,8 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+
+	"github.com/micado-scale/micado/definitions/bytesize"
 )
 
 // InstanceType is a size of instance the cloud can create.
@@ -162,7 +164,7 @@ func PlanScaleOut(unplaced []Request, types []InstanceType, o Options, lim Scale
 			if tags == "" {
 				tags = "no tags"
 			}
-			why := strconv.Itoa(len(fit)) + " pending requests (" + tags + ", " + FormatBytes(sum) +
+			why := strconv.Itoa(len(fit)) + " pending requests (" + tags + ", " + bytesize.Format(sum) +
 				") fit on no worker: asking for " + describeBins(plan.Instances[len(plan.Instances)-asked:])
 			if priced(ts) {
 				cost := 0.0
@@ -288,15 +290,15 @@ func impossibleReason(r Request, ts []InstanceType, o Options) string {
 		return "no worker fits " + r.Name + " and no instance types are configured for scale-out"
 	}
 	l := ts[len(ts)-1]
-	return r.Name + " needs " + FormatBytes(r.Memory) + ", more than any instance type can hold (largest: " +
-		l.Name + ", " + FormatBytes(l.Memory) + ", " + FormatBytes(o.Usable(l)) + " usable after headroom)"
+	return r.Name + " needs " + bytesize.Format(r.Memory) + ", more than any instance type can hold (largest: " +
+		l.Name + ", " + bytesize.Format(l.Memory) + ", " + bytesize.Format(o.Usable(l)) + " usable after headroom)"
 }
 
 func describeBins(ns []NewInstance) string {
 	count := map[string]int{}
 	var order []string
 	for _, n := range ns {
-		k := n.Type.Name + " (" + FormatBytes(n.Type.Memory) + ")"
+		k := n.Type.Name + " (" + bytesize.Format(n.Type.Memory) + ")"
 		if count[k] == 0 {
 			order = append(order, k)
 		}

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/micado-scale/micado/definitions/bytesize"
 )
 
 // A synthetic day of an autoscaled cluster, run in process with the real
@@ -254,7 +256,7 @@ func simulateDay(svcs []simService, demand [][]int, cfg simConfig, seed uint64) 
 	check := func(when string) error {
 		for _, w := range workers {
 			if u := po.Usable(InstanceType{Memory: w.capacity}); w.reserved > u {
-				return fmt.Errorf("%s: %s over-committed: %s reserved, %s usable", when, w.name, FormatBytes(w.reserved), FormatBytes(u))
+				return fmt.Errorf("%s: %s over-committed: %s reserved, %s usable", when, w.name, bytesize.Format(w.reserved), bytesize.Format(u))
 			}
 		}
 		return nil
@@ -355,7 +357,7 @@ func simulateDay(svcs []simService, demand [][]int, cfg simConfig, seed uint64) 
 			for _, w := range workers {
 				res.byRole[RoleOf(w.tags)] += 1.0 / 60
 				res.cost += w.price / 60
-				res.hoursByType[FormatBytes(w.capacity)] += 1.0 / 60
+				res.hoursByType[bytesize.Format(w.capacity)] += 1.0 / 60
 			}
 			res.peakWorkers = max(res.peakWorkers, len(workers))
 			nodes := make([]Node, len(workers))
@@ -650,8 +652,8 @@ func simHourly(names []string, rs []simResult) string {
 	return sb.String()
 }
 
-// benchConsNodes builds n workers of 16 GiB with about 20 containers each
-// (64 MiB–1 GiB): 85% filled to 60–90% of their usable memory, 12% low
+// benchConsNodes builds n workers of 16GiB with about 20 containers each
+// (64MiB–1GiB): 85% filled to 60–90% of their usable memory, 12% low
 // (10–45%), 3% empty. Proxy, app (in two zones) and db workers in 20/50/30
 // shares; 5% hold a container that may not move; 2% are draining; 5%
 // joined less than 10 minutes ago. Low and empty workers have been
@@ -732,7 +734,7 @@ func benchConsNodes(n int, noRoom bool) []Node {
 }
 
 // lateFailureNodes builds n workers, each full with 22 containers of 64
-// MiB (no headroom), but 20 of them with 100 MiB more: every candidate's
+// MiB (no headroom), but 20 of them with 100MiB more: every candidate's
 // first 20 containers find a place, the 21st does not, so each of the n
 // trials goes almost to the end before it is undone.
 func lateFailureNodes(n int) []Node {

@@ -1,9 +1,7 @@
 package coordinator
 
 import (
-	"bytes"
 	"fmt"
-	"strconv"
 )
 
 // Default placement settings. Each carries the reason for its value.
@@ -156,51 +154,3 @@ type Decision struct {
 
 // Placed reports whether a worker was chosen.
 func (d Decision) Placed() bool { return d.Worker != "" }
-
-// FormatBytes renders n bytes the way people write memory sizes
-// ("512 MiB", "1.5 GiB").
-func FormatBytes(n int64) string {
-	var buf [32]byte
-	return string(appendBytes(buf[:0], n))
-}
-
-// appendBytes appends FormatBytes(n) to dst without allocating, so that
-// reasons can be built in one buffer on the placement hot path.
-func appendBytes(dst []byte, n int64) []byte {
-	const (
-		kib = 1 << 10
-		mib = 1 << 20
-		gib = 1 << 30
-	)
-	u := uint64(n)
-	if n < 0 {
-		dst = append(dst, '-')
-		u = -u // also right for math.MinInt64
-	}
-	switch {
-	case u >= gib:
-		return appendTrimmed(dst, float64(u)/gib, 2, " GiB")
-	case u >= mib:
-		return appendTrimmed(dst, float64(u)/mib, 1, " MiB")
-	case u >= kib:
-		return appendTrimmed(dst, float64(u)/kib, 1, " KiB")
-	}
-	dst = strconv.AppendUint(dst, u, 10)
-	return append(dst, " B"...)
-}
-
-// appendTrimmed appends v with prec decimals ("%.*f"), drops trailing
-// zeros and a trailing point, then appends unit.
-func appendTrimmed(dst []byte, v float64, prec int, unit string) []byte {
-	start := len(dst)
-	dst = strconv.AppendFloat(dst, v, 'f', prec, 64)
-	if bytes.IndexByte(dst[start:], '.') >= 0 {
-		for dst[len(dst)-1] == '0' {
-			dst = dst[:len(dst)-1]
-		}
-		if dst[len(dst)-1] == '.' {
-			dst = dst[:len(dst)-1]
-		}
-	}
-	return append(dst, unit...)
-}

@@ -1,3 +1,7 @@
+// Package definitions holds micado's application infrastructure definition
+// format: the model of an application and its services that files, the CLI
+// (a launch is a one-service application) and the API share. Memory sizes
+// are bytesize.Size values.
 package definitions
 
 import (
@@ -91,7 +95,7 @@ type App struct {
 //     each key=value (letters, digits, '.', '_' and '-'), e.g. [zone=a]. A
 //     key may appear once; the role is given with role, not as a tag.
 //   - memory (optional): the memory each container reserves and may use, a
-//     size as [ParseSize] reads it (64MiB, 1GiB, 512m, or a number of
+//     size as package bytesize reads it (64MiB, 1GiB, 512m, or a number of
 //     bytes); default 128MiB ([DefaultMemory]), at least 6MiB ([MinMemory]).
 //   - replicas (optional): how many containers run, 0 to 1000; default 1.
 //   - ports (optional): the container ports to publish, a list of [PortSpec].

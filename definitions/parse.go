@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/micado-scale/micado/definitions/bytesize"
 	"gopkg.in/yaml.v3"
 )
 
@@ -26,7 +27,6 @@ var (
 	roleRe          = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$`)
 	tagRe           = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}=[a-zA-Z0-9_.-]{1,63}$`)
 	envNameRe       = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,127}$`)
-	sizeRe          = regexp.MustCompile(`^ *[0-9]+(\.[0-9]+)? *([bB]|[kKmMgGtT]([iI]?[bB])?)? *$`)
 	durationRe      = regexp.MustCompile(`^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$`)
 	httpPathRe      = regexp.MustCompile(`^/[!-~]*$`)
 	yamlErrRe       = regexp.MustCompile(`^yaml: line ([0-9]+): (.*)$`)
@@ -120,7 +120,7 @@ func (p *parser) parseAll(data []byte) (app *App) {
 
 func (p *parser) parse(data []byte) *App {
 	if len(data) > MaxFileSize {
-		p.report(0, "", "the file is %d bytes, more than the limit of 1 MiB", len(data))
+		p.report(0, "", "the file is %d bytes, more than the limit of %s", len(data), bytesize.Format(MaxFileSize))
 		return nil
 	}
 	root := p.decode(data)
@@ -679,22 +679,16 @@ func (p *parser) memory(raw *yaml.Node, path string) (int64, bool) {
 	var v int64
 	switch {
 	case n.Kind == yaml.ScalarNode && n.ShortTag() == "!!str":
-		if !sizeRe.MatchString(n.Value) {
-			p.report(raw.Line, path, "%s is not a size", q(n.Value))
-			return 0, false
-		}
-		b, err := ParseSize(n.Value)
+		b, err := bytesize.Parse(n.Value)
+		var e *bytesize.Error
 		switch {
-		case err != nil && strings.Contains(err.Error(), "too large"):
-			p.report(raw.Line, path, "%s is too large", q(n.Value))
-			return 0, false
-		case err != nil && strings.Contains(err.Error(), "not a positive size"):
-			b = 0
-		case err != nil:
-			p.report(raw.Line, path, "%s is not a size", q(n.Value))
+		case errors.As(err, &e) && strings.Contains(e.Reason, "at least one byte"):
+			b = 0 // reported below as under the minimum
+		case errors.As(err, &e):
+			p.report(raw.Line, path, "%s is not a size: %s", q(n.Value), e.Reason)
 			return 0, false
 		}
-		v = b
+		v = int64(b)
 	case n.Kind == yaml.ScalarNode && n.ShortTag() == "!!int":
 		var x any
 		if n.Decode(&x) != nil {

@@ -117,7 +117,7 @@ services:
     memory: 12XB
 `
 	_, err := Parse("webshop.yaml", []byte(src))
-	const want = "webshop.yaml:14: services.app.memory: '12XB' is not a size"
+	const want = "webshop.yaml:14: services.app.memory: '12XB' is not a size: unknown unit \"XB\" (use B, KiB, MiB, GiB, TiB (or k, m, g, t as Docker writes them), KB, MB, GB, TB)"
 	if err == nil || err.Error() != want {
 		t.Fatalf("got %v, want %s", err, want)
 	}
@@ -125,7 +125,7 @@ services:
 	if !errors.As(err, &ps) || len(ps) != 1 {
 		t.Fatalf("error is %T, not one Problem", err)
 	}
-	if p := ps[0]; p != (Problem{File: "webshop.yaml", Line: 14, Path: "services.app.memory", Msg: "'12XB' is not a size"}) {
+	if p := ps[0]; p != (Problem{File: "webshop.yaml", Line: 14, Path: "services.app.memory", Msg: "'12XB' is not a size: unknown unit \"XB\" (use B, KiB, MiB, GiB, TiB (or k, m, g, t as Docker writes them), KB, MB, GB, TB)"}) {
 		t.Errorf("problem = %#v", p)
 	}
 	for _, tc := range []struct {
@@ -201,7 +201,7 @@ var badCases = []struct {
 	}},
 	{"sizes", "application: a\nservices:\n  a:\n" + okService + "    memory: 0\n  b:\n" + okService + "    memory: 99999999TiB\n  c:\n" + okService + "    memory: [1]\n  d:\n" + okService + "    memory: 1.5GiB\n", []string{
 		"x.yaml:6: services.a.memory: '0' is below the minimum of 6MiB",
-		"x.yaml:10: services.b.memory: '99999999TiB' is too large",
+		"x.yaml:10: services.b.memory: '99999999TiB' is not a size: it is too large",
 		"x.yaml:14: services.c.memory: must be a size such as 64MiB",
 	}},
 	{"wrong types", "application: a\nservices:\n  s:\n    image: 1\n    role: app\n    replicas: \"2\"\n    tags: zone=a\n    pinned: yes\n    env: [A=1]\n    depends_on: t\n    ports: {port: 80}\n", []string{
@@ -268,7 +268,7 @@ var badCases = []struct {
 		"x.yaml:8: services.t[\"<<\"]: the merge contains the mapping it is in",
 	}},
 	{"several at once", "application: shop\nservices:\n  proxy:\n    image: micado/demo-proxy\n    role: proxy\n    memory: lots\n    ports:\n      - port: 0\n    depends_on: [api]\n  app:\n    image: micado/demo-web\n    replicas: many\n    env: {MICADO_X: y}\n    colour: blue\n", []string{
-		"x.yaml:6: services.proxy.memory: 'lots' is not a size",
+		"x.yaml:6: services.proxy.memory: 'lots' is not a size: write a number followed by a unit, e.g. 512MiB or 1g",
 		"x.yaml:8: services.proxy.ports[0].port: must be from 1 to 65535, not 0",
 		"x.yaml:9: services.proxy.depends_on[0]: unknown service 'api' (did you mean app?)",
 		"x.yaml:10: services.app.role: is required (the worker role, e.g. role: app)",
@@ -387,7 +387,7 @@ func TestParseFileErrors(t *testing.T) {
 		t.Errorf("ParseFile of a missing file: %v", err)
 	}
 	_, err := Parse("big.yaml", []byte("application: a\n"+strings.Repeat("#", MaxFileSize)))
-	if err == nil || !strings.Contains(err.Error(), "more than the limit of 1 MiB") {
+	if err == nil || !strings.Contains(err.Error(), "more than the limit of 1MiB") {
 		t.Errorf("Parse of a big file: %v", err)
 	}
 }

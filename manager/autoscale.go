@@ -364,27 +364,22 @@ func (l *leader) measure(ctx context.Context, p *PolicyRecord, pol coordinator.S
 		view := MetricView{Name: mt.Name, Target: mt.Target}
 		switch mt.Name {
 		case "cpu", "memory":
-			var sum float64
+			series := make([][]coordinator.Sample, 0, len(members))
 			a.mu.Lock()
 			for _, c := range members {
 				s := a.samples[c.Name]
 				if s == nil || c.State != StateRunning {
 					continue
 				}
-				series := s.cpu
 				if mt.Name == "memory" {
-					series = s.mem
-				}
-				if m, ok := coordinator.WindowMean(series, now, coordinator.DefaultMetricWindow); ok {
-					sum += m
-					v.Reported++
+					series = append(series, s.mem)
+				} else {
+					series = append(series, s.cpu)
 				}
 			}
+			v = coordinator.ReplicaMean(mt.Name, series, now, coordinator.DefaultMetricWindow)
 			a.mu.Unlock()
-			if v.Reported > 0 {
-				v.Value = sum / float64(v.Reported)
-			} else {
-				v.Missing = true
+			if v.Missing {
 				view.Error = "no replica has reported its use yet"
 			}
 		case "query":

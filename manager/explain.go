@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/micado-scale/micado/coordinator"
+	"github.com/micado-scale/micado/definitions/bytesize"
 )
 
 // Explanation says why a container is where it is, or why it still
@@ -70,7 +71,7 @@ func (l *leader) Explain(_ context.Context, name string) ([]Explanation, error) 
 				v.Filter, v.Reason = rj.Filter, rj.Reason
 			} else {
 				v.Fits = true
-				v.Reason = fmt.Sprintf("passes every filter: %s free", coordinator.FormatBytes(v.Free))
+				v.Reason = fmt.Sprintf("passes every filter: %s free", bytesize.Format(v.Free))
 				if w.Name == d.Worker {
 					v.Reason += " (the best by " + string(o.Strategy) + ")"
 				}

@@ -55,7 +55,7 @@ func benchGossip(b *testing.B, n int) {
 	// 501 members share one heap and two cores here: the garbage
 	// collector would take about 40% of the CPU (real agents, each with
 	// its own small heap on its own machine, hardly notice it) and starve
-	// their timers. Collect only when the heap reaches 3 GiB.
+	// their timers. Collect only when the heap reaches 3GiB.
 	defer debug.SetMemoryLimit(debug.SetMemoryLimit(3 << 30))
 	defer debug.SetGCPercent(debug.SetGCPercent(-1))
 	for range b.N {

@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/micado-scale/micado/coordinator"
-	"github.com/micado-scale/micado/definitions"
+	"github.com/micado-scale/micado/definitions/bytesize"
 	"github.com/micado-scale/micado/worker"
 )
 
@@ -108,14 +108,14 @@ func validate(req LaunchRequest, now time.Time) ([]*Container, error) {
 	}
 	mem := int64(DefaultMemory)
 	if req.Memory != "" {
-		v, err := definitions.ParseSize(req.Memory)
+		v, err := bytesize.Parse(req.Memory)
 		switch {
 		case err != nil:
 			bad("memory: %v", err)
 		case v < 6<<20:
 			bad("memory %s is below Docker's minimum of 6MiB", req.Memory)
 		default:
-			mem = v
+			mem = int64(v)
 		}
 	}
 	var ports []worker.Port

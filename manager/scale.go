@@ -13,6 +13,7 @@ import (
 
 	"github.com/micado-scale/micado/cloudapi"
 	"github.com/micado-scale/micado/coordinator"
+	"github.com/micado-scale/micado/definitions/bytesize"
 )
 
 // InstanceState is an instance's state in the desired state.
@@ -141,7 +142,7 @@ func (l *leader) withBooting(s *coordinator.Snapshot) map[string]*Instance {
 }
 
 func waitReason(in *Instance) string {
-	return fmt.Sprintf("waiting for instance %s (%s, %s) to join", in.Name, tagsText(in.Tags), coordinator.FormatBytes(in.Memory))
+	return fmt.Sprintf("waiting for instance %s (%s, %s) to join", in.Name, tagsText(in.Tags), bytesize.Format(in.Memory))
 }
 
 func tagsText(tags []string) string {
@@ -373,7 +374,7 @@ func (l *leader) createInstance(ctx context.Context, name string) {
 	cctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	m.log.Info("asking the cloud for an instance", "instance", in.Name, "type", in.Type, "tags", in.Tags, "provider", in.Provider)
-	m.event(EventScaleOut, in.Name, "asked %s for one %s instance (%s, %s)", in.Provider, in.Type, tagsText(in.Tags), coordinator.FormatBytes(in.Memory))
+	m.event(EventScaleOut, in.Name, "asked %s for one %s instance (%s, %s)", in.Provider, in.Type, tagsText(in.Tags), bytesize.Format(in.Memory))
 	got, err := m.cfg.Provider.Create(cctx, spec)
 	if err != nil {
 		m.metrics.scaleOutInstance("create_failed")

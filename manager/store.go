@@ -401,16 +401,6 @@ func (s *Store) inOrderLocked(names []string) []*Container {
 	return out
 }
 
-// read runs fn with every container (naturally sorted) and a lookup by
-// name, under the store's read lock: fn must be quick and must not call
-// the store. Writes wait meanwhile.
-func (s *Store) read(fn func(all []*Container, get func(string) *Container)) {
-	names := s.sortedNames()
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	fn(s.inOrderLocked(names), func(n string) *Container { return s.containers[n] })
-}
-
 // takeDirty returns the names of the records changed since it was last
 // called.
 func (s *Store) takeDirty() map[string]struct{} {

@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
-	"github.com/micado-scale/micado/internal/testnet"
 	"io"
 	"log/slog"
 	"net/http"
@@ -13,6 +12,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/micado-scale/micado/internal/testnet"
 
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
@@ -169,7 +170,7 @@ func TestAgentGossipsLoadAndObeysOnlyTheManager(t *testing.T) {
 		}
 		infos = append(infos, info)
 	}
-	seenIn := waitFor(t, 10*time.Second, "the observer sees 2 containers and 128 MiB reserved", func() bool {
+	seenIn := waitFor(t, 10*time.Second, "the observer sees 2 containers and 128MiB reserved", func() bool {
 		l, _ := obs.load("w-test")
 		return l.Containers == 2 && l.Reserved == 128<<20
 	})

@@ -163,7 +163,7 @@ func TestAutoscaleUnattendedFromSpikeToQuiet(t *testing.T) {
 	c := newTestCluster(t, "--workers", "1", "--roles", "app", "--worker-memory", "512MiB",
 		"--consolidate-schedule", "@every 10s", "--scale-in-delay", "0s", "--unneeded-time", "20s", "--min-per-role", "app=1")
 	cl := c.consul()
-	// 100 MiB each: four fit on w-1 (460 MiB usable), a fifth needs a new
+	// 100MiB each: four fit on w-1 (460MiB usable), a fifth needs a new
 	// instance. The two cores of the machine carry at most ~200% CPU, so
 	// a 20% target asks for up to 10 replicas: max 6 is reached.
 	c.mustMicado("launch", "micado/demo-web", "--role", "app", "--name", "web", "--memory", "100MiB", "--port", "8080",

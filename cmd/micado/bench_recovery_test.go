@@ -24,7 +24,7 @@ import (
 // from `docker kill` of the worker container (and of the application
 // containers it started, siblings on the host engine) until every replica
 // passes its Consul check on the other workers, polled every 100 ms.
-// Each iteration runs on a fresh cluster (three 1 GiB app workers, binpack
+// Each iteration runs on a fresh cluster (three 1GiB app workers, binpack
 // so that all replicas sit on one worker), set up and torn down outside
 // the timer. Beside recovery-ms it reports, as medians of milliseconds
 // after the kill, where the time went: the first memberlist suspicion of

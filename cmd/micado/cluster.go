@@ -27,7 +27,7 @@ import (
 	"github.com/docker/go-connections/nat"
 	"github.com/micado-scale/micado/cloudapi"
 	"github.com/micado-scale/micado/coordinator"
-	"github.com/micado-scale/micado/definitions"
+	"github.com/micado-scale/micado/definitions/bytesize"
 	"github.com/micado-scale/micado/manager"
 	"github.com/micado-scale/micado/worker"
 	"github.com/robfig/cron/v3"
@@ -61,7 +61,7 @@ func upCmd(g *globals) *cobra.Command {
 	var (
 		workers   int
 		roles     string
-		workerMem string
+		workerMem = bytesize.GiB
 		strategy  string
 		timeout   time.Duration
 		provider  string
@@ -119,10 +119,6 @@ roots).`,
 			if workers > 0 && len(rs) == 0 {
 				return userErr("--roles is empty: give at least one role, e.g. --roles proxy,app")
 			}
-			mem, err := definitions.ParseSize(workerMem)
-			if err != nil {
-				return userErr("--worker-memory: %v", err)
-			}
 			if !clusterNameOK(g.cluster) {
 				return userErr("cluster name %q is not valid: use lowercase letters, digits and '-'", g.cluster)
 			}
@@ -164,7 +160,7 @@ roots).`,
 					return userErr("--prometheus: %v", err)
 				}
 			}
-			return up(ctx, cmd, g, upOptions{tls: tlsFiles, workers: workers, managers: managers, consulServers: servers, roles: rs, memory: mem, strategy: strategy,
+			return up(ctx, cmd, g, upOptions{tls: tlsFiles, workers: workers, managers: managers, consulServers: servers, roles: rs, memory: int64(workerMem), strategy: strategy,
 				provider: provider, types: types, maxTotal: maxTotal, maxPerRole: maxRole, joinTimeout: joinWait, scaleImage: scaleImg,
 				schedule: schedule, scaleInDelay: siDelay, unneeded: unneeded, minPerRole: minRole,
 				prometheus: prom, alertCPU: alertCPU, alertMem: alertMem, alertFor: alertFor, prices: prices, budget: budget})
@@ -174,7 +170,7 @@ roots).`,
 	cmd.Flags().IntVar(&managers, "managers", 1, "number of managers: one leads, the others stand by and take over (3 survives the loss of one)")
 	cmd.Flags().IntVar(&servers, "consul-servers", 1, "Consul servers: 1, or 3 or 5 for a Raft cluster that survives the loss of one (or two)")
 	cmd.Flags().StringVar(&roles, "roles", "proxy,app", "comma-separated roles, given to workers in turn")
-	cmd.Flags().StringVar(&workerMem, "worker-memory", "1GiB", "memory each worker offers to containers")
+	cmd.Flags().Var(&workerMem, "worker-memory", "memory each worker offers to containers, e.g. 1GiB or 512m")
 	cmd.Flags().StringVar(&strategy, "strategy", "spread", "placement ranking: spread or binpack")
 	cmd.Flags().DurationVar(&timeout, "timeout", 2*time.Minute, "how long to wait for the cluster to come up")
 	cmd.Flags().StringVar(&provider, "provider", "docker", "scale-out provider: docker (new workers are containers) or none")
@@ -558,7 +554,7 @@ func up(ctx context.Context, cmd *cobra.Command, g *globals, o upOptions) (err e
 		}, &container.HostConfig{Mounts: []mount.Mount{dockerSocketMount, keyMount}}); err != nil {
 			return err
 		}
-		fmt.Fprintf(out, "worker    %s (role=%s, %s)\n", name, role, definitions.FormatSize(o.memory))
+		fmt.Fprintf(out, "worker    %s (role=%s, %s)\n", name, role, bytesize.Format(o.memory))
 	}
 
 	st := clusterState{Name: g.cluster, Manager: managerURL, Managers: managerURLs, Consul: consulHTTP, ConsulDNS: consulDNS,

@@ -12,8 +12,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/micado-scale/micado/coordinator"
-	"github.com/micado-scale/micado/definitions"
+	"github.com/micado-scale/micado/definitions/bytesize"
 	"github.com/micado-scale/micado/manager"
 	"github.com/micado-scale/micado/worker"
 	"github.com/spf13/cobra"
@@ -60,7 +59,7 @@ are NAME-1, NAME-2, ...`,
 				return userErr("--role is required: the role of the workers to run on, e.g. --role proxy")
 			}
 			if req.Memory != "" {
-				if _, err := definitions.ParseSize(req.Memory); err != nil {
+				if _, err := bytesize.Parse(req.Memory); err != nil {
 					return userErr("--memory: %v", err)
 				}
 			}
@@ -255,7 +254,7 @@ func printContainers(w io.Writer, cs []manager.ContainerView) {
 			reason = c.Reason
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", c.Name, c.Service, c.Image, orDash(c.Node), c.State,
-			orDash(c.Health), addr, coordinator.FormatBytes(c.Memory), reason)
+			orDash(c.Health), addr, bytesize.Format(c.Memory), reason)
 	}
 	tw.Flush()
 }
@@ -295,8 +294,8 @@ func nodesCmd(g *globals) *cobra.Command {
 					continue
 				}
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.2f\t%d\t%s\n", n.Name, n.Status, strings.Join(n.Tags, ","),
-					coordinator.FormatBytes(n.Capacity), coordinator.FormatBytes(n.Reserved), coordinator.FormatBytes(n.Free),
-					coordinator.FormatBytes(n.Used), n.CPU, n.Containers, age(n.Started))
+					bytesize.Format(n.Capacity), bytesize.Format(n.Reserved), bytesize.Format(n.Free),
+					bytesize.Format(n.Used), n.CPU, n.Containers, age(n.Started))
 			}
 			if err := tw.Flush(); err != nil {
 				return err

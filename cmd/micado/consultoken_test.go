@@ -4,7 +4,6 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"fmt"
-	"github.com/micado-scale/micado/internal/testnet"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/micado-scale/micado/internal/testnet"
 
 	consul "github.com/hashicorp/consul/api"
 )

@@ -15,6 +15,7 @@ import (
 
 	"github.com/micado-scale/micado/coordinator"
 	"github.com/micado-scale/micado/definitions"
+	"github.com/micado-scale/micado/definitions/bytesize"
 	"github.com/micado-scale/micado/manager"
 	"github.com/micado-scale/micado/manager/daemon"
 	"github.com/micado-scale/micado/worker"
@@ -194,7 +195,7 @@ func workerCmd() *cobra.Command {
 		keyFile  string
 		join     string
 		tags     []string
-		memory   string
+		memory   bytesize.Size
 		logLevel string
 	)
 	cmd := &cobra.Command{
@@ -215,9 +216,8 @@ The cluster key comes from MICADO_CLUSTER_KEY or --key-file.`,
 			if err != nil {
 				return err
 			}
-			mem, err := definitions.ParseSize(memory)
-			if err != nil {
-				return userErr("--memory: %v", err)
+			if memory == 0 {
+				return userErr("--memory is required: the memory this worker offers to containers, e.g. 4GiB")
 			}
 			if !(cfg.CPUs > 0) || math.IsInf(cfg.CPUs, 0) {
 				return userErr("--cpus must be a positive number of cores, e.g. 2 or 0.5; got %v", cfg.CPUs)
@@ -228,7 +228,7 @@ The cluster key comes from MICADO_CLUSTER_KEY or --key-file.`,
 				}
 			}
 			cfg.ClusterKey = key
-			cfg.Memory = mem
+			cfg.Memory = int64(memory)
 			cfg.Tags = tags
 			cfg.Join = splitList(join)
 			cfg.Logger = log.With("component", "worker")
@@ -245,7 +245,7 @@ The cluster key comes from MICADO_CLUSTER_KEY or --key-file.`,
 	f.StringVar(&cfg.Cluster, "cluster", "", "cluster name")
 	f.StringVar(&cfg.Name, "name", "", "unique node name")
 	f.StringArrayVar(&tags, "tag", nil, "capability tag key=value, e.g. role=proxy (repeatable)")
-	f.StringVar(&memory, "memory", "", "memory offered to containers, e.g. 4GiB")
+	f.Var(&memory, "memory", "memory offered to containers, e.g. 4GiB or 4g")
 	f.Float64Var(&cfg.CPUs, "cpus", float64(runtime.NumCPU()), "cores offered to containers, e.g. 0.5; by default all of this host's")
 	f.StringVar(&join, "join", "", "comma-separated members to join, normally the manager's gossip address")
 	f.StringVar(&cfg.APIAddr, "api", ":7070", "agent API listen address")

@@ -115,19 +115,19 @@ func dashboardProblems(dom, cluster, token string) []string {
 	want(strings.Contains(w1, `data-container="scaled-1" data-state="running"`), "scaled-1 is not shown running on w-1")
 	want(strings.Contains(w2, `data-container="api-1" data-state="running"`) && strings.Contains(w2, `data-container="api-2" data-state="running"`), "api-1 and api-2 are not shown on w-2")
 	want(!strings.Contains(w1+w2, "big-1"), "the pending big-1 is shown on a worker")
-	// Memory: capacity, reserved (2 × 64 MiB on w-1, 400 MiB on w-2), used,
+	// Memory: capacity, reserved (2 × 64MiB on w-1, 400MiB on w-2), used,
 	// and the bar's reserved part in proportion.
 	for _, f := range []struct{ in, name, what string }{
-		{w1, "w-1", "reserved <b>128 MiB</b>"}, {w1, "w-1", "of <b>1 GiB</b>"}, {w1, "w-1", "free <b>793.6 MiB</b>"},
+		{w1, "w-1", "reserved <b>128MiB</b>"}, {w1, "w-1", "of <b>1GiB</b>"}, {w1, "w-1", "free <b>793.6MiB</b>"},
 		{w1, "w-1", `class="fig fig-used">used <b>`}, {w1, "w-1", `class="bar-reserved" style="width: 12.5%;"`},
-		{w2, "w-2", "reserved <b>400 MiB</b>"}, {w2, "w-2", "of <b>1 GiB</b>"}, {w2, "w-2", `class="bar-used`},
+		{w2, "w-2", "reserved <b>400MiB</b>"}, {w2, "w-2", "of <b>1GiB</b>"}, {w2, "w-2", `class="bar-used`},
 	} {
 		want(strings.Contains(f.in, f.what), "%s does not show %q", f.name, f.what)
 	}
 
 	pending := between(dom, `(?s)<section id="pending-panel"(.*?)</section>`)
 	want(strings.Contains(pending, `data-container="big-1" data-state="pending"`), "big-1 is not among the pending requests")
-	want(strings.Contains(pending, "no worker fits big-1 (role=app, 1 GiB)"), "big-1's placement reason is not shown")
+	want(strings.Contains(pending, "no worker fits big-1 (role=app, 1GiB)"), "big-1's placement reason is not shown")
 	want(strings.Contains(pending, `<div class="waiting">waiting: the cluster has reached its limit of 2 instances</div>`), "what big-1 waits for (the instance limit) is not shown")
 
 	events := between(dom, `(?s)<ol id="events"[^>]*>(.*?)</ol>`)
@@ -139,7 +139,7 @@ func dashboardProblems(dom, cluster, token string) []string {
 
 func TestDashboard(t *testing.T) {
 	chrome := requireChromium(t)
-	// Two workers of 1 GiB and at most 2 instances: a request for 1 GiB
+	// Two workers of 1GiB and at most 2 instances: a request for 1GiB
 	// fits on neither and scale-out may not add a third, so it stays
 	// pending with its reason.
 	c := newTestCluster(t, "--workers", "2", "--roles", "proxy,app", "--worker-memory", "1GiB", "--max-instances", "2")

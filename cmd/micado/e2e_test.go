@@ -275,14 +275,14 @@ func TestClusterEndToEnd(t *testing.T) {
 		if err != nil || len(srvs) != 1 || int(srvs[0].Port) != e.Service.Port {
 			t.Fatalf("DNS SRV = %v, %v; want port %d", srvs, err, e.Service.Port)
 		}
-		// Docker runs exactly one such container, on w-1, limited to 64 MiB.
+		// Docker runs exactly one such container, on w-1, limited to 64MiB.
 		cs := c.appContainers("demo-web")
 		if len(cs) != 1 || cs[0].Labels[worker.LabelNode] != "w-1" {
 			t.Fatalf("docker ps: %+v", cs)
 		}
 		info, err := c.dc.ContainerInspect(context.Background(), cs[0].ID)
 		if err != nil || info.HostConfig.Memory != 64<<20 {
-			t.Fatalf("memory limit = %d, %v; want 64 MiB", info.HostConfig.Memory, err)
+			t.Fatalf("memory limit = %d, %v; want 64MiB", info.HostConfig.Memory, err)
 		}
 		ps := c.mustMicado("ps")
 		if !strings.Contains(ps, "demo-web-1") || !strings.Contains(ps, "passing") {

@@ -233,13 +233,13 @@ scrape_configs:
 		if got := one(t, query(`micado_containers{state="running"}`)); got != 1 {
 			t.Errorf("running containers = %v, want 1 (web-1)", got)
 		}
-		// web-1 (64 MiB) runs on w-1: reserved there is at least that, as
+		// web-1 (64MiB) runs on w-1: reserved there is at least that, as
 		// the manager sees it and as the agent reports it.
 		if got := one(t, query(`micado_worker_memory_bytes{job="micado-manager",worker="w-1",kind="reserved"}`)); got < 64<<20 {
-			t.Errorf("manager: w-1 reserved = %v, want >= 64 MiB", got)
+			t.Errorf("manager: w-1 reserved = %v, want >= 64MiB", got)
 		}
 		if got := one(t, query(fmt.Sprintf(`micado_worker_memory_bytes{job="micado-workers",instance=%q,kind="reserved"}`, workerAPI["w-1"]))); got < 64<<20 {
-			t.Errorf("agent w-1: reserved = %v, want >= 64 MiB", got)
+			t.Errorf("agent w-1: reserved = %v, want >= 64MiB", got)
 		}
 		// The agent's series join the manager's through micado_worker_info.
 		if got := one(t, query(`micado_worker_containers * on (instance) group_left (worker) micado_worker_info{worker="w-1"}`)); got != 1 {

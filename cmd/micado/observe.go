@@ -12,7 +12,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/micado-scale/micado/coordinator"
+	"github.com/micado-scale/micado/definitions/bytesize"
 	"github.com/micado-scale/micado/manager"
 	"github.com/spf13/cobra"
 )
@@ -202,7 +202,7 @@ func printExplanation(w io.Writer, e manager.Explanation) {
 		if !v.Fits {
 			verdict = "rejected by " + v.Filter + ": " + v.Reason
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", name, orDash(strings.Join(v.Tags, ",")), coordinator.FormatBytes(v.Free), verdict)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", name, orDash(strings.Join(v.Tags, ",")), bytesize.Format(v.Free), verdict)
 	}
 	tw.Flush()
 }

@@ -13,9 +13,9 @@ import (
 )
 
 // Consolidation to the fewest, cheapest instances, unattended: three
-// 1 GiB workers hold one replica each; one round drains two of them
+// 1GiB workers hold one replica each; one round drains two of them
 // together (the budget allows it), and the next replaces the last by a
-// cheaper 512 MiB instance, make before break. The service never has
+// cheaper 512MiB instance, make before break. The service never has
 // fewer passing replicas than it had.
 func TestConsolidationRepacksAndReplacesUnattended(t *testing.T) {
 	c := newTestCluster(t, "--workers", "3", "--roles", "app", "--worker-memory", "1GiB",

@@ -11,6 +11,7 @@ import (
 
 	"github.com/micado-scale/micado/coordinator"
 	"github.com/micado-scale/micado/definitions"
+	"github.com/micado-scale/micado/definitions/bytesize"
 	"github.com/micado-scale/micado/manager"
 	"github.com/robfig/cron/v3"
 	"github.com/spf13/cobra"
@@ -165,7 +166,7 @@ With --dry-run it only prints what it would do and the saving per hour.`,
 				fmt.Fprintf(out, "skip %s: %s\n", sk.Worker, sk.Reason)
 			}
 			for _, mv := range res.Plan.Moves {
-				fmt.Fprintf(out, "move %s (%s) from %s to %s: %s\n", mv.Container, coordinator.FormatBytes(mv.Memory), mv.From, mv.To, mv.Reason)
+				fmt.Fprintf(out, "move %s (%s) from %s to %s: %s\n", mv.Container, bytesize.Format(mv.Memory), mv.From, mv.To, mv.Reason)
 			}
 			for _, r := range res.Plan.Removals {
 				fmt.Fprintf(out, "remove %s: %s%s\n", r.Worker, r.Reason, savingSuffix(r.Saving))

@@ -11,8 +11,8 @@ import (
 	"github.com/micado-scale/micado/worker"
 )
 
-// setupForScaleIn leaves two app workers: w-1 (512 MiB) holding web-1
-// (200 MiB), and a scaled-out medium worker holding api-1 (150 MiB),
+// setupForScaleIn leaves two app workers: w-1 (512MiB) holding web-1
+// (200MiB), and a scaled-out medium worker holding api-1 (150MiB),
 // which is the least utilized and whose container fits on w-1.
 func setupForScaleIn(t *testing.T, c *testCluster, webFlags ...string) string {
 	t.Helper()

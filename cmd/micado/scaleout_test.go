@@ -77,7 +77,7 @@ func TestScaleOutWithTheDockerProvider(t *testing.T) {
 
 	t.Run("a request that fits on an instance on its way does not ask for another", func(t *testing.T) {
 		before := len(c.workerContainers())
-		// Both workers now hold 400 MiB of their 460.8 usable. The first
+		// Both workers now hold 400MiB of their 460.8 usable. The first
 		// launch needs one new instance with room to spare; the second
 		// fits into that instance while it boots.
 		c.mustMicado("launch", "micado/demo-web", "--role", "proxy", "--name", "a", "--memory", "300MiB", "--port", "8080", "--detach")

@@ -56,7 +56,7 @@ func benchSeed(nWorkers, nContainers, w int) []worker.ContainerInfo {
 
 // benchRecord is container i's desired-state record: realistic sizes
 // (image references, environment, two ports, a placement reason). Each
-// role has 20 services of 32 to 512 MiB per replica, each in 7 versions
+// role has 20 services of 32 to 512MiB per replica, each in 7 versions
 // of its image (a rolling update's worth).
 func benchRecord(nWorkers, i int) *Container {
 	j := i % nWorkers
@@ -72,7 +72,7 @@ func benchRecord(nWorkers, i int) *Container {
 			Env:   map[string]string{"APP_ENV": "production", "LOG_LEVEL": "info", "DB_URL": "postgres://db.service.consul:5432/shop"},
 			Check: Check{Type: "tcp"}},
 		State: StateRunning, Node: simagents.WorkerName(j), ContainerID: fmt.Sprintf("%064x", uint64(i)*0x9e3779b97f4a7c15),
-		Placement: fmt.Sprintf("placed %s-%d on %s: role=%s, 9.5 GiB free", svc, i+1, simagents.WorkerName(j), role),
+		Placement: fmt.Sprintf("placed %s-%d on %s: role=%s, 9.5GiB free", svc, i+1, simagents.WorkerName(j), role),
 		Address:   simagents.IP(j).String(), Bindings: []worker.Binding{{Container: 8080, Protocol: "tcp", Host: 30000 + i%20000}, {Container: 9090, Protocol: "tcp", Host: 50000 + i%10000}},
 		Generation: i % 3, CreatedAt: created, UpdatedAt: created,
 	}

@@ -73,16 +73,28 @@
 
   // --- formatting ----------------------------------------------------------
 
-  // bytes formats like the CLI: 1 GiB, 857.6 MiB, 12 KiB, 512 B.
+  // bytes formats as the CLI and every message do (package bytesize): exact
+  // with at most two decimals in a binary unit of which the size is 1 to
+  // 9999.99 (1.5GiB, 1025MiB), else in such an SI unit (1GB), else rounded
+  // to two decimals of the largest binary unit (857.62MiB); 512B.
   function bytes(n) {
-    n = Number(n) || 0;
+    n = Math.round(Number(n) || 0);
     const neg = n < 0 ? '-' : '';
     n = Math.abs(n);
-    const trim = (v, p) => v.toFixed(p).replace(/\.?0+$/, '');
-    if (n >= 2 ** 30) return neg + trim(n / 2 ** 30, 2) + ' GiB';
-    if (n >= 2 ** 20) return neg + trim(n / 2 ** 20, 1) + ' MiB';
-    if (n >= 2 ** 10) return neg + trim(n / 2 ** 10, 1) + ' KiB';
-    return neg + n + ' B';
+    if (n < 1024) return neg + n + 'B';
+    const fixed = (h, name) => neg + (h / 100).toFixed(2).replace(/\.?0+$/, '') + name;
+    const binary = [['TiB', 2 ** 40], ['GiB', 2 ** 30], ['MiB', 2 ** 20], ['KiB', 2 ** 10]];
+    const si = [['TB', 1e12], ['GB', 1e9], ['MB', 1e6], ['KB', 1e3]];
+    for (const units of [binary, si]) {
+      for (const [name, m] of units) {
+        if (n < m || Math.floor(n / m) >= 10000) continue;
+        if (((n % m) * 100) % m === 0) return fixed((n * 100) / m, name);
+      }
+    }
+    for (const [name, m] of binary) {
+      if (n >= m) return fixed(Math.round((n * 100) / m), name);
+    }
+    return neg + n + 'B';
   }
   const pct = (part, whole) => (whole > 0 ? Math.max(0, Math.min(100, (100 * part) / whole)) : 0);
   const byName = (a, b) => String(a).localeCompare(String(b), undefined, { numeric: true });
