@@ -127,6 +127,13 @@ func (p *parser) parse(data []byte) *App {
 	if root == nil {
 		return nil
 	}
+	return p.app(root)
+}
+
+// app reads and checks the application whose root mapping is root. It is
+// the whole of the format's rules after YAML decoding, shared with
+// [ParseCompose], which builds such a root from a Compose file.
+func (p *parser) app(root *yaml.Node) *App {
 	n := deref(root)
 	if n.Kind != yaml.MappingNode {
 		p.report(root.Line, "", "the file must be a mapping with application and services, not %s", describe(n))

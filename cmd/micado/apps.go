@@ -6,22 +6,23 @@ import (
 	"io"
 	"net/http"
 	"net/url"
-	"os"
 	"path/filepath"
 	"strings"
 	"text/tabwriter"
 	"time"
 
-	"github.com/micado-scale/micado/definitions"
 	"github.com/micado-scale/micado/manager"
 	"github.com/spf13/cobra"
 )
 
 func validateCmd() *cobra.Command {
 	return &cobra.Command{
-		Use:     "validate FILE",
-		Short:   "Check an application definition file and report every problem with its line",
-		Example: "  micado validate definitions/webshop.yaml",
+		Use:   "validate FILE",
+		Short: "Check an application definition file and report every problem with its line",
+		Long: `Validate checks a definition file, in micado's format or a Compose file (a top
+level with services but no application), and reports every problem with its
+line. For a Compose file it also warns, on stderr, of what micado ignores.`,
+		Example: "  micado validate definitions/webshop.yaml\n  micado validate definitions/webshop.compose.yaml",
 		Args: func(cmd *cobra.Command, args []string) error {
 			if len(args) != 1 {
 				return userErr("validate needs exactly one FILE")
@@ -29,8 +30,11 @@ func validateCmd() *cobra.Command {
 			return nil
 		},
 		RunE: func(cmd *cobra.Command, args []string) error {
-			app, err := definitions.ParseFile(args[0])
+			app, _, _, err := loadDefinition(args[0], cmd.ErrOrStderr())
 			if err != nil {
+				if _, ok := err.(*exitError); ok {
+					return err
+				}
 				return userErr("%s is not valid:\n%v", args[0], err)
 			}
 			levels, _ := app.Levels()
@@ -58,7 +62,11 @@ func deployCmd(g *globals) *cobra.Command {
 only after everything it depends on runs and passes its Consul checks. Deploying
 a changed file applies only the difference: replica counts up or down, and a
 new image or setting replaces that service's containers one at a time, make
-before break. A file with errors changes nothing.`,
+before break. A file with errors changes nothing.
+
+FILE may be a Compose file (a top level with services but no application):
+micado deploys what it can honour of it and refuses the rest (see micado
+convert, which shows the definition the manager gets).`,
 		Example: "  micado deploy definitions/webshop.yaml\n  micado deploy definitions/webshop.yaml --detach",
 		Args: func(cmd *cobra.Command, args []string) error {
 			if len(args) != 1 {
@@ -67,12 +75,11 @@ before break. A file with errors changes nothing.`,
 			return nil
 		},
 		RunE: func(cmd *cobra.Command, args []string) error {
-			data, err := os.ReadFile(args[0])
+			app, data, _, err := loadDefinition(args[0], cmd.ErrOrStderr())
 			if err != nil {
-				return userErr("cannot read %s: %v", args[0], rootCause(err))
-			}
-			app, err := definitions.Parse(filepath.Base(args[0]), data)
-			if err != nil {
+				if _, ok := err.(*exitError); ok {
+					return err
+				}
 				return userErr("%s is not valid, nothing was changed:\n%v", args[0], err)
 			}
 			c, err := newClient(g)

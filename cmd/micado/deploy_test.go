@@ -189,3 +189,49 @@ func TestDeployThatFailsHalfwayReportsWhy(t *testing.T) {
 		}
 	}
 }
+
+// TestDeployComposeApplication deploys the web shop written as a Compose
+// file: it must behave as webshop.yaml does.
+func TestDeployComposeApplication(t *testing.T) {
+	c := newTestCluster(t, "--workers", "3", "--roles", "proxy,app,db", "--worker-memory", "1GiB")
+	out, errOut, err := c.micado("deploy", repoFile(t, "definitions/webshop.compose.yaml"))
+	if err != nil {
+		t.Fatalf("deploy: %v\n%s\n%s", err, out, errOut)
+	}
+	if strings.Contains(errOut, "warning:") {
+		t.Errorf("warnings for the example: %s", errOut)
+	}
+	first := map[string]time.Time{}
+	for _, x := range c.ps() {
+		if t0, ok := first[x.Service]; !ok || x.CreatedAt.Before(t0) {
+			first[x.Service] = x.CreatedAt
+		}
+	}
+	if !(first["webshop-db"].Before(first["webshop-app"]) && first["webshop-app"].Before(first["webshop-proxy"])) {
+		t.Fatalf("start order %v", first)
+	}
+	st := c.mustMicado("status", "webshop")
+	if !strings.Contains(st, "deployed") || !strings.Contains(st, "2/2") || !strings.Contains(st, "webshop.compose.yaml") {
+		t.Fatalf("status: %s", st)
+	}
+	eventually(t, 30*time.Second, "answers from both app instances through the proxy", func() (bool, string) {
+		es := passing(t, c.consul(), "webshop-proxy")
+		if len(es) != 1 {
+			return false, fmt.Sprintf("%d passing proxies", len(es))
+		}
+		seen := map[string]bool{}
+		cl := &http.Client{Timeout: 5 * time.Second}
+		for range 10 {
+			resp, err := cl.Get(fmt.Sprintf("http://%s:%d/", es[0].Service.Address, es[0].Service.Port))
+			if err != nil {
+				return false, err.Error()
+			}
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				seen[resp.Header.Get("X-Served-By")] = true
+			}
+		}
+		return len(seen) >= 2, fmt.Sprint(seen)
+	})
+	c.mustMicado("undeploy", "webshop")
+}

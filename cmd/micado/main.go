@@ -65,7 +65,7 @@ in Consul so services find each other.`,
 	root.PersistentFlags().StringVar(&g.caCert, "ca-cert", os.Getenv("MICADO_CA_CERT"), "PEM `FILE` of the CA that signed the manager's TLS certificate (env MICADO_CA_CERT; default: what micado up saved, else the system's roots)")
 	root.AddCommand(
 		upCmd(g), downCmd(g), launchCmd(g), psCmd(g), nodesCmd(g), stopCmd(g), consolidateCmd(g),
-		deployCmd(g), appsCmd(g), statusCmd(g), undeployCmd(g), validateCmd(), versionCmd(g),
+		deployCmd(g), appsCmd(g), statusCmd(g), undeployCmd(g), validateCmd(), convertCmd(), versionCmd(g),
 		eventsCmd(g), explainCmd(g), dashboardCmd(g), scaleCmd(g), autoscaleCmd(g),
 		managerCmd(), workerCmd(),
 	)
