@@ -19,6 +19,7 @@ import (
 	"github.com/compose-spec/compose-go/v2/template"
 	"github.com/compose-spec/compose-go/v2/types"
 	units "github.com/docker/go-units"
+	"github.com/micado-scale/micado/definitions/bytesize"
 	"gopkg.in/yaml.v3"
 )
 
@@ -1025,7 +1026,7 @@ func (c *composeParser) memory(s *svc, sc *types.ServiceConfig, spath string, ad
 			chosen = x
 			add("memory", x.path, n.Line, scalar("!!str", exactSize(x.v), n.Line))
 		} else if x.v != chosen.v {
-			c.warn(n.Line, x.path, "ignored: micado gives a container one memory size, reserved and limit at once, and takes %s (%s)", chosen.path[len(spath)+1:], FormatSize(chosen.v))
+			c.warn(n.Line, x.path, "ignored: micado gives a container one memory size, reserved and limit at once, and takes %s (%s)", chosen.path[len(spath)+1:], bytesize.Format(chosen.v))
 		}
 	}
 }
@@ -1338,11 +1339,12 @@ func (c *composeParser) dependsOn(s *svc, sc *types.ServiceConfig, spath string,
 	add("depends_on", dp, e.val.Line, sequence(e.val.Line, deps...))
 }
 
-// exactSize writes n bytes as FormatSize does when that reads back as n
-// (in micado's format and in Compose's), else as a number of bytes.
+// exactSize writes n bytes as package bytesize prints them when that reads
+// back as n in micado's format and in Compose's (where 1GB is 1GiB, as
+// Docker reads it), else as a number of bytes.
 func exactSize(n int64) string {
-	s := FormatSize(n)
-	if b, err := ParseSize(s); err == nil && b == n {
+	s := bytesize.Format(n)
+	if b, err := bytesize.Parse(s); err == nil && int64(b) == n {
 		if d, err := ramInBytes(s); err == nil && d == n {
 			return s
 		}

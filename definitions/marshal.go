@@ -12,7 +12,7 @@ import (
 // Marshal writes app in micado's definition format (see [App]); [Parse]
 // reads it back as an equal App, apart from File and the lines. Fields at
 // their default are left out, except memory; sizes are written with
-// [FormatSize] where that reads back exactly, else in bytes.
+// package bytesize where that reads back exactly, else in bytes.
 func Marshal(app *App) []byte {
 	var svcs []*yaml.Node
 	for _, s := range app.Services {
