@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/distribution/reference"
 	"github.com/micado-scale/micado/definitions/bytesize"
 	"gopkg.in/yaml.v3"
 )
@@ -23,7 +24,6 @@ import (
 var (
 	appNameRe       = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,46}[a-z0-9])?$`)
 	serviceNameRe   = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$`)
-	imageRe         = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9._/:@-]{0,254}$`)
 	roleRe          = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$`)
 	tagRe           = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}=[a-zA-Z0-9_.-]{1,63}$`)
 	envNameRe       = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,127}$`)
@@ -143,10 +143,10 @@ func (p *parser) app(root *yaml.Node) *App {
 	f, _ := p.fields(root, "", topFields, "")
 	if e, ok := f["application"]; ok {
 		if s, ok := p.str(e.val, "application", false); ok {
-			if appNameRe.MatchString(s) {
+			if err := CheckAppName(s); err == nil {
 				app.Name = s
 			} else {
-				p.report(e.val.Line, "application", "%s is not a valid application name: use 1 to 48 lowercase letters, digits and '-', starting and ending with a letter or digit", q(s))
+				p.report(e.val.Line, "application", "%v", err)
 			}
 		}
 	} else {
@@ -591,10 +591,10 @@ func (p *parser) service(e entry, path string, names map[string]bool) (Service, 
 	}
 	if v, ok := f["image"]; ok {
 		if img, ok := p.str(v.val, path+".image", false); ok {
-			if imageRe.MatchString(img) {
+			if err := checkImage(img); err == nil {
 				s.Image = img
 			} else {
-				p.report(v.val.Line, path+".image", "%s is not a valid image reference (e.g. micado/demo-web or registry:5000/team/app:1.2)", q(img))
+				p.report(v.val.Line, path+".image", "%s is not a valid image reference: %v (e.g. micado/demo-web or registry:5000/team/app:1.2)", q(img), err)
 			}
 		}
 	} else {
@@ -887,4 +887,24 @@ func (p *parser) references(raw *yaml.Node, path, self string, names map[string]
 		refs = append(refs, ref{to: s, line: it.Line, path: ip})
 	}
 	return out, refs
+}
+
+// checkImage checks an image reference as Docker reads it (package
+// github.com/distribution/reference): "micado/demo-web",
+// "registry:5000/team/app:1.2", "app@sha256:…".
+func checkImage(img string) error {
+	if strings.TrimSpace(img) != img {
+		return errors.New("it has spaces around it")
+	}
+	_, err := reference.ParseNormalizedNamed(img)
+	return err
+}
+
+// CheckAppName checks an application's name, in a file or in a URL: a DNS
+// label of 1 to 48 lowercase letters, digits and '-'.
+func CheckAppName(name string) error {
+	if !appNameRe.MatchString(name) {
+		return fmt.Errorf("%s is not a valid application name: use 1 to 48 lowercase letters, digits and '-', starting and ending with a letter or digit", q(name))
+	}
+	return nil
 }

@@ -192,7 +192,7 @@ var badCases = []struct {
 	{"services not a mapping", "application: a\nservices: [web]\n", []string{"x.yaml:2: services: must be a mapping of service names to services"}},
 	{"service not a mapping", "application: a\nservices:\n  s:\n", []string{"x.yaml:3: services.s: must be a mapping (a service needs at least image and role)"}},
 	{"bad values", "application: a\nservices:\n  s:\n    image: micado/demo web\n    role: app server\n    tags: [zone, role=x, zone=a, zone=b]\n    memory: 4MiB\n", []string{
-		"x.yaml:4: services.s.image: 'micado/demo web' is not a valid image reference (e.g. micado/demo-web or registry:5000/team/app:1.2)",
+		"x.yaml:4: services.s.image: 'micado/demo web' is not a valid image reference: invalid reference format (e.g. micado/demo-web or registry:5000/team/app:1.2)",
 		"x.yaml:5: services.s.role: 'app server' is not a valid role: use up to 63 letters, digits, '.', '_' and '-'",
 		"x.yaml:6: services.s.tags[0]: 'zone' is not a valid tag: use key=value with letters, digits, '.', '_' and '-'",
 		"x.yaml:6: services.s.tags[1]: give the role with the field role, not as a tag",

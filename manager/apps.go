@@ -76,7 +76,12 @@ type AppStatus struct {
 }
 
 // consulName is the Consul service of an application's service.
-func consulName(app, svc string) string { return app + "-" + svc }
+func consulName(app, svc string) string {
+	if app == "" {
+		return svc // a launched service: an application of its own
+	}
+	return app + "-" + svc
+}
 
 // envName turns a service name into an environment variable prefix.
 func envName(svc string) string {
@@ -88,9 +93,8 @@ func envName(svc string) string {
 // segments, which Consul resolves, so "x/../../containers/web-1" would
 // name another record.
 func checkAppName(name string) error {
-	if !nameRe.MatchString(name) {
-		return &RequestError{Status: http.StatusBadRequest,
-			Msg: fmt.Sprintf("application name %q is not valid: use 1 to 48 lowercase letters, digits and '-', starting and ending with a letter or digit", name)}
+	if err := definitions.CheckAppName(name); err != nil {
+		return &RequestError{Status: http.StatusBadRequest, Msg: err.Error()}
 	}
 	return nil
 }
@@ -309,6 +313,15 @@ func (l *leader) containersFor(app *definitions.App, s *definitions.Service, n i
 		env["MICADO_LINKS"] = strings.Join(names, ",")
 		env["CONSUL_HTTP_ADDR"] = l.m.cfg.ConsulAddr
 	}
+	return newRecords(app, s, next, n, env, time.Now().UTC())
+}
+
+// newRecords builds n records for service s of app, numbered from next: the
+// one record builder of launches (an application of one service, named
+// ""), deployments and autoscaling. env is the service's environment with
+// its link variables.
+func newRecords(app *definitions.App, s *definitions.Service, next, n int, env map[string]string, now time.Time) []*Container {
+	service := consulName(app.Name, s.Name)
 	tags := []string{"role=" + s.Role}
 	tags = append(tags, s.Tags...)
 	var ports []worker.Port
@@ -326,9 +339,11 @@ func (l *leader) containersFor(app *definitions.App, s *definitions.Service, n i
 			check = Check{Type: "tcp"}
 		}
 	}
+	if len(env) == 0 {
+		env = nil
+	}
 	spec := &Spec{Service: service, App: app.Name, Image: s.Image, Tags: tags, Memory: s.Memory, Ports: ports,
 		Env: env, Check: check, Pinned: s.Pinned, SpecHash: specHash(s)}
-	now := time.Now().UTC()
 	out := make([]*Container, n)
 	for i := range out {
 		out[i] = &Container{Name: fmt.Sprintf("%s-%d", service, next+i), Spec: spec, State: StateStarting, CreatedAt: now, UpdatedAt: now}

@@ -605,8 +605,8 @@ func (l *leader) Scale(ctx context.Context, service string, req ScaleRequest) (P
 	if len(members) == 0 {
 		return PolicyView{}, &RequestError{Status: http.StatusNotFound, Msg: fmt.Sprintf("no service named %s (see micado ps)", service)}
 	}
-	if req.Replicas < 1 || req.Replicas > MaxReplicas {
-		return PolicyView{}, badRequest("replicas %d is out of range: use 1 to %d (micado stop %s removes the service)", req.Replicas, MaxReplicas, service)
+	if req.Replicas < 1 || req.Replicas > definitions.MaxReplicas {
+		return PolicyView{}, badRequest("replicas %d is out of range: use 1 to %d (micado stop %s removes the service)", req.Replicas, definitions.MaxReplicas, service)
 	}
 	if p, ok := l.store.Policy(service); ok && (req.Replicas < p.Scaling.Min || req.Replicas > p.Scaling.Max) {
 		return PolicyView{}, badRequest("%d replicas is outside %s's scaling policy (min %d, max %d): change the policy first", req.Replicas, service, p.Scaling.Min, p.Scaling.Max)

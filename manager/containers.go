@@ -34,7 +34,7 @@ func (l *leader) Launch(ctx context.Context, req LaunchRequest) (LaunchResponse,
 		if err := l.checkScaling(ctx, req.Scaling); err != nil {
 			return LaunchResponse{}, err
 		}
-		pol := PolicyRecord{Service: service, App: req.App, Scaling: *req.Scaling, UpdatedAt: time.Now().UTC()}
+		pol := PolicyRecord{Service: service, Scaling: *req.Scaling, UpdatedAt: time.Now().UTC()}
 		// A new service's policy is written with its containers.
 		withPolicy = func(tx *Tx) error {
 			cp := pol

@@ -309,7 +309,7 @@ func checkDecodeError(t *testing.T, what string, r apiAnswer, v bodyVerdict) {
 
 // launchFieldRe: every problem validate reports starts with the field it
 // is about.
-var launchFieldRe = regexp.MustCompile(`^(image|name|app|role|tag|memory|port|environment variable|replicas|check|a (tcp|http|none) check)[: ]`)
+var launchFieldRe = regexp.MustCompile(`^(image|name|role|tags\[\d+\]|memory|ports\[\d+\](\.\w+)?|env(\.\S*)?|replicas|pinned|check(\.\w+)?|scaling(\.\w+)*(\[\d+\](\.\w+)?)?): `)
 
 // httpPathRe is what a definition file accepts as an http check path.
 var httpPathRe = regexp.MustCompile(`^/[!-~]*$`)
@@ -684,10 +684,10 @@ func FuzzPathParams(f *testing.F) {
 			return
 		case prefix == "/v1/containers/":
 			wantError(t, what, r, http.StatusNotFound, append([]string{"no container or service named "}, named...)...)
-		case !nameRe.MatchString(name):
+		case definitions.CheckAppName(name) != nil:
 			// No application can have this name: refused before the name
 			// goes near a Consul key.
-			wantError(t, what, r, http.StatusBadRequest, fmt.Sprintf("application name %q is not valid", name))
+			wantError(t, what, r, http.StatusBadRequest, "is not a valid application name")
 		case name == "keepapp":
 			if method == http.MethodGet {
 				var st AppStatus

@@ -142,18 +142,19 @@ func (c *Container) Request() coordinator.Request {
 	return coordinator.Request{Name: c.Name, Tags: c.Tags, Memory: c.Memory}
 }
 
-// LaunchRequest is the body of POST /v1/containers.
+// LaunchRequest is the body of POST /v1/containers: an application of one
+// service (definitions.Launch), checked by the rules of a definition file's
+// service.
 type LaunchRequest struct {
 	Image    string            `json:"image"`
 	Name     string            `json:"name,omitempty"` // service name; default from the image
-	Role     string            `json:"role,omitempty"` // shorthand for the tag role=<role>
+	Role     string            `json:"role"`           // required: containers run on workers tagged role=<role>
 	Tags     []string          `json:"tags,omitempty"` // further required worker tags, key=value
 	Memory   string            `json:"memory,omitempty"`
 	Ports    []string          `json:"ports,omitempty"` // "8080" or "8080/tcp"
 	Env      map[string]string `json:"env,omitempty"`
 	Replicas int               `json:"replicas,omitempty"`
 	Check    *Check            `json:"check,omitempty"`
-	App      string            `json:"app,omitempty"`
 	// Pinned marks the containers as not relocatable by consolidation.
 	Pinned bool `json:"pinned,omitempty"`
 	// Scaling scales the service by its real load (micado launch --min

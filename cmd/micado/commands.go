@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/url"
@@ -12,6 +13,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/micado-scale/micado/definitions"
 	"github.com/micado-scale/micado/definitions/bytesize"
 	"github.com/micado-scale/micado/manager"
 	"github.com/micado-scale/micado/worker"
@@ -55,17 +57,6 @@ are NAME-1, NAME-2, ...`,
 		},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			req.Image = args[0]
-			if req.Role == "" {
-				return userErr("--role is required: the role of the workers to run on, e.g. --role proxy")
-			}
-			if req.Memory != "" {
-				if _, err := bytesize.Parse(req.Memory); err != nil {
-					return userErr("--memory: %v", err)
-				}
-			}
-			if req.Replicas < 1 {
-				return userErr("--replicas %d must be at least 1", req.Replicas)
-			}
 			if sf.given(cmd) {
 				var err error
 				if req.Scaling, err = sf.policy(); err != nil {
@@ -73,12 +64,6 @@ are NAME-1, NAME-2, ...`,
 				}
 				if !cmd.Flags().Changed("replicas") {
 					req.Replicas = req.Scaling.Min
-				}
-			}
-			for _, p := range ports {
-				num, _, _ := strings.Cut(p, "/")
-				if n, err := strconv.Atoi(num); err != nil || n < 1 || n > 65535 {
-					return userErr("--port %q is not a port number from 1 to 65535", p)
 				}
 			}
 			req.Ports = ports
@@ -94,6 +79,11 @@ are NAME-1, NAME-2, ...`,
 			}
 			if health != "" {
 				req.Check = &manager.Check{Type: "http", Path: health}
+			}
+			// A launch is an application of one service: the same rules
+			// and messages as a definition file, named after the flags.
+			if err := checkLaunch(req); err != nil {
+				return err
 			}
 			c, err := newClient(g)
 			if err != nil {
@@ -146,6 +136,61 @@ are NAME-1, NAME-2, ...`,
 	sf.add(cmd)
 	f.SortFlags = false
 	return cmd
+}
+
+// checkLaunch checks a launch as the manager will (definitions.ParseLaunch)
+// and names the flags in its problems.
+func checkLaunch(req manager.LaunchRequest) error {
+	l := definitions.Launch{Name: req.Name, Image: req.Image, Role: req.Role, Tags: req.Tags, Memory: req.Memory,
+		Ports: req.Ports, Env: req.Env, Replicas: req.Replicas, Pinned: req.Pinned, Scaling: req.Scaling}
+	if req.Check != nil {
+		l.Check = &definitions.CheckSpec{HTTP: req.Check.Path}
+	}
+	_, err := definitions.ParseLaunch(l)
+	var probs definitions.Problems
+	if !errors.As(err, &probs) {
+		return err
+	}
+	msgs := make([]string, len(probs))
+	for i, p := range probs {
+		msgs[i] = launchFlag(p.Path) + ": " + p.Msg
+	}
+	return userErr("%s", strings.Join(msgs, "; "))
+}
+
+// launchFlag names the flag of a launch field path.
+func launchFlag(path string) string {
+	field, rest, _ := strings.Cut(path, ".")
+	if i := strings.IndexByte(field, '['); i >= 0 {
+		field = field[:i]
+	}
+	switch field {
+	case "image":
+		return "IMAGE"
+	case "tags":
+		return "--tag"
+	case "ports":
+		return "--port"
+	case "env":
+		return "--env"
+	case "check":
+		return "--health-path"
+	case "scaling":
+		sub, _, _ := strings.Cut(rest, ".")
+		if i := strings.IndexByte(sub, '['); i >= 0 {
+			sub = sub[:i]
+		}
+		switch sub {
+		case "memory":
+			return "--memory-target"
+		case "per_replica":
+			return "--per-replica"
+		case "":
+			return "the scaling flags"
+		}
+		return "--" + sub
+	}
+	return "--" + field
 }
 
 func progress(cmd *cobra.Command, quiet bool) func(string) {

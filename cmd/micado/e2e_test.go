@@ -321,9 +321,9 @@ func TestClusterEndToEnd(t *testing.T) {
 			{[]string{"launch", "micado/demo-web", "--role", "db", "--name", "db"}, "lack role=db"},
 			{[]string{"launch", "micado/demo-web", "--role", "proxy", "--name", "big", "--memory", "64GiB"}, "too little free memory"},
 			{[]string{"launch", "micado/demo-web", "--role", "app", "--name", "more", "--replicas", "2", "--memory", "200MiB"}, "cannot be placed"},
-			{[]string{"launch", "micado/demo-web", "--role", "proxy", "--memory", "12XB"}, `"12XB" is not a size`},
-			{[]string{"launch", "micado/demo-web", "--memory", "64MiB"}, "--role is required"},
-			{[]string{"launch", "micado/demo-web", "--role", "proxy", "--name", "Bad_Name"}, `name "Bad_Name" is not valid`},
+			{[]string{"launch", "micado/demo-web", "--role", "proxy", "--memory", "12XB"}, `--memory: '12XB' is not a size`},
+			{[]string{"launch", "micado/demo-web", "--memory", "64MiB"}, "--role: is required"},
+			{[]string{"launch", "micado/demo-web", "--role", "proxy", "--name", "Bad_Name"}, `--name: 'Bad_Name' is not a valid service name`},
 			{[]string{"launch", "micado/demo-web", "--role", "proxy"}, "already exists"},
 			{[]string{"stop", "nosuch"}, "no container or service named nosuch"},
 		}
