@@ -11,7 +11,7 @@ import (
 
 	"github.com/micado-scale/micado/coordinator"
 	"github.com/micado-scale/micado/definitions"
-	"github.com/micado-scale/micado/worker"
+	"github.com/micado-scale/micado/internal/wire"
 )
 
 // Defaults for launch requests.
@@ -118,7 +118,7 @@ func validate(req LaunchRequest, now time.Time) ([]*Container, error) {
 			mem = v
 		}
 	}
-	var ports []worker.Port
+	var ports []wire.Port
 	seen := map[string]bool{}
 	for _, p := range req.Ports {
 		num, proto, _ := strings.Cut(p, "/")
@@ -136,7 +136,7 @@ func validate(req LaunchRequest, now time.Time) ([]*Container, error) {
 			continue
 		}
 		seen[key] = true
-		ports = append(ports, worker.Port{Container: n, Protocol: proto})
+		ports = append(ports, wire.Port{Container: n, Protocol: proto})
 	}
 	envKeys := make([]string, 0, len(req.Env))
 	for k := range req.Env {

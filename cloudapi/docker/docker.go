@@ -8,7 +8,7 @@
 // it on the same engine) and the cluster key as the file KeyPath (mode
 // 0400), copied into the container before it starts and read with
 // --key-file, so that the key is in neither its environment nor its
-// command line and `docker inspect` does not show it. It carries the io.micado.* labels of package worker (cluster, component
+// command line and `docker inspect` does not show it. It carries the io.micado.* labels of package wire (cluster, component
 // "worker", node) plus LabelInstanceType, LabelTags and LabelProvider, and
 // the cloudapi.Tag* keys that every provider writes.
 //
@@ -44,13 +44,13 @@ import (
 	"github.com/docker/docker/errdefs"
 
 	"github.com/micado-scale/micado/cloudapi"
-	"github.com/micado-scale/micado/worker"
+	"github.com/micado-scale/micado/internal/wire"
 )
 
 // ProviderName is what Provider.Name returns and the value of LabelProvider.
 const ProviderName = "docker"
 
-// Labels this provider adds to the worker labels of package worker.
+// Labels this provider adds to the worker labels of package wire.
 const (
 	// LabelInstanceType holds the micado instance type name.
 	LabelInstanceType = "io.micado.instance-type"
@@ -58,12 +58,6 @@ const (
 	LabelTags = "io.micado.tags"
 	// LabelProvider holds ProviderName.
 	LabelProvider = "io.micado.provider"
-)
-
-// Component values of worker.LabelComponent this package relies on.
-const (
-	componentWorker = "worker"
-	componentApp    = "app"
 )
 
 // DefaultDockerSocket is the host path of the Docker socket mounted into
@@ -236,12 +230,12 @@ func (p *Provider) labels(spec cloudapi.Spec) (map[string]string, error) {
 		return nil, err
 	}
 	maps.Copy(l, map[string]string{
-		worker.LabelCluster:   spec.Cluster,
-		worker.LabelComponent: componentWorker,
-		worker.LabelNode:      spec.Name,
-		LabelInstanceType:     spec.Type.Name,
-		LabelTags:             strings.Join(spec.Tags, ","),
-		LabelProvider:         ProviderName,
+		wire.LabelCluster:   spec.Cluster,
+		wire.LabelComponent: wire.ComponentWorker,
+		wire.LabelNode:      spec.Name,
+		LabelInstanceType:   spec.Type.Name,
+		LabelTags:           strings.Join(spec.Tags, ","),
+		LabelProvider:       ProviderName,
 	})
 	return l, nil
 }
@@ -350,7 +344,7 @@ func (p *Provider) existing(ctx context.Context, spec cloudapi.Spec, name string
 	if ci.Config != nil {
 		got = ci.Config.Labels
 	}
-	if got[worker.LabelCluster] != p.cfg.Cluster || got[worker.LabelComponent] != componentWorker || got[worker.LabelNode] != spec.Name {
+	if got[wire.LabelCluster] != p.cfg.Cluster || got[wire.LabelComponent] != wire.ComponentWorker || got[wire.LabelNode] != spec.Name {
 		return cloudapi.Instance{}, fmt.Errorf("docker: create %s: a container of that name already exists and is not the worker %s of cluster %s", name, spec.Name, p.cfg.Cluster)
 	}
 	for _, k := range []string{LabelInstanceType, LabelTags} {
@@ -402,8 +396,8 @@ func (p *Provider) inspect(ctx context.Context, id string) (cloudapi.Instance, e
 func (p *Provider) instance(id, name string, labels map[string]string, cmd []string, nets map[string]*network.EndpointSettings, state string) cloudapi.Instance {
 	inst := cloudapi.Instance{
 		ID:      id,
-		Cluster: labels[worker.LabelCluster],
-		Name:    labels[worker.LabelNode],
+		Cluster: labels[wire.LabelCluster],
+		Name:    labels[wire.LabelNode],
 		Type:    labels[LabelInstanceType],
 		State:   normaliseState(state),
 		Address: p.address(nets),
@@ -503,7 +497,7 @@ func (p *Provider) Terminate(ctx context.Context, id string) error {
 	if ci.Config != nil {
 		labels = ci.Config.Labels
 	}
-	if labels[worker.LabelCluster] != p.cfg.Cluster || labels[worker.LabelComponent] != componentWorker {
+	if labels[wire.LabelCluster] != p.cfg.Cluster || labels[wire.LabelComponent] != wire.ComponentWorker {
 		return fmt.Errorf("docker: terminate %s: %w: it is not a worker of cluster %s", id, cloudapi.ErrNotFound, p.cfg.Cluster)
 	}
 	err = p.dc.ContainerRemove(ctx, ci.ID, container.RemoveOptions{Force: true, RemoveVolumes: true})
@@ -513,23 +507,23 @@ func (p *Provider) Terminate(ctx context.Context, id string) error {
 	if err != nil {
 		return fmt.Errorf("docker: terminate %s: %w", id, err)
 	}
-	node := labels[worker.LabelNode]
+	node := labels[wire.LabelNode]
 	if node == "" {
 		return nil
 	}
 	// The worker's application containers run beside it on this engine;
 	// on a cloud they would die with the VM.
 	apps, err := p.dc.ContainerList(ctx, container.ListOptions{All: true, Filters: filters.NewArgs(
-		filters.Arg("label", worker.LabelCluster+"="+p.cfg.Cluster),
-		filters.Arg("label", worker.LabelComponent+"="+componentApp),
-		filters.Arg("label", worker.LabelNode+"="+node),
+		filters.Arg("label", wire.LabelCluster+"="+p.cfg.Cluster),
+		filters.Arg("label", wire.LabelComponent+"="+wire.ComponentApp),
+		filters.Arg("label", wire.LabelNode+"="+node),
 	)})
 	if err != nil {
 		return fmt.Errorf("docker: terminate %s: worker removed, but listing its containers failed: %w", id, err)
 	}
 	var errs []error
 	for _, a := range apps {
-		if a.Labels[worker.LabelCluster] != p.cfg.Cluster || a.Labels[worker.LabelNode] != node || a.Labels[worker.LabelComponent] != componentApp {
+		if a.Labels[wire.LabelCluster] != p.cfg.Cluster || a.Labels[wire.LabelNode] != node || a.Labels[wire.LabelComponent] != wire.ComponentApp {
 			continue
 		}
 		if err := p.dc.ContainerRemove(ctx, a.ID, container.RemoveOptions{Force: true}); err != nil && !errdefs.IsNotFound(err) {
@@ -549,19 +543,19 @@ func (p *Provider) List(ctx context.Context, cluster string) ([]cloudapi.Instanc
 		return nil, errors.New("docker: list: empty cluster name")
 	}
 	cs, err := p.dc.ContainerList(ctx, container.ListOptions{All: true, Filters: filters.NewArgs(
-		filters.Arg("label", worker.LabelCluster+"="+cluster),
-		filters.Arg("label", worker.LabelComponent+"="+componentWorker),
+		filters.Arg("label", wire.LabelCluster+"="+cluster),
+		filters.Arg("label", wire.LabelComponent+"="+wire.ComponentWorker),
 	)})
 	if err != nil {
 		return nil, fmt.Errorf("docker: list cluster %s: %w", cluster, err)
 	}
 	res := make([]cloudapi.Instance, 0, len(cs))
 	for _, c := range cs {
-		if c.Labels[worker.LabelCluster] != cluster || c.Labels[worker.LabelComponent] != componentWorker {
+		if c.Labels[wire.LabelCluster] != cluster || c.Labels[wire.LabelComponent] != wire.ComponentWorker {
 			continue
 		}
 		var cmd []string
-		if _, ok := c.Labels[LabelTags]; !ok || c.Labels[worker.LabelNode] == "" {
+		if _, ok := c.Labels[LabelTags]; !ok || c.Labels[wire.LabelNode] == "" {
 			// A worker `micado up` started: its tags are only on its
 			// command line, which the list splits ambiguously.
 			ci, err := p.dc.ContainerInspect(ctx, c.ID)

@@ -27,7 +27,7 @@ import (
 	"github.com/docker/docker/pkg/stdcopy"
 
 	"github.com/micado-scale/micado/cloudapi"
-	"github.com/micado-scale/micado/worker"
+	"github.com/micado-scale/micado/internal/wire"
 )
 
 const demoImage = "micado/demo-web:latest"
@@ -96,7 +96,7 @@ func cleanupClusters(t *testing.T, dc *client.Client, clusters ...string) {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
 		for _, c := range clusters {
-			f := filters.NewArgs(filters.Arg("label", worker.LabelCluster+"="+c))
+			f := filters.NewArgs(filters.Arg("label", wire.LabelCluster+"="+c))
 			cs, err := dc.ContainerList(ctx, container.ListOptions{All: true, Filters: f})
 			if err != nil {
 				t.Errorf("cleanup: list containers of %s: %v", c, err)
@@ -211,7 +211,7 @@ func TestProviderOnDocker(t *testing.T) {
 
 	netName := "micado-" + cluster
 	if _, err := dc.NetworkCreate(ctx, netName, network.CreateOptions{Driver: "bridge",
-		Labels: map[string]string{worker.LabelCluster: cluster, worker.LabelComponent: "network"}}); err != nil {
+		Labels: map[string]string{wire.LabelCluster: cluster, wire.LabelComponent: "network"}}); err != nil {
 		t.Fatalf("create network %s: %v", netName, err)
 	}
 	ni, err := dc.NetworkInspect(ctx, netName, network.InspectOptions{})
@@ -371,7 +371,7 @@ func TestProviderOnDocker(t *testing.T) {
 	// yet: List reads its tags from its command line and reports it pending.
 	upName := "w-up-" + randHex(2)
 	up, err := dc.ContainerCreate(ctx, &container.Config{Image: cfg.Image,
-		Labels: map[string]string{worker.LabelCluster: cluster, worker.LabelComponent: "worker", worker.LabelNode: upName},
+		Labels: map[string]string{wire.LabelCluster: cluster, wire.LabelComponent: "worker", wire.LabelNode: upName},
 		Cmd: []string{"worker", "--cluster", cluster, "--name", upName, "--tag", "role=db", "--tag=zone=b",
 			"--memory", "1073741824", "--join", cfg.JoinAddr, "--pull=false"}},
 		&container.HostConfig{}, &network.NetworkingConfig{EndpointsConfig: map[string]*network.EndpointSettings{netName: {}}},
@@ -399,7 +399,7 @@ func TestProviderOnDocker(t *testing.T) {
 	app := func(clusterLabel, component, node, name string, start bool) string {
 		t.Helper()
 		c, err := dc.ContainerCreate(ctx, &container.Config{Image: demoImage,
-			Labels: map[string]string{worker.LabelCluster: clusterLabel, worker.LabelComponent: component, worker.LabelNode: node}},
+			Labels: map[string]string{wire.LabelCluster: clusterLabel, wire.LabelComponent: component, wire.LabelNode: node}},
 			&container.HostConfig{}, nil, nil, name)
 		if err != nil {
 			t.Fatalf("create %s: %v", name, err)

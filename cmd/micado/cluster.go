@@ -28,8 +28,8 @@ import (
 	"github.com/micado-scale/micado/cloudapi"
 	"github.com/micado-scale/micado/coordinator"
 	"github.com/micado-scale/micado/definitions"
+	"github.com/micado-scale/micado/internal/wire"
 	"github.com/micado-scale/micado/manager"
-	"github.com/micado-scale/micado/worker"
 	"github.com/robfig/cron/v3"
 	"github.com/spf13/cobra"
 )
@@ -54,7 +54,7 @@ func dockerClient() (*dockerclient.Client, error) {
 }
 
 func clusterFilter(name string) filters.Args {
-	return filters.NewArgs(filters.Arg("label", worker.LabelCluster+"="+name))
+	return filters.NewArgs(filters.Arg("label", wire.LabelCluster+"="+name))
 }
 
 func upCmd(g *globals) *cobra.Command {
@@ -358,7 +358,7 @@ func up(ctx context.Context, cmd *cobra.Command, g *globals, o upOptions) (err e
 	}
 
 	labels := func(component string) map[string]string {
-		return map[string]string{worker.LabelCluster: g.cluster, worker.LabelComponent: component}
+		return map[string]string{wire.LabelCluster: g.cluster, wire.LabelComponent: component}
 	}
 	netName := "micado-" + g.cluster
 	if _, err := dc.NetworkCreate(ctx, netName, network.CreateOptions{Driver: "bridge", Labels: labels("network")}); err != nil {
@@ -449,7 +449,7 @@ func up(ctx context.Context, cmd *cobra.Command, g *globals, o upOptions) (err e
 				return userErr("cannot create volume %s: %v", v, err)
 			}
 			cl := labels("consul-server")
-			cl[worker.LabelNode] = name
+			cl[wire.LabelNode] = name
 			if _, err := run(name, &container.Config{Image: consulImage, Labels: cl, Hostname: name, Cmd: consulCmd(name, true)},
 				&container.HostConfig{Mounts: []mount.Mount{{Type: mount.TypeVolume, Source: v, Target: "/consul/data"}}}); err != nil {
 				return err
@@ -504,7 +504,7 @@ func up(ctx context.Context, cmd *cobra.Command, g *globals, o upOptions) (err e
 		}
 		exp, pm = loopback("8080/tcp")
 		ml := labels("manager")
-		ml[worker.LabelNode] = n
+		ml[wire.LabelNode] = n
 		args := []string{"manager", "--cluster", g.cluster, "--node-name", n, "--key-file", keyMountPath, "--token-file", tokenMountPath,
 			"--consul", prefix + "consul:8500", "--api", ":8080", "--strategy", o.strategy,
 			"--provider", o.provider, "--instance-types", o.types, "--scale-roles", strings.Join(o.roles, ","),
@@ -549,7 +549,7 @@ func up(ctx context.Context, cmd *cobra.Command, g *globals, o upOptions) (err e
 		name := "w-" + strconv.Itoa(i)
 		role := o.roles[(i-1)%len(o.roles)]
 		wl := labels("worker")
-		wl[worker.LabelNode] = name
+		wl[wire.LabelNode] = name
 		if _, err := run(name, &container.Config{
 			Image: micadoImage, Labels: wl, Hostname: name,
 			Cmd: []string{"worker", "--cluster", g.cluster, "--name", name, "--tag", "role=" + role,
@@ -583,7 +583,7 @@ func up(ctx context.Context, cmd *cobra.Command, g *globals, o upOptions) (err e
 		err := c.get(ctx, "/v1/nodes", &nodes)
 		alive := 0
 		for _, n := range nodes {
-			if n.Status == "alive" && n.Kind == worker.KindWorker {
+			if n.Status == "alive" && n.Kind == wire.KindWorker {
 				alive++
 			}
 		}
