@@ -5,18 +5,22 @@
 // Every worker container it creates is named micado-<cluster>-<node>, has
 // the node name as hostname and network alias, restarts unless stopped, gets
 // the host's Docker socket (so the agent runs application containers beside
-// it on the same engine) and the cluster key as the file KeyPath (mode
-// 0400), copied into the container before it starts and read with
+// it on the same engine) and the cluster key as the file KeyPath, read with
 // --key-file, so that the key is in neither its environment nor its
-// command line and `docker inspect` does not show it. It carries the io.micado.* labels of package wire (cluster, component
-// "worker", node) plus LabelInstanceType, LabelTags and LabelProvider, and
-// the cloudapi.Tag* keys that every provider writes.
+// command line and `docker inspect` does not show it: copied into the
+// container (mode 0400) before it starts, or, when Config.KeyFile names
+// the key's file on the host, bind-mounted read-only. It carries the
+// io.micado.* labels of package wire (cluster, component "worker", node)
+// plus LabelInstanceType, LabelTags and LabelProvider, and the cloudapi.Tag*
+// keys that every provider writes. Everything List reports of a worker it
+// reads from these labels.
 //
-// List sees every worker container of the cluster, also those `micado up`
-// started (they lack the type and tags labels; their tags are read from the
-// worker's command line). Terminate removes only worker containers of the
-// provider's own cluster, and with each the application containers its agent
-// ran, as terminating a VM would.
+// This is the one recipe for a worker container: `micado up` creates its
+// first workers with it, and the manager's scale-out its later ones.
+//
+// List sees every worker container of the cluster. Terminate removes only
+// worker containers of the provider's own cluster, and with each the
+// application containers its agent ran, as terminating a VM would.
 package docker
 
 import (
@@ -67,8 +71,8 @@ const DefaultDockerSocket = "/var/run/docker.sock"
 // socketTarget is where workers find the Docker socket.
 const socketTarget = "/var/run/docker.sock"
 
-// KeyPath is where a worker container finds the cluster key (base64 text,
-// mode 0400); its command line passes it with --key-file.
+// KeyPath is where a worker container finds the cluster key (base64 text);
+// its command line passes it with --key-file.
 const KeyPath = "/etc/micado/cluster.key"
 
 // Config configures the docker provider. Every field but DockerSocket is
@@ -92,6 +96,11 @@ type Config struct {
 	// ClusterKey is the base64 cluster key (16, 24 or 32 bytes), given to
 	// workers as the file KeyPath.
 	ClusterKey string
+	// KeyFile, when set, is the absolute host path of a file holding
+	// ClusterKey: workers then get it bind-mounted read-only at KeyPath
+	// instead of a copy. Only a caller that sees the host's filesystem
+	// (`micado up`, not a manager in a container) can name it.
+	KeyFile string
 	// DockerSocket is the host path of the Docker socket mounted into
 	// workers at /var/run/docker.sock (default DefaultDockerSocket).
 	DockerSocket string
@@ -167,6 +176,9 @@ func (c Config) validate() error {
 	}
 	if k, err := base64.StdEncoding.DecodeString(c.ClusterKey); err != nil || len(k) != 16 && len(k) != 24 && len(k) != 32 {
 		return errors.New("Config.ClusterKey is not base64 of 16, 24 or 32 bytes")
+	}
+	if c.KeyFile != "" && !path.IsAbs(c.KeyFile) {
+		return fmt.Errorf("Config.KeyFile %q is not an absolute path", c.KeyFile)
 	}
 	if !path.IsAbs(c.DockerSocket) {
 		return fmt.Errorf("Config.DockerSocket %q is not an absolute path", c.DockerSocket)
@@ -253,8 +265,12 @@ func (p *Provider) command(spec cloudapi.Spec) []string {
 
 // copyKey writes the cluster key into the (created, not yet started)
 // container id as KeyPath. Unlike an environment variable, a file in the
-// container's filesystem is not part of what `docker inspect` shows.
+// container's filesystem is not part of what `docker inspect` shows. With
+// Config.KeyFile the key is mounted instead, and there is nothing to copy.
 func (p *Provider) copyKey(ctx context.Context, id string) error {
+	if p.cfg.KeyFile != "" {
+		return nil
+	}
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
 	now := time.Now()
@@ -303,6 +319,9 @@ func (p *Provider) Create(ctx context.Context, spec cloudapi.Spec) (cloudapi.Ins
 	host := &container.HostConfig{
 		RestartPolicy: container.RestartPolicy{Name: container.RestartPolicyUnlessStopped},
 		Mounts:        []mount.Mount{{Type: mount.TypeBind, Source: p.cfg.DockerSocket, Target: socketTarget}},
+	}
+	if p.cfg.KeyFile != "" {
+		host.Mounts = append(host.Mounts, mount.Mount{Type: mount.TypeBind, Source: p.cfg.KeyFile, Target: KeyPath, ReadOnly: true})
 	}
 	nc := &network.NetworkingConfig{EndpointsConfig: map[string]*network.EndpointSettings{
 		p.cfg.Network: {Aliases: []string{spec.Name}},
@@ -372,12 +391,11 @@ func (p *Provider) inspect(ctx context.Context, id string) (cloudapi.Instance, e
 	}
 	var (
 		labels map[string]string
-		cmd    []string
 		nets   map[string]*network.EndpointSettings
 		state  string
 	)
 	if ci.Config != nil {
-		labels, cmd = ci.Config.Labels, ci.Config.Cmd
+		labels = ci.Config.Labels
 	}
 	if ci.NetworkSettings != nil {
 		nets = ci.NetworkSettings.Networks
@@ -385,31 +403,27 @@ func (p *Provider) inspect(ctx context.Context, id string) (cloudapi.Instance, e
 	if ci.State != nil {
 		state = ci.State.Status
 	}
-	inst := p.instance(ci.ID, strings.TrimPrefix(ci.Name, "/"), labels, cmd, nets, state)
+	inst := p.instance(ci.ID, strings.TrimPrefix(ci.Name, "/"), labels, nets, state)
 	if t, err := time.Parse(time.RFC3339Nano, ci.Created); err == nil {
 		inst.CreatedAt = t.UTC()
 	}
 	return inst, nil
 }
 
-// instance builds an Instance from what Docker reports of a container.
-func (p *Provider) instance(id, name string, labels map[string]string, cmd []string, nets map[string]*network.EndpointSettings, state string) cloudapi.Instance {
+// instance builds an Instance from what Docker reports of a container:
+// the labels Create set, its state and its network.
+func (p *Provider) instance(id, name string, labels map[string]string, nets map[string]*network.EndpointSettings, state string) cloudapi.Instance {
 	inst := cloudapi.Instance{
 		ID:      id,
 		Cluster: labels[wire.LabelCluster],
 		Name:    labels[wire.LabelNode],
 		Type:    labels[LabelInstanceType],
+		Tags:    cloudapi.SplitTags(labels[LabelTags]),
 		State:   normaliseState(state),
 		Address: p.address(nets),
 	}
-	argName, argTags := parseCmd(cmd)
 	if inst.Name == "" {
-		inst.Name = cmp.Or(argName, strings.TrimPrefix(name, "micado-"+inst.Cluster+"-"))
-	}
-	if v, ok := labels[LabelTags]; ok {
-		inst.Tags = cloudapi.SplitTags(v)
-	} else {
-		inst.Tags = argTags
+		inst.Name = strings.TrimPrefix(name, "micado-"+inst.Cluster+"-")
 	}
 	return inst
 }
@@ -433,29 +447,6 @@ func (p *Provider) address(nets map[string]*network.EndpointSettings) string {
 		}
 	}
 	return ""
-}
-
-// parseCmd reads --name and every --tag from a worker's command line.
-func parseCmd(cmd []string) (name string, tags []string) {
-	for i := 0; i < len(cmd); i++ {
-		flag, val, hasVal := strings.Cut(cmd[i], "=")
-		if flag != "--tag" && flag != "-tag" && flag != "--name" && flag != "-name" {
-			continue
-		}
-		if !hasVal {
-			if i+1 >= len(cmd) {
-				break
-			}
-			i++
-			val = cmd[i]
-		}
-		if strings.TrimLeft(flag, "-") == "tag" {
-			tags = append(tags, val)
-		} else {
-			name = val
-		}
-	}
-	return name, tags
 }
 
 // normaliseState maps Docker's container states onto cloudapi's.
@@ -554,21 +545,6 @@ func (p *Provider) List(ctx context.Context, cluster string) ([]cloudapi.Instanc
 		if c.Labels[wire.LabelCluster] != cluster || c.Labels[wire.LabelComponent] != wire.ComponentWorker {
 			continue
 		}
-		var cmd []string
-		if _, ok := c.Labels[LabelTags]; !ok || c.Labels[wire.LabelNode] == "" {
-			// A worker `micado up` started: its tags are only on its
-			// command line, which the list splits ambiguously.
-			ci, err := p.dc.ContainerInspect(ctx, c.ID)
-			if errdefs.IsNotFound(err) {
-				continue // removed meanwhile
-			}
-			if err != nil {
-				return nil, fmt.Errorf("docker: list cluster %s: inspect %s: %w", cluster, c.ID, err)
-			}
-			if ci.Config != nil {
-				cmd = ci.Config.Cmd
-			}
-		}
 		var nets map[string]*network.EndpointSettings
 		if c.NetworkSettings != nil {
 			nets = c.NetworkSettings.Networks
@@ -577,7 +553,7 @@ func (p *Provider) List(ctx context.Context, cluster string) ([]cloudapi.Instanc
 		if len(c.Names) > 0 {
 			name = strings.TrimPrefix(c.Names[0], "/")
 		}
-		inst := p.instance(c.ID, name, c.Labels, cmd, nets, c.State)
+		inst := p.instance(c.ID, name, c.Labels, nets, c.State)
 		inst.CreatedAt = time.Unix(c.Created, 0).UTC()
 		res = append(res, inst)
 	}

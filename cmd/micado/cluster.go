@@ -26,6 +26,7 @@ import (
 	"github.com/docker/docker/errdefs"
 	"github.com/docker/go-connections/nat"
 	"github.com/micado-scale/micado/cloudapi"
+	cdocker "github.com/micado-scale/micado/cloudapi/docker"
 	"github.com/micado-scale/micado/coordinator"
 	"github.com/micado-scale/micado/definitions"
 	"github.com/micado-scale/micado/internal/wire"
@@ -545,20 +546,29 @@ func up(ctx context.Context, cmd *cobra.Command, g *globals, o upOptions) (err e
 	}
 	managerURL := managerURLs[0]
 
-	for i := 1; i <= o.workers; i++ {
-		name := "w-" + strconv.Itoa(i)
-		role := o.roles[(i-1)%len(o.roles)]
-		wl := labels("worker")
-		wl[wire.LabelNode] = name
-		if _, err := run(name, &container.Config{
-			Image: micadoImage, Labels: wl, Hostname: name,
-			Cmd: []string{"worker", "--cluster", g.cluster, "--name", name, "--tag", "role=" + role,
-				"--memory", strconv.FormatInt(o.memory, 10), "--join", join,
-				"--publish-addr", gateway, "--container-network", netName, "--pull=false", "--key-file", keyMountPath},
-		}, &container.HostConfig{Mounts: []mount.Mount{dockerSocketMount, keyMount}}); err != nil {
-			return err
+	// Workers: made by the docker provider, the same recipe as the
+	// manager's scale-out, with the key file mounted from the state
+	// directory.
+	if o.workers > 0 {
+		its, err := cloudapi.ParseInstanceTypes(o.types)
+		if err != nil {
+			return userErr("--instance-types: %v", err)
 		}
-		fmt.Fprintf(out, "worker    %s (role=%s, %s)\n", name, role, definitions.FormatSize(o.memory))
+		prov, err := cdocker.New(cdocker.Config{Cluster: g.cluster, Network: netName, Image: micadoImage, JoinAddr: join,
+			PublishAddr: gateway, ClusterKey: keyB64, KeyFile: keyFile, DockerSocket: dockerSocketMount.Source, Types: its}, dc)
+		if err != nil {
+			return userErr("docker provider: %v", err)
+		}
+		typ := upWorkerType(its, o.memory)
+		for i := 1; i <= o.workers; i++ {
+			name := "w-" + strconv.Itoa(i)
+			role := o.roles[(i-1)%len(o.roles)]
+			spec := cloudapi.Spec{Cluster: g.cluster, Name: name, Type: typ, Tags: []string{"role=" + role}}
+			if _, err := prov.Create(ctx, spec); err != nil {
+				return userErr("cannot create worker %s: %v", name, err)
+			}
+			fmt.Fprintf(out, "worker    %s (role=%s, %s)\n", name, role, definitions.FormatSize(o.memory))
+		}
 	}
 
 	st := clusterState{Name: g.cluster, Manager: managerURL, Managers: managerURLs, Consul: consulHTTP, ConsulDNS: consulDNS,
@@ -601,6 +611,18 @@ func up(ctx context.Context, cmd *cobra.Command, g *globals, o upOptions) (err e
 	}
 	fmt.Fprintf(out, "cluster %q is up with %d workers; try `micado nodes`\n", g.cluster, o.workers)
 	return nil
+}
+
+// upWorkerType is the instance type of the workers `up` starts: the one
+// of --instance-types with exactly --worker-memory, else a type named
+// after the size.
+func upWorkerType(types []cloudapi.InstanceType, memory int64) cloudapi.InstanceType {
+	for _, t := range types {
+		if t.Memory == memory {
+			return t
+		}
+	}
+	return cloudapi.InstanceType{Name: definitions.FormatSize(memory), Memory: memory}
 }
 
 // freePort asks the kernel for a free loopback port.
