@@ -14,7 +14,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/micado-scale/micado/worker"
+	"github.com/micado-scale/micado/internal/wire"
 )
 
 // MaxBodyBytes limits API request bodies.
@@ -145,7 +145,7 @@ func (l *leader) Nodes() []NodeView {
 	}
 	self := false
 	for _, mg := range m.members.managers() {
-		v := NodeView{Name: mg.Name, Kind: worker.KindManager, Status: mg.Status, Address: mg.Addr, API: mg.Load.API, LastUpdate: mg.LastUpdate}
+		v := NodeView{Name: mg.Name, Kind: wire.KindManager, Status: mg.Status, Address: mg.Addr, API: mg.Load.API, LastUpdate: mg.LastUpdate}
 		if mg.Load.Started > 0 {
 			v.Started = time.Unix(mg.Load.Started, 0).UTC()
 		}
@@ -156,7 +156,7 @@ func (l *leader) Nodes() []NodeView {
 		out = append(out, v)
 	}
 	if !self {
-		out = append(out, NodeView{Name: m.cfg.NodeName, Kind: worker.KindManager, Status: statusAlive,
+		out = append(out, NodeView{Name: m.cfg.NodeName, Kind: wire.KindManager, Status: statusAlive,
 			Leader: true, LeaderSince: l.since.UTC(), Term: l.lease.Term(), LastUpdate: time.Now().UTC()})
 	}
 	return out

@@ -15,7 +15,7 @@ import (
 	"time"
 
 	"github.com/micado-scale/micado/definitions"
-	"github.com/micado-scale/micado/worker"
+	"github.com/micado-scale/micado/internal/wire"
 )
 
 // AppState is an application's state in the desired state.
@@ -324,10 +324,10 @@ func newRecords(app *definitions.App, s *definitions.Service, next, n int, env m
 	service := consulName(app.Name, s.Name)
 	tags := []string{"role=" + s.Role}
 	tags = append(tags, s.Tags...)
-	var ports []worker.Port
+	var ports []wire.Port
 	check := Check{Type: "none"}
 	for i, p := range s.Ports {
-		ports = append(ports, worker.Port{Container: p.Port, Protocol: p.Protocol})
+		ports = append(ports, wire.Port{Container: p.Port, Protocol: p.Protocol})
 		if i == 0 && p.Check != nil {
 			switch {
 			case p.Check.HTTP != "":

@@ -15,7 +15,7 @@ import (
 
 	"github.com/micado-scale/micado/coordinator"
 	"github.com/micado-scale/micado/definitions"
-	"github.com/micado-scale/micado/worker"
+	"github.com/micado-scale/micado/internal/wire"
 )
 
 // Autoscaling: the paper's C5. Every AutoscaleInterval the leader reads
@@ -182,16 +182,16 @@ func newAutoscaler() *autoscaler {
 }
 
 // StatsReader is the optional capability of Agents to read a worker's
-// measured container use (worker.Client has it).
+// measured container use (wire.Client has it).
 type StatsReader interface {
-	Stats(ctx context.Context, addr string) (worker.Stats, error)
+	Stats(ctx context.Context, addr string) (wire.Stats, error)
 }
 
-func (t termAgents) Stats(ctx context.Context, addr string) (worker.Stats, error) {
+func (t termAgents) Stats(ctx context.Context, addr string) (wire.Stats, error) {
 	if s, ok := t.a.(StatsReader); ok {
 		return s.Stats(ctx, addr)
 	}
-	return worker.Stats{}, errors.New("these agents cannot report container use")
+	return wire.Stats{}, errors.New("these agents cannot report container use")
 }
 
 // autoscaleLoop runs the autoscaler for the term.
@@ -236,7 +236,7 @@ func (l *leader) collectStats(ctx context.Context, pols []*PolicyRecord, now tim
 		}
 	}
 	type result struct {
-		st  worker.Stats
+		st  wire.Stats
 		err error
 	}
 	results := make(chan result, len(nodes))

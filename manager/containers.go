@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/micado-scale/micado/coordinator"
-	"github.com/micado-scale/micado/worker"
+	"github.com/micado-scale/micado/internal/wire"
 )
 
 // errStateChanged aborts an update whose record is no longer in the state
@@ -205,8 +205,8 @@ func tagHint(s *coordinator.Snapshot, want []string) string {
 }
 
 // startRequest is what an agent needs to run c as generation gen.
-func startRequest(c *Container, gen int) worker.StartRequest {
-	return worker.StartRequest{Instance: c.Name, Service: c.Service, App: c.App, Image: c.Image, Memory: c.Memory,
+func startRequest(c *Container, gen int) wire.StartRequest {
+	return wire.StartRequest{Instance: c.Name, Service: c.Service, App: c.App, Image: c.Image, Memory: c.Memory,
 		Ports: c.Ports, Env: c.Env, Generation: gen}
 }
 
@@ -235,7 +235,7 @@ func (l *leader) start(ctx context.Context, name string) {
 		if ctx.Err() != nil {
 			return
 		}
-		permanent := worker.IsNotFound(err)
+		permanent := wire.IsNotFound(err)
 		m.log.Warn("start failed", "container", name, "worker", c.Node, "permanent", permanent, "err", err)
 		if permanent {
 			m.event(EventFailed, name, "cannot start on %s: %v", c.Node, err)
@@ -280,7 +280,7 @@ func (l *leader) start(ctx context.Context, name string) {
 }
 
 // adopt records what a worker reports about a running copy.
-func adopt(c *Container, node, id, address string, ports []worker.Binding) {
+func adopt(c *Container, node, id, address string, ports []wire.Binding) {
 	c.State = StateRunning
 	c.Reason = ""
 	c.Node = node

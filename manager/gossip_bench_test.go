@@ -18,20 +18,21 @@ import (
 	"unsafe"
 
 	"github.com/hashicorp/memberlist"
-	"github.com/micado-scale/micado/worker"
+	"github.com/micado-scale/micado/internal/gossip"
+	"github.com/micado-scale/micado/internal/wire"
 )
 
 // BenchmarkGossip100 and BenchmarkGossip500 run, in one process on
 // loopback, a manager-side memberlist configured as the manager configures
-// its own (worker.GossipConfig with a cluster key, the members table as
+// its own (gossip.Config with a cluster key, the members table as
 // event delegate, managerDelegate as metadata) and N worker-side
 // memberlists with the same GossipConfig whose delegate serves a
-// worker.Load as node metadata, as the worker agent does. Once the manager
+// wire.Load as node metadata, as the worker agent does. Once the manager
 // sees every agent alive and every agent sees the whole cluster, they
 // measure:
 //
 //   - all-seen-ms: every agent changes its load (Reserved), sends it to
-//     the manager (worker.SendLoad) and calls UpdateNode, as the agent
+//     the manager (gossip.SendLoad) and calls UpdateNode, as the agent
 //     does on a change; the time from the first
 //     change until the manager's members table shows the new load of the
 //     last agent;
@@ -70,12 +71,12 @@ func runGossipBench(b *testing.B, n int) {
 
 	// The manager's side, as manager.Run builds it.
 	mem := newMembers("manager")
-	mcfg := worker.GossipConfig("manager", "127.0.0.1", 0, "127.0.0.1", key, quiet)
+	mcfg := gossip.Config("manager", "127.0.0.1", 0, "127.0.0.1", key, quiet)
 	mtr := newCountingTransport(b, mcfg)
 	mcfg.Transport = mtr
 	mcfg.Events = mem
 	mdel := &managerDelegate{members: mem}
-	mdel.meta, _ = worker.Load{Kind: worker.KindManager, API: "127.0.0.1:8080"}.Encode()
+	mdel.meta, _ = wire.Load{Kind: wire.KindManager, API: "127.0.0.1:8080"}.Encode()
 	mcfg.Delegate = mdel
 	mgr, err := memberlist.Create(mcfg)
 	if err != nil {
@@ -90,13 +91,13 @@ func runGossipBench(b *testing.B, n int) {
 	started := time.Now().Unix()
 	for i := range agents {
 		name := "w-" + strconv.Itoa(i+1)
-		a := &gossipAgent{load: worker.Load{
-			Kind: worker.KindWorker, Tags: []string{"role=app"}, Capacity: 4 << 30,
+		a := &gossipAgent{load: wire.Load{
+			Kind: wire.KindWorker, Tags: []string{"role=app"}, Capacity: 4 << 30,
 			Reserved: int64(i%8) << 28, Used: int64(i%8) << 27, CPU: 0.25, Containers: i % 8,
 			API: "127.0.0.1:" + strconv.Itoa(20000+i), Started: started, Seq: 1,
 		}}
 		a.meta, _ = a.load.Encode()
-		cfg := worker.GossipConfig(name, "127.0.0.1", 0, "127.0.0.1", key, quiet)
+		cfg := gossip.Config(name, "127.0.0.1", 0, "127.0.0.1", key, quiet)
 		tr := newCountingTransport(b, cfg)
 		tr.sent = &sent
 		cfg.Transport = tr
@@ -194,7 +195,7 @@ func runGossipBench(b *testing.B, n int) {
 			meta := a.change(want[a.ml.LocalNode().Name])
 			// As the agent's refreshLoad does: straight to the manager,
 			// and gossiped.
-			_ = worker.SendLoad(a.ml, a.ml.LocalNode().Name, meta)
+			_ = gossip.SendLoad(a.ml, a.ml.LocalNode().Name, meta)
 			if err := a.ml.UpdateNode(time.Second); err != nil {
 				timeouts.Add(1) // the agent only logs this at debug level
 			}
@@ -284,7 +285,7 @@ func waitFor(b *testing.B, limit time.Duration, cond func() bool, what func() st
 type gossipAgent struct {
 	ml   *memberlist.Memberlist
 	mu   sync.Mutex
-	load worker.Load
+	load wire.Load
 	meta []byte
 }
 

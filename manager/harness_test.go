@@ -21,7 +21,7 @@ import (
 
 	"github.com/hashicorp/memberlist"
 	"github.com/micado-scale/micado/cloudapi"
-	"github.com/micado-scale/micado/worker"
+	"github.com/micado-scale/micado/internal/wire"
 )
 
 // The manager's own tests run managers in this process against fakes of
@@ -144,7 +144,7 @@ func (tm *testManager) stop() {
 // seeManager puts manager o into tm's members table as gossip would.
 func (tm *testManager) seeManager(o *testManager) {
 	host, port, _ := net.SplitHostPort(strings.TrimPrefix(o.base, "http://"))
-	meta, _ := worker.Load{Kind: worker.KindManager, API: net.JoinHostPort(host, port), Started: 1}.Encode()
+	meta, _ := wire.Load{Kind: wire.KindManager, API: net.JoinHostPort(host, port), Started: 1}.Encode()
 	tm.members.upsert(&memberlist.Node{Name: o.name, Addr: net.ParseIP(host), Port: 7946, Meta: meta}, statusAlive)
 }
 
@@ -298,8 +298,8 @@ type simWorker struct {
 	started   int64
 	seq       uint64
 	term      uint64
-	copies    map[string]worker.ContainerInfo // by instance/generation
-	fail      error                           // every call fails with it
+	copies    map[string]wire.ContainerInfo // by instance/generation
+	fail      error                         // every call fails with it
 	nextPort  int
 	left      bool
 	dead      bool    // killed: its agent never answers again
@@ -317,7 +317,7 @@ func (w *world) addWorker(name string, memory int64, tags ...string) *simWorker 
 	a := w.agents
 	a.mu.Lock()
 	sw := &simWorker{name: name, api: "10.0." + strconv.Itoa(len(a.byName)/250) + "." + strconv.Itoa(1+len(a.byName)%250) + ":7070",
-		tags: tags, memory: memory, started: time.Now().Unix(), copies: map[string]worker.ContainerInfo{}, nextPort: 30000}
+		tags: tags, memory: memory, started: time.Now().Unix(), copies: map[string]wire.ContainerInfo{}, nextPort: 30000}
 	a.byAPI[sw.api] = sw
 	a.byName[name] = sw
 	a.mu.Unlock()
@@ -380,15 +380,15 @@ func (a *simAgents) worker(name string) *simWorker {
 
 // report is the worker's load report. Call with a.mu held or before it
 // is shared.
-func (sw *simWorker) report() worker.Load {
-	l := worker.Load{Kind: worker.KindWorker, Tags: sw.tags, Capacity: sw.memory, API: sw.api, Started: sw.started, Seq: sw.seq, CPU: sw.cpu}
-	var cs []worker.ContainerInfo
+func (sw *simWorker) report() wire.Load {
+	l := wire.Load{Kind: wire.KindWorker, Tags: sw.tags, Capacity: sw.memory, API: sw.api, Started: sw.started, Seq: sw.seq, CPU: sw.cpu}
+	var cs []wire.ContainerInfo
 	for _, c := range sw.copies {
 		l.Reserved += c.Memory
 		l.Containers++
 		cs = append(cs, c)
 	}
-	l.Digest = worker.ContainersDigest(cs)
+	l.Digest = wire.ContainersDigest(cs)
 	return l
 }
 
@@ -404,8 +404,8 @@ func (sw *simWorker) running(a *simAgents) map[string][]int {
 }
 
 func (a *simAgents) get(ctx context.Context, addr string) (*simWorker, error) {
-	if a.refuse != nil && a.refuse(worker.TermOf(ctx)) {
-		return nil, fmt.Errorf("the caller of term %d is gone", worker.TermOf(ctx))
+	if a.refuse != nil && a.refuse(wire.TermOf(ctx)) {
+		return nil, fmt.Errorf("the caller of term %d is gone", wire.TermOf(ctx))
 	}
 	sw := a.byAPI[addr]
 	if sw == nil || sw.left || sw.dead {
@@ -419,12 +419,12 @@ func (a *simAgents) get(ctx context.Context, addr string) (*simWorker, error) {
 
 // fence refuses a command of an older term, as the real agent does.
 func (sw *simWorker) fence(ctx context.Context) error {
-	t := worker.TermOf(ctx)
+	t := wire.TermOf(ctx)
 	if t == 0 {
 		return nil // tools and tests, as the real agent takes them
 	}
 	if t < sw.term {
-		return &worker.APIError{Status: http.StatusConflict, Message: fmt.Sprintf("refused: term %d is older than %d", t, sw.term)}
+		return &wire.APIError{Status: http.StatusConflict, Message: fmt.Sprintf("refused: term %d is older than %d", t, sw.term)}
 	}
 	sw.term = t
 	return nil
@@ -443,29 +443,29 @@ func (a *simAgents) changed(sw *simWorker) {
 	a.mu.Lock()
 }
 
-func (a *simAgents) Start(ctx context.Context, addr string, r worker.StartRequest) (worker.ContainerInfo, error) {
+func (a *simAgents) Start(ctx context.Context, addr string, r wire.StartRequest) (wire.ContainerInfo, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	sw, err := a.get(ctx, addr)
 	if err != nil {
-		return worker.ContainerInfo{}, err
+		return wire.ContainerInfo{}, err
 	}
 	if err := sw.fence(ctx); err != nil {
-		return worker.ContainerInfo{}, err
+		return wire.ContainerInfo{}, err
 	}
 	if r.Image == "missing/image" {
-		return worker.ContainerInfo{}, &worker.APIError{Status: http.StatusNotFound, Message: "image missing/image is not on this worker"}
+		return wire.ContainerInfo{}, &wire.APIError{Status: http.StatusNotFound, Message: "image missing/image is not on this worker"}
 	}
 	key := r.Instance + "/" + strconv.Itoa(r.Generation)
 	if c, ok := sw.copies[key]; ok {
 		return c, nil
 	}
 	a.starts++
-	info := worker.ContainerInfo{ID: fmt.Sprintf("%s-%d-%s", sw.name, a.starts, r.Instance), Instance: r.Instance, Service: r.Service,
+	info := wire.ContainerInfo{ID: fmt.Sprintf("%s-%d-%s", sw.name, a.starts, r.Instance), Instance: r.Instance, Service: r.Service,
 		App: r.App, Image: r.Image, Node: sw.name, Memory: r.Memory, State: "running", Address: "10.1.0.1", Generation: r.Generation}
 	for _, p := range r.Ports {
 		sw.nextPort++
-		info.Ports = append(info.Ports, worker.Binding{Container: p.Container, Protocol: p.Protocol, Host: sw.nextPort})
+		info.Ports = append(info.Ports, wire.Binding{Container: p.Container, Protocol: p.Protocol, Host: sw.nextPort})
 	}
 	sw.copies[key] = info
 	a.changed(sw)
@@ -474,21 +474,21 @@ func (a *simAgents) Start(ctx context.Context, addr string, r worker.StartReques
 
 // Stats reports every copy the worker runs with the CPU set for its
 // service, and half its memory request as memory used.
-func (a *simAgents) Stats(ctx context.Context, addr string) (worker.Stats, error) {
+func (a *simAgents) Stats(ctx context.Context, addr string) (wire.Stats, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	sw, err := a.get(ctx, addr)
 	if err != nil {
-		return worker.Stats{}, err
+		return wire.Stats{}, err
 	}
 	now := time.Now()
 	if a.clock != nil {
 		now = a.clock()
 	}
-	st := worker.Stats{Node: sw.name, CPUs: 2, Capacity: sw.memory, At: now}
+	st := wire.Stats{Node: sw.name, CPUs: 2, Capacity: sw.memory, At: now}
 	for _, c := range sw.copies {
 		cpu := a.cpu[c.Service]
-		st.Containers = append(st.Containers, worker.ContainerStats{Instance: c.Instance, Service: c.Service, Generation: c.Generation,
+		st.Containers = append(st.Containers, wire.ContainerStats{Instance: c.Instance, Service: c.Service, Generation: c.Generation,
 			CPU: cpu, HasCPU: true, Memory: c.Memory / 2, Limit: c.Memory, At: now})
 	}
 	return st, nil
@@ -527,14 +527,14 @@ func (a *simAgents) Stop(ctx context.Context, addr, instance string, gen int) (b
 	return found, nil
 }
 
-func (a *simAgents) List(ctx context.Context, addr string) ([]worker.ContainerInfo, error) {
+func (a *simAgents) List(ctx context.Context, addr string) ([]wire.ContainerInfo, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	sw, err := a.get(ctx, addr)
 	if err != nil {
 		return nil, err
 	}
-	out := make([]worker.ContainerInfo, 0, len(sw.copies))
+	out := make([]wire.ContainerInfo, 0, len(sw.copies))
 	for _, c := range sw.copies {
 		out = append(out, c)
 	}
@@ -591,7 +591,7 @@ func (w *world) setWorkerCPU(name string, cpu float64) {
 }
 
 // gossipLoad delivers a load report to every manager (as gossip would).
-func (w *world) gossipLoad(name string, l worker.Load) {
+func (w *world) gossipLoad(name string, l wire.Load) {
 	w.mu.Lock()
 	ms := append([]*testManager(nil), w.managers...)
 	w.mu.Unlock()

@@ -27,7 +27,7 @@ import (
 
 	"github.com/hashicorp/memberlist"
 	"github.com/micado-scale/micado/coordinator"
-	"github.com/micado-scale/micado/worker"
+	"github.com/micado-scale/micado/internal/wire"
 )
 
 // Gossip is the manager's memberlist membership, as the manager uses it.
@@ -109,7 +109,7 @@ func (m *Manager) GossipDelegate(meta []byte) memberlist.Delegate {
 
 // ApplyLoad takes the load report an agent returned with an answer (addr
 // is the agent API address it came from).
-func (m *Manager) ApplyLoad(addr string, l worker.Load) { m.members.applyLoad(addr, l) }
+func (m *Manager) ApplyLoad(addr string, l wire.Load) { m.members.applyLoad(addr, l) }
 
 // Run follows the cluster until ctx ends, leading it whenever this
 // manager holds the lock.
@@ -155,7 +155,7 @@ func (m *Manager) IsLeader() bool { return m.current() != nil }
 // lease lapses, the journal refuses the fence, or ctx ends. All tasks of
 // the term end before it returns.
 func (m *Manager) leadTerm(ctx context.Context, lease Lease) {
-	tctx, cancel := context.WithCancel(worker.WithTerm(ctx, lease.Term()))
+	tctx, cancel := context.WithCancel(wire.WithTerm(ctx, lease.Term()))
 	defer cancel()
 	l := newLeader(m, tctx, cancel, lease)
 	store := newStore(m.deps.Journal, lease.Fence(), m.log)
@@ -246,7 +246,7 @@ func (m *Manager) memberJoined(name, addr string) {
 func (m *Manager) memberDied(name string) {
 	m.log.Warn("member left or failed", "member", name)
 	mem, _ := m.members.get(name)
-	if mem.Load.Kind == worker.KindManager {
+	if mem.Load.Kind == wire.KindManager {
 		m.managerDied(name)
 		return
 	}
@@ -255,7 +255,7 @@ func (m *Manager) memberDied(name string) {
 		return
 	}
 	m.event(EventWorkerLost, name, "memberlist declared it dead")
-	if mem.Load.Kind == worker.KindWorker {
+	if mem.Load.Kind == wire.KindWorker {
 		l.spawn(func(ctx context.Context) { l.workerDied(ctx, name) })
 	}
 	l.kick()

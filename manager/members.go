@@ -6,7 +6,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/memberlist"
-	"github.com/micado-scale/micado/worker"
+	"github.com/micado-scale/micado/internal/wire"
 )
 
 // Member statuses.
@@ -20,7 +20,7 @@ type member struct {
 	Name       string
 	Addr       string // gossip host:port
 	Status     string // alive, dead, left
-	Load       worker.Load
+	Load       wire.Load
 	LastUpdate time.Time
 	FirstSeen  time.Time
 	DiedAt     time.Time
@@ -46,7 +46,7 @@ func newMembers(self string) *members {
 }
 
 func (m *members) upsert(n *memberlist.Node, status string) {
-	l, _ := worker.DecodeLoad(n.Meta)
+	l, _ := wire.DecodeLoad(n.Meta)
 	m.mu.Lock()
 	mem, ok := m.byName[n.Name]
 	if !ok {
@@ -97,7 +97,7 @@ func (m *members) NotifyLeave(n *memberlist.Node) {
 
 // applyLoad takes a load report an agent returned with an API answer
 // (api is the agent API address it came from).
-func (m *members) applyLoad(api string, l worker.Load) {
+func (m *members) applyLoad(api string, l wire.Load) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if mem := m.byAPI[api]; mem != nil && mem.Load.API == api && l.API == api && mem.Status == statusAlive && l.Newer(mem.Load) {
@@ -107,7 +107,7 @@ func (m *members) applyLoad(api string, l worker.Load) {
 
 // setLoad takes a member's new report and keeps the API index. Call with
 // m.mu held.
-func (m *members) setLoad(mem *member, l worker.Load) {
+func (m *members) setLoad(mem *member, l wire.Load) {
 	if mem.Load.API != l.API && m.byAPI[mem.Load.API] == mem {
 		delete(m.byAPI, mem.Load.API)
 	}
@@ -152,7 +152,7 @@ func (m *members) workers() []member {
 	defer m.mu.Unlock()
 	out := make([]member, 0, len(m.sorted))
 	for _, n := range m.sorted {
-		if mem := m.byName[n]; mem.Load.Kind == worker.KindWorker {
+		if mem := m.byName[n]; mem.Load.Kind == wire.KindWorker {
 			out = append(out, *mem)
 		}
 	}
@@ -165,7 +165,7 @@ func (m *members) managers() []member {
 	defer m.mu.RUnlock()
 	out := make([]member, 0, 3)
 	for _, mem := range m.byName {
-		if mem.Load.Kind == worker.KindManager {
+		if mem.Load.Kind == wire.KindManager {
 			out = append(out, *mem)
 		}
 	}
@@ -195,7 +195,7 @@ func (m *members) all() []member {
 
 // applyLoadOf takes a load report the member name sent directly, if it
 // is newer than what gossip brought.
-func (m *members) applyLoadOf(name string, l worker.Load) {
+func (m *members) applyLoadOf(name string, l wire.Load) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if mem, ok := m.byName[name]; ok && mem.Status == statusAlive && l.Kind == mem.Load.Kind && l.Newer(mem.Load) {
@@ -232,7 +232,7 @@ func (d *managerDelegate) NodeMeta(limit int) []byte {
 // NotifyMsg implements memberlist.Delegate: a worker's direct load
 // report. Called from memberlist's goroutines; must not block or keep b.
 func (d *managerDelegate) NotifyMsg(b []byte) {
-	if name, l, err := worker.DecodeLoadMsg(b); err == nil && d.members != nil {
+	if name, l, err := wire.DecodeLoadMsg(b); err == nil && d.members != nil {
 		d.members.applyLoadOf(name, l)
 	}
 }

@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/micado-scale/micado/coordinator"
-	"github.com/micado-scale/micado/worker"
+	"github.com/micado-scale/micado/internal/wire"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -401,7 +401,7 @@ func (c *clusterCollector) Collect(ch chan<- prometheus.Metric) {
 
 	// Gossip members by kind and status.
 	type ks struct{ kind, status string }
-	gossip := map[ks]int{{worker.KindWorker, "alive"}: 0, {worker.KindWorker, "dead"}: 0, {worker.KindManager, "alive"}: 0, {worker.KindManager, "dead"}: 0}
+	gossip := map[ks]int{{wire.KindWorker, "alive"}: 0, {wire.KindWorker, "dead"}: 0, {wire.KindManager, "alive"}: 0, {wire.KindManager, "dead"}: 0}
 	for _, mem := range m.members.all() {
 		kind := mem.Load.Kind
 		if kind == "" {

@@ -6,7 +6,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/micado-scale/micado/worker"
+	"github.com/micado-scale/micado/internal/wire"
 )
 
 // Observation bounds.
@@ -27,8 +27,8 @@ const (
 type copyInfo struct {
 	Generation int
 	Running    bool
-	idHash     uint64                // hashID of the container's ID
-	detail     *worker.ContainerInfo // nil when the record knew the copy
+	idHash     uint64              // hashID of the container's ID
+	detail     *wire.ContainerInfo // nil when the record knew the copy
 }
 
 // hashID sums up a container ID (64 hex digits) in 8 bytes.
@@ -45,7 +45,7 @@ func hashID(id string) uint64 {
 type observation struct {
 	api     string // the agent it came from
 	started int64  // the agent's run (Load.Started)
-	digest  uint64 // worker.ContainersDigest of the list
+	digest  uint64 // wire.ContainersDigest of the list
 	at      time.Time
 	copies  map[string]copyInfo   // by container name: its copy (the first, when it has several)
 	extra   map[string][]copyInfo // its further copies (rare: a stale generation, a move)
@@ -90,12 +90,12 @@ func (o *observer) takeDirty() map[string]struct{} {
 
 // fresh reports whether the list of worker w still describes it: it came
 // from the same agent run and matches the digest of its latest report.
-func (o *observation) fresh(l worker.Load) bool {
+func (o *observation) fresh(l wire.Load) bool {
 	return o != nil && o.api == l.API && o.started == l.Started && l.Digest != 0 && o.digest == l.Digest
 }
 
 // get returns the observation of a worker if it is fresh for load l.
-func (o *observer) get(name string, l worker.Load) (*observation, bool) {
+func (o *observer) get(name string, l wire.Load) (*observation, bool) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	ob := o.byWorker[name]
@@ -149,7 +149,7 @@ func (l *leader) observe(ctx context.Context) map[string]*observation {
 				}
 				return
 			}
-			ob := &observation{api: w.Load.API, started: w.Load.Started, digest: worker.ContainersDigest(cs),
+			ob := &observation{api: w.Load.API, started: w.Load.Started, digest: wire.ContainersDigest(cs),
 				at: time.Now(), copies: make(map[string]copyInfo, len(cs))}
 			for i := range cs {
 				c := &cs[i]

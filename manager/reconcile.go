@@ -5,7 +5,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/micado-scale/micado/worker"
+	"github.com/micado-scale/micado/internal/wire"
 )
 
 // unknownWorkerGrace is how long after it began to follow gossip a
@@ -39,7 +39,7 @@ type requeueAction struct {
 
 type adoptAction struct {
 	name, node string
-	copy       worker.ContainerInfo
+	copy       wire.ContainerInfo
 }
 
 type stopAction struct {
@@ -534,7 +534,7 @@ func (l *leader) syncRegistry(ctx context.Context) {
 }
 
 // adoptRunning records a copy that runs as the record expects.
-func (l *leader) adoptRunning(ctx context.Context, name, node string, cp worker.ContainerInfo) {
+func (l *leader) adoptRunning(ctx context.Context, name, node string, cp wire.ContainerInfo) {
 	if !l.claim(name) {
 		return
 	}

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/micado-scale/micado/worker"
+	"github.com/micado-scale/micado/internal/wire"
 )
 
 // When gossip declares a worker dead, its containers are placed again
@@ -85,7 +85,7 @@ func TestReconciliationRepairs(t *testing.T) {
 
 	// A copy nobody asked for, started behind the manager's back.
 	ctx := context.Background()
-	if _, err := w.agents.Start(ctx, sw.api, worker.StartRequest{Instance: "stray-1", Service: "stray", Image: "x", Memory: 1 << 20}); err != nil {
+	if _, err := w.agents.Start(ctx, sw.api, wire.StartRequest{Instance: "stray-1", Service: "stray", Image: "x", Memory: 1 << 20}); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, 5*time.Second, "the stray copy is stopped", func() bool { return len(sw.running(w.agents)["stray-1"]) == 0 })
@@ -116,20 +116,20 @@ func TestNewLeaderFinishesWhatTheOldOneLeft(t *testing.T) {
 	ctx := context.Background()
 	// web-1: recorded starting, and its copy already runs.
 	put(&Container{Name: "web-1", Spec: spec, State: StateStarting, Node: "w-1", CreatedAt: now})
-	if _, err := w.agents.Start(ctx, sw.api, worker.StartRequest{Instance: "web-1", Service: "web", Image: "micado/demo-web", Memory: 64 << 20}); err != nil {
+	if _, err := w.agents.Start(ctx, sw.api, wire.StartRequest{Instance: "web-1", Service: "web", Image: "micado/demo-web", Memory: 64 << 20}); err != nil {
 		t.Fatal(err)
 	}
 	// web-2: marked stopping, its copy still runs.
 	put(&Container{Name: "web-2", Spec: spec, State: StateStopping, Node: "w-1", CreatedAt: now})
-	if _, err := w.agents.Start(ctx, sw.api, worker.StartRequest{Instance: "web-2", Service: "web", Image: "micado/demo-web", Memory: 64 << 20}); err != nil {
+	if _, err := w.agents.Start(ctx, sw.api, wire.StartRequest{Instance: "web-2", Service: "web", Image: "micado/demo-web", Memory: 64 << 20}); err != nil {
 		t.Fatal(err)
 	}
 	// web-3: running on w-1, a move to w-2 half done (the new copy runs).
-	info, err := w.agents.Start(ctx, sw.api, worker.StartRequest{Instance: "web-3", Service: "web", Image: "micado/demo-web", Memory: 64 << 20})
+	info, err := w.agents.Start(ctx, sw.api, wire.StartRequest{Instance: "web-3", Service: "web", Image: "micado/demo-web", Memory: 64 << 20})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := w.agents.Start(ctx, sw2.api, worker.StartRequest{Instance: "web-3", Service: "web", Image: "micado/demo-web", Memory: 64 << 20, Generation: 1}); err != nil {
+	if _, err := w.agents.Start(ctx, sw2.api, wire.StartRequest{Instance: "web-3", Service: "web", Image: "micado/demo-web", Memory: 64 << 20, Generation: 1}); err != nil {
 		t.Fatal(err)
 	}
 	put(&Container{Name: "web-3", Spec: spec, State: StateRunning, Node: "w-1", ContainerID: info.ID, Address: info.Address,

@@ -8,7 +8,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/micado-scale/micado/worker"
+	"github.com/micado-scale/micado/internal/wire"
 )
 
 // Service metadata keys micado sets on every registration it makes, so it
@@ -117,18 +117,18 @@ func registrationFor(cluster string, c *Container) Registration {
 	return reg
 }
 
-// Agents commands the worker agents. worker.Client is the production
+// Agents commands the worker agents. wire.Client is the production
 // implementation; tests use simulated workers. Calls carry the leader's
-// term in their context (worker.WithTerm). Implementations must be safe
+// term in their context (wire.WithTerm). Implementations must be safe
 // for concurrent use.
 type Agents interface {
-	Start(ctx context.Context, addr string, r worker.StartRequest) (worker.ContainerInfo, error)
+	Start(ctx context.Context, addr string, r wire.StartRequest) (wire.ContainerInfo, error)
 	Stop(ctx context.Context, addr, instance string, generation int) (bool, error)
-	List(ctx context.Context, addr string) ([]worker.ContainerInfo, error)
+	List(ctx context.Context, addr string) ([]wire.ContainerInfo, error)
 	Leave(ctx context.Context, addr string) error
 }
 
-var _ Agents = (*worker.Client)(nil)
+var _ Agents = (*wire.Client)(nil)
 
 // termAgents gives every agent call the leader's term, whatever context
 // the call comes from (an API request, a reconciliation).
@@ -137,20 +137,20 @@ type termAgents struct {
 	term uint64
 }
 
-func (t termAgents) Start(ctx context.Context, addr string, r worker.StartRequest) (worker.ContainerInfo, error) {
-	return t.a.Start(worker.WithTerm(ctx, t.term), addr, r)
+func (t termAgents) Start(ctx context.Context, addr string, r wire.StartRequest) (wire.ContainerInfo, error) {
+	return t.a.Start(wire.WithTerm(ctx, t.term), addr, r)
 }
 
 func (t termAgents) Stop(ctx context.Context, addr, instance string, generation int) (bool, error) {
-	return t.a.Stop(worker.WithTerm(ctx, t.term), addr, instance, generation)
+	return t.a.Stop(wire.WithTerm(ctx, t.term), addr, instance, generation)
 }
 
-func (t termAgents) List(ctx context.Context, addr string) ([]worker.ContainerInfo, error) {
-	return t.a.List(worker.WithTerm(ctx, t.term), addr)
+func (t termAgents) List(ctx context.Context, addr string) ([]wire.ContainerInfo, error) {
+	return t.a.List(wire.WithTerm(ctx, t.term), addr)
 }
 
 func (t termAgents) Leave(ctx context.Context, addr string) error {
-	return t.a.Leave(worker.WithTerm(ctx, t.term), addr)
+	return t.a.Leave(wire.WithTerm(ctx, t.term), addr)
 }
 
 // Registry anti-entropy.

@@ -10,7 +10,7 @@ import (
 	"strings"
 	"sync"
 
-	"github.com/micado-scale/micado/worker"
+	"github.com/micado-scale/micado/internal/wire"
 )
 
 // Journal key prefixes.
@@ -181,7 +181,7 @@ func (s *Store) decodeContainer(p Pair) (*Container, error) {
 	// states: keep one copy of each string.
 	c.Node, c.Address, c.State = s.internString(c.Node), s.internString(c.Address), State(s.internString(string(c.State)))
 	if len(c.Bindings) > 0 {
-		c.Bindings = append(make([]worker.Binding, 0, len(c.Bindings)), c.Bindings...) // no spare capacity
+		c.Bindings = append(make([]wire.Binding, 0, len(c.Bindings)), c.Bindings...) // no spare capacity
 	}
 	return &c, nil
 }

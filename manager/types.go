@@ -11,7 +11,7 @@ import (
 
 	"github.com/micado-scale/micado/coordinator"
 	"github.com/micado-scale/micado/definitions"
-	"github.com/micado-scale/micado/worker"
+	"github.com/micado-scale/micado/internal/wire"
 )
 
 // State is a container's state in the desired state.
@@ -52,7 +52,7 @@ type Spec struct {
 	Image   string            `json:"image"`
 	Tags    []string          `json:"tags"` // worker tags required ("role=proxy")
 	Memory  int64             `json:"memory"`
-	Ports   []worker.Port     `json:"ports,omitempty"`
+	Ports   []wire.Port       `json:"ports,omitempty"`
 	Env     map[string]string `json:"env,omitempty"`
 	Check   Check             `json:"check"`
 	// Pinned containers are never moved by consolidation (their worker
@@ -75,12 +75,12 @@ type Container struct {
 	Reason string `json:"reason,omitempty"`
 	// Placement says why the container is on its worker, as the
 	// coordinator decided it (kept while Reason is cleared on start).
-	Placement   string           `json:"placement,omitempty"`
-	Node        string           `json:"node,omitempty"`
-	ContainerID string           `json:"container_id,omitempty"`
-	Address     string           `json:"address,omitempty"`
-	Bindings    []worker.Binding `json:"bindings,omitempty"`
-	Generation  int              `json:"generation,omitempty"`
+	Placement   string         `json:"placement,omitempty"`
+	Node        string         `json:"node,omitempty"`
+	ContainerID string         `json:"container_id,omitempty"`
+	Address     string         `json:"address,omitempty"`
+	Bindings    []wire.Binding `json:"bindings,omitempty"`
+	Generation  int            `json:"generation,omitempty"`
 	// WaitingFor names the booting instance a pending container waits for.
 	WaitingFor string `json:"waiting_for,omitempty"`
 	// ScaleAttempts counts instances asked for it that failed to join.

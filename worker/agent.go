@@ -1,3 +1,10 @@
+// Package worker is the agent that runs on every cloud instance (the paper's
+// cloud instance layer). It joins the cluster over memberlist, gossips its
+// load, and starts and stops containers on its Docker engine when the
+// manager tells it to. What it exchanges with the manager (the gossiped
+// load report, the agent API's requests and answers, the Docker labels)
+// is package internal/wire; its memberlist setup is package
+// internal/gossip.
 package worker
 
 import (
@@ -6,7 +13,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"log"
 	"log/slog"
 	"math"
 	"net"
@@ -22,6 +28,9 @@ import (
 	"github.com/docker/docker/client"
 	sockaddr "github.com/hashicorp/go-sockaddr"
 	"github.com/hashicorp/memberlist"
+
+	"github.com/micado-scale/micado/internal/gossip"
+	"github.com/micado-scale/micado/internal/wire"
 )
 
 // Config configures a worker agent. Zero values take the defaults below.
@@ -121,7 +130,7 @@ type Agent struct {
 	mu   sync.Mutex
 	term uint64 // the newest manager term obeyed (TermHeader)
 	left bool   // left the cluster for scale-in; never rejoin
-	load Load
+	load wire.Load
 	meta []byte
 }
 
@@ -138,7 +147,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if _, err := docker.Ping(ctx); err != nil {
 		return fmt.Errorf("cannot reach the Docker engine: %w", err)
 	}
-	a := &Agent{cfg: cfg, log: cfg.Logger.With("node", cfg.Name), token: AgentToken(cfg.ClusterKey), started: time.Now()}
+	a := &Agent{cfg: cfg, log: cfg.Logger.With("node", cfg.Name), token: wire.AgentToken(cfg.ClusterKey), started: time.Now()}
 
 	ln, err := net.Listen("tcp", cfg.APIAddr)
 	if err != nil {
@@ -146,7 +155,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	defer ln.Close()
 
-	mlc := GossipConfig(cfg.Name, cfg.BindAddr, cfg.BindPort, cfg.AdvertiseAddr, cfg.ClusterKey, a.log)
+	mlc := gossip.Config(cfg.Name, cfg.BindAddr, cfg.BindPort, cfg.AdvertiseAddr, cfg.ClusterKey, a.log)
 	mlc.Delegate = a
 	ml, err := memberlist.Create(mlc)
 	if err != nil {
@@ -213,26 +222,6 @@ func Run(ctx context.Context, cfg Config) error {
 
 func (a *Agent) gossip() *memberlist.Memberlist { return a.ml.Load() }
 
-// SendLoad sends the load report meta of member name straight to every
-// manager it sees (one UDP packet each), ahead of gossip.
-func SendLoad(ml *memberlist.Memberlist, name string, meta []byte) error {
-	msg := EncodeLoadMsg(name, meta)
-	var first error
-	for _, n := range ml.Members() {
-		if n.Name == name {
-			// Its own entry: not a manager, and UpdateNode may be
-			// rewriting its Meta right now.
-			continue
-		}
-		if l, err := DecodeLoad(n.Meta); err == nil && l.Kind == KindManager {
-			if err := ml.SendBestEffort(n, msg); err != nil && first == nil {
-				first = err
-			}
-		}
-	}
-	return first
-}
-
 // followAddress restarts gossip on a new address when the agent's own
 // address changed under it (a network reconnect, a reboot with another
 // DHCP lease): memberlist cannot change the address it advertises, and
@@ -250,7 +239,7 @@ func (a *Agent) followAddress(ctx context.Context) {
 	}
 	a.log.Warn("this host's address changed; restarting gossip on the new one", "old", cur, "new", ip)
 	_ = old.Shutdown()
-	mlc := GossipConfig(a.cfg.Name, a.cfg.BindAddr, a.cfg.BindPort, "", a.cfg.ClusterKey, a.log)
+	mlc := gossip.Config(a.cfg.Name, a.cfg.BindAddr, a.cfg.BindPort, "", a.cfg.ClusterKey, a.log)
 	mlc.Delegate = a
 	var ml *memberlist.Memberlist
 	for i := 0; ; i++ {
@@ -278,7 +267,7 @@ func (a *Agent) join() {
 		return
 	}
 	if n, err := a.gossip().Join(a.cfg.Join); err != nil {
-		a.log.Warn("cannot join the cluster yet", "join", a.cfg.Join, "err", err, "hint", joinHint(err))
+		a.log.Warn("cannot join the cluster yet", "join", a.cfg.Join, "err", err, "hint", gossip.JoinHint(err))
 	} else {
 		a.log.Info("joined the cluster", "contacted", n)
 	}
@@ -286,7 +275,7 @@ func (a *Agent) join() {
 
 func (a *Agent) seesManager() bool {
 	for _, m := range a.gossip().Members() {
-		if l, err := DecodeLoad(m.Meta); err == nil && l.Kind == KindManager {
+		if l, err := wire.DecodeLoad(m.Meta); err == nil && l.Kind == wire.KindManager {
 			return true
 		}
 	}
@@ -303,7 +292,7 @@ func (a *Agent) refreshLoad(ctx context.Context) {
 		a.log.Warn("cannot read containers", "err", err)
 		return
 	}
-	l := Load{Kind: KindWorker, Tags: a.cfg.Tags, Capacity: a.cfg.Memory, Started: a.started.Unix(), Digest: ContainersDigest(cs)}
+	l := wire.Load{Kind: wire.KindWorker, Tags: a.cfg.Tags, Capacity: a.cfg.Memory, Started: a.started.Unix(), Digest: wire.ContainersDigest(cs)}
 	measured := a.stats.byID()
 	var cpu float64 // % of one core
 	for _, c := range cs {
@@ -349,7 +338,7 @@ func (a *Agent) refreshLoad(ctx context.Context) {
 				a.log.Debug("gossip load update", "err", err)
 			}
 		}()
-		if err := SendLoad(ml, a.cfg.Name, meta); err != nil {
+		if err := gossip.SendLoad(ml, a.cfg.Name, meta); err != nil {
 			a.log.Debug("send load to the manager", "err", err)
 		}
 	}
@@ -412,7 +401,7 @@ func (a *Agent) routes() http.Handler {
 		writeJSON(w, http.StatusOK, a.currentStats())
 	}))
 	mux.HandleFunc("POST /v1/containers", a.auth(a.fenced(func(w http.ResponseWriter, r *http.Request) {
-		var req StartRequest
+		var req wire.StartRequest
 		if err := decodeJSON(w, r, &req); err != nil {
 			writeError(w, http.StatusBadRequest, err)
 			return
@@ -479,7 +468,7 @@ func (a *Agent) loadHeader(w http.ResponseWriter) {
 	meta := a.meta
 	a.mu.Unlock()
 	if meta != nil {
-		w.Header().Set(LoadHeader, string(meta))
+		w.Header().Set(wire.LoadHeader, string(meta))
 	}
 }
 
@@ -489,10 +478,10 @@ func (a *Agent) loadHeader(w http.ResponseWriter) {
 // (tools, tests) are taken.
 func (a *Agent) fenced(h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		if v := r.Header.Get(TermHeader); v != "" {
+		if v := r.Header.Get(wire.TermHeader); v != "" {
 			t, err := strconv.ParseUint(v, 10, 64)
 			if err != nil {
-				writeError(w, http.StatusBadRequest, fmt.Errorf("%s %q is not a number", TermHeader, v))
+				writeError(w, http.StatusBadRequest, fmt.Errorf("%s %q is not a number", wire.TermHeader, v))
 				return
 			}
 			a.mu.Lock()
@@ -550,50 +539,6 @@ func absDiffF(a, b float64) float64 {
 	}
 	return b - a
 }
-
-// slogWriter turns memberlist's log lines into structured records.
-type slogWriter struct{ l *slog.Logger }
-
-func (s slogWriter) Write(p []byte) (int, error) {
-	msg := strings.TrimSpace(string(p))
-	if reason, from, ok := gossipRejection(msg); ok {
-		s.l.Warn(MsgGossipRejected, "from", from, "reason", reason, "component", "memberlist", "detail", msg)
-		return len(p), nil
-	}
-	lvl := slog.LevelDebug
-	switch {
-	case strings.Contains(msg, "[ERR]"):
-		lvl = slog.LevelError
-	case strings.Contains(msg, "[WARN]"):
-		lvl = slog.LevelWarn
-	case strings.Contains(msg, "[INFO]"):
-		lvl = slog.LevelInfo
-	}
-	s.l.Log(context.Background(), lvl, msg, "component", "memberlist")
-	return len(p), nil
-}
-
-// GossipConfig is the memberlist configuration every member of a cluster
-// uses: LAN defaults, one port for binding and advertising, gossip
-// encrypted with the cluster key, and memberlist's log lines turned into
-// structured records.
-func GossipConfig(name, bindAddr string, port int, advertise string, key []byte, logger *slog.Logger) *memberlist.Config {
-	c := memberlist.DefaultLANConfig()
-	c.Name = name
-	c.BindAddr = bindAddr
-	c.BindPort = port
-	c.AdvertisePort = port
-	c.AdvertiseAddr = advertise
-	c.SecretKey = key
-	// A member that comes back with another address (a restarted worker
-	// container, a reconnected network) may take over its dead entry.
-	c.DeadNodeReclaimTime = time.Second
-	c.Logger = SlogWriter(logger)
-	return c
-}
-
-// SlogWriter adapts a slog.Logger for libraries that log through log.Logger.
-func SlogWriter(l *slog.Logger) *log.Logger { return log.New(slogWriter{l}, "", 0) }
 
 const maxBody = 1 << 20
 

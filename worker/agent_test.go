@@ -13,24 +13,25 @@ import (
 	"testing"
 	"time"
 
-	"github.com/micado-scale/micado/internal/testnet"
-
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/client"
 	"github.com/hashicorp/memberlist"
+
+	"github.com/micado-scale/micado/internal/testnet"
+	"github.com/micado-scale/micado/internal/wire"
 )
 
 // observer is a bare memberlist member that records the load reports it
 // sees, as the manager does.
 type observer struct {
 	mu    sync.Mutex
-	loads map[string]Load
+	loads map[string]wire.Load
 	seen  chan struct{}
 }
 
 func (o *observer) record(n *memberlist.Node) {
-	l, err := DecodeLoad(n.Meta)
+	l, err := wire.DecodeLoad(n.Meta)
 	if err != nil {
 		return
 	}
@@ -46,7 +47,7 @@ func (o *observer) NotifyJoin(n *memberlist.Node)   { o.record(n) }
 func (o *observer) NotifyUpdate(n *memberlist.Node) { o.record(n) }
 func (o *observer) NotifyLeave(*memberlist.Node)    {}
 
-func (o *observer) load(name string) (Load, bool) {
+func (o *observer) load(name string) (wire.Load, bool) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	l, ok := o.loads[name]
@@ -96,7 +97,7 @@ func TestAgentGossipsLoadAndObeysOnlyTheManager(t *testing.T) {
 	cluster := "wt-" + hex.EncodeToString(b)
 	t.Cleanup(func() {
 		cs, _ := docker.ContainerList(context.Background(), container.ListOptions{All: true,
-			Filters: filters.NewArgs(filters.Arg("label", LabelCluster+"="+cluster))})
+			Filters: filters.NewArgs(filters.Arg("label", wire.LabelCluster+"="+cluster))})
 		for _, c := range cs {
 			_ = docker.ContainerRemove(context.Background(), c.ID, container.RemoveOptions{Force: true})
 		}
@@ -104,7 +105,7 @@ func TestAgentGossipsLoadAndObeysOnlyTheManager(t *testing.T) {
 	key := make([]byte, 32)
 	_, _ = rand.Read(key)
 
-	obs := &observer{loads: map[string]Load{}, seen: make(chan struct{}, 1)}
+	obs := &observer{loads: map[string]wire.Load{}, seen: make(chan struct{}, 1)}
 	oc := memberlist.DefaultLANConfig()
 	oc.Name = "observer"
 	oc.BindAddr, oc.AdvertiseAddr = "127.0.0.1", "127.0.0.1"
@@ -133,7 +134,7 @@ func TestAgentGossipsLoadAndObeysOnlyTheManager(t *testing.T) {
 	}()
 	waitFor(t, 20*time.Second, "the agent joins and gossips its load", func() bool {
 		l, ok := obs.load("w-test")
-		return ok && l.Kind == KindWorker && l.Capacity == 512<<20 && l.API != ""
+		return ok && l.Kind == wire.KindWorker && l.Capacity == 512<<20 && l.API != ""
 	})
 	l, _ := obs.load("w-test")
 	if l.Tags[0] != "role=app" || l.API != "127.0.0.1:"+strconv.Itoa(apiPort) {
@@ -141,7 +142,7 @@ func TestAgentGossipsLoadAndObeysOnlyTheManager(t *testing.T) {
 	}
 
 	// Without the token derived from the cluster key, the agent obeys no one.
-	for _, tok := range []string{"", "Bearer wrong", "Bearer " + AgentToken([]byte("another cluster's key....!!!!!!"))} {
+	for _, tok := range []string{"", "Bearer wrong", "Bearer " + wire.AgentToken([]byte("another cluster's key....!!!!!!"))} {
 		req, _ := http.NewRequest(http.MethodGet, "http://"+l.API+"/v1/containers", nil)
 		if tok != "" {
 			req.Header.Set("Authorization", tok)
@@ -155,16 +156,16 @@ func TestAgentGossipsLoadAndObeysOnlyTheManager(t *testing.T) {
 			t.Fatalf("token %q: status %d, want 401", tok, resp.StatusCode)
 		}
 	}
-	wrong := NewClient([]byte("another cluster's key....!!!!!!"))
-	if _, err := wrong.Start(ctx, l.API, StartRequest{Instance: "x-1", Service: "x", Image: "micado/demo-web", Memory: 64 << 20}); err == nil {
+	wrong := wire.NewClient([]byte("another cluster's key....!!!!!!"))
+	if _, err := wrong.Start(ctx, l.API, wire.StartRequest{Instance: "x-1", Service: "x", Image: "micado/demo-web", Memory: 64 << 20}); err == nil {
 		t.Fatal("an agent started a container for a caller without the cluster key")
 	}
 
-	c := NewClient(key)
-	var infos []ContainerInfo
+	c := wire.NewClient(key)
+	var infos []wire.ContainerInfo
 	for i := 1; i <= 2; i++ {
-		info, err := c.Start(ctx, l.API, StartRequest{Instance: fmt.Sprintf("web-%d", i), Service: "web", Image: "micado/demo-web",
-			Memory: 64 << 20, Ports: []Port{{Container: 8080}}})
+		info, err := c.Start(ctx, l.API, wire.StartRequest{Instance: fmt.Sprintf("web-%d", i), Service: "web", Image: "micado/demo-web",
+			Memory: 64 << 20, Ports: []wire.Port{{Container: 8080}}})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -193,17 +194,17 @@ func TestAgentGossipsLoadAndObeysOnlyTheManager(t *testing.T) {
 			return resp.StatusCode == http.StatusOK
 		})
 		ci, err := docker.ContainerInspect(ctx, info.ID)
-		if err != nil || ci.HostConfig.Memory != 64<<20 || ci.Config.Labels[LabelNode] != "w-test" || ci.Config.Labels[LabelService] != "web" {
+		if err != nil || ci.HostConfig.Memory != 64<<20 || ci.Config.Labels[wire.LabelNode] != "w-test" || ci.Config.Labels[wire.LabelService] != "web" {
 			t.Fatalf("container %s: memory %d labels %v err %v", info.Name, ci.HostConfig.Memory, ci.Config.Labels, err)
 		}
 	}
 	// Starting an instance again returns the running copy, not a second one.
-	again, err := c.Start(ctx, l.API, StartRequest{Instance: "web-1", Service: "web", Image: "micado/demo-web", Memory: 64 << 20, Ports: []Port{{Container: 8080}}})
+	again, err := c.Start(ctx, l.API, wire.StartRequest{Instance: "web-1", Service: "web", Image: "micado/demo-web", Memory: 64 << 20, Ports: []wire.Port{{Container: 8080}}})
 	if err != nil || again.ID != infos[0].ID {
 		t.Fatalf("second start of web-1: %v, id %s want %s", err, again.ID, infos[0].ID)
 	}
 	// A missing image is a clear 404, not a crash.
-	if _, err := c.Start(ctx, l.API, StartRequest{Instance: "n-1", Service: "n", Image: "micado/no-such-image:1", Memory: 64 << 20}); !IsNotFound(err) {
+	if _, err := c.Start(ctx, l.API, wire.StartRequest{Instance: "n-1", Service: "n", Image: "micado/no-such-image:1", Memory: 64 << 20}); !wire.IsNotFound(err) {
 		t.Fatalf("missing image: %v", err)
 	}
 

@@ -17,6 +17,8 @@ import (
 	"github.com/docker/docker/client"
 	"github.com/docker/docker/errdefs"
 	"github.com/docker/go-connections/nat"
+
+	"github.com/micado-scale/micado/internal/wire"
 )
 
 // engine runs this worker's containers on its Docker engine. Every
@@ -45,19 +47,19 @@ func (e *engine) containerName(instance string, gen int) string {
 
 func (e *engine) filter() filters.Args {
 	return filters.NewArgs(
-		filters.Arg("label", LabelCluster+"="+e.cluster),
-		filters.Arg("label", LabelNode+"="+e.node),
-		filters.Arg("label", LabelComponent+"=app"),
+		filters.Arg("label", wire.LabelCluster+"="+e.cluster),
+		filters.Arg("label", wire.LabelNode+"="+e.node),
+		filters.Arg("label", wire.LabelComponent+"=app"),
 	)
 }
 
 // list returns this node's containers, newest information from the engine.
-func (e *engine) list(ctx context.Context) ([]ContainerInfo, error) {
+func (e *engine) list(ctx context.Context) ([]wire.ContainerInfo, error) {
 	cs, err := e.docker.ContainerList(ctx, container.ListOptions{All: true, Filters: e.filter()})
 	if err != nil {
 		return nil, fmt.Errorf("list containers: %w", err)
 	}
-	out := make([]ContainerInfo, 0, len(cs))
+	out := make([]wire.ContainerInfo, 0, len(cs))
 	for _, c := range cs {
 		out = append(out, e.summaryInfo(c))
 	}
@@ -65,12 +67,12 @@ func (e *engine) list(ctx context.Context) ([]ContainerInfo, error) {
 	return out, nil
 }
 
-func (e *engine) summaryInfo(c container.Summary) ContainerInfo {
-	mem, _ := strconv.ParseInt(c.Labels[LabelMemory], 10, 64)
-	gen, _ := strconv.Atoi(c.Labels[LabelGeneration])
-	info := ContainerInfo{
-		ID: c.ID, Instance: c.Labels[LabelInstance], Service: c.Labels[LabelService],
-		App: c.Labels[LabelApp], Image: c.Image, Node: e.node, Memory: mem, State: c.State,
+func (e *engine) summaryInfo(c container.Summary) wire.ContainerInfo {
+	mem, _ := strconv.ParseInt(c.Labels[wire.LabelMemory], 10, 64)
+	gen, _ := strconv.Atoi(c.Labels[wire.LabelGeneration])
+	info := wire.ContainerInfo{
+		ID: c.ID, Instance: c.Labels[wire.LabelInstance], Service: c.Labels[wire.LabelService],
+		App: c.Labels[wire.LabelApp], Image: c.Image, Node: e.node, Memory: mem, State: c.State,
 		Address: e.publishAddr, Generation: gen, Created: time.Unix(c.Created, 0).UTC(),
 	}
 	if len(c.Names) > 0 {
@@ -80,7 +82,7 @@ func (e *engine) summaryInfo(c container.Summary) ContainerInfo {
 		if p.PublicPort == 0 || (p.IP != "" && p.IP != "0.0.0.0") {
 			continue
 		}
-		info.Ports = append(info.Ports, Binding{Container: int(p.PrivatePort), Protocol: p.Type, Host: int(p.PublicPort)})
+		info.Ports = append(info.Ports, wire.Binding{Container: int(p.PrivatePort), Protocol: p.Type, Host: int(p.PublicPort)})
 	}
 	sort.Slice(info.Ports, func(i, j int) bool { return info.Ports[i].Container < info.Ports[j].Container })
 	return info
@@ -110,18 +112,18 @@ func (e *engine) ensureImage(ctx context.Context, ref string) error {
 // its ports published on free host ports chosen by the engine, so several
 // containers of one kind can share this worker. Starting an instance that
 // already runs returns it unchanged (the manager may retry after a crash).
-func (e *engine) start(ctx context.Context, r StartRequest) (ContainerInfo, error) {
+func (e *engine) start(ctx context.Context, r wire.StartRequest) (wire.ContainerInfo, error) {
 	name := e.containerName(r.Instance, r.Generation)
 	if existing, err := e.docker.ContainerInspect(ctx, name); err == nil {
 		if existing.State != nil && existing.State.Running {
 			return e.inspectInfo(ctx, name)
 		}
 		if err := e.docker.ContainerRemove(ctx, existing.ID, container.RemoveOptions{Force: true}); err != nil && !errdefs.IsNotFound(err) {
-			return ContainerInfo{}, fmt.Errorf("remove stale container %s: %w", name, err)
+			return wire.ContainerInfo{}, fmt.Errorf("remove stale container %s: %w", name, err)
 		}
 	}
 	if err := e.ensureImage(ctx, r.Image); err != nil {
-		return ContainerInfo{}, err
+		return wire.ContainerInfo{}, err
 	}
 	exposed := nat.PortSet{}
 	bindings := nat.PortMap{}
@@ -132,7 +134,7 @@ func (e *engine) start(ctx context.Context, r StartRequest) (ContainerInfo, erro
 		}
 		port, err := nat.NewPort(proto, strconv.Itoa(p.Container))
 		if err != nil {
-			return ContainerInfo{}, fmt.Errorf("port %d/%s: %w", p.Container, proto, err)
+			return wire.ContainerInfo{}, fmt.Errorf("port %d/%s: %w", p.Container, proto, err)
 		}
 		exposed[port] = struct{}{}
 		bindings[port] = []nat.PortBinding{{HostIP: "0.0.0.0", HostPort: ""}}
@@ -150,12 +152,12 @@ func (e *engine) start(ctx context.Context, r StartRequest) (ContainerInfo, erro
 		env = append(env, k+"="+r.Env[k])
 	}
 	labels := map[string]string{
-		LabelCluster: e.cluster, LabelComponent: "app", LabelNode: e.node,
-		LabelService: r.Service, LabelInstance: r.Instance,
-		LabelMemory: strconv.FormatInt(r.Memory, 10), LabelGeneration: strconv.Itoa(r.Generation),
+		wire.LabelCluster: e.cluster, wire.LabelComponent: "app", wire.LabelNode: e.node,
+		wire.LabelService: r.Service, wire.LabelInstance: r.Instance,
+		wire.LabelMemory: strconv.FormatInt(r.Memory, 10), wire.LabelGeneration: strconv.Itoa(r.Generation),
 	}
 	if r.App != "" {
-		labels[LabelApp] = r.App
+		labels[wire.LabelApp] = r.App
 	}
 	cfg := &container.Config{Image: r.Image, Env: env, Labels: labels, ExposedPorts: exposed, Hostname: r.Instance}
 	host := &container.HostConfig{
@@ -169,26 +171,26 @@ func (e *engine) start(ctx context.Context, r StartRequest) (ContainerInfo, erro
 	}
 	created, err := e.docker.ContainerCreate(ctx, cfg, host, nc, nil, name)
 	if err != nil {
-		return ContainerInfo{}, fmt.Errorf("create container %s: %w", name, err)
+		return wire.ContainerInfo{}, fmt.Errorf("create container %s: %w", name, err)
 	}
 	if err := e.docker.ContainerStart(ctx, created.ID, container.StartOptions{}); err != nil {
 		_ = e.docker.ContainerRemove(context.WithoutCancel(ctx), created.ID, container.RemoveOptions{Force: true})
-		return ContainerInfo{}, fmt.Errorf("start container %s: %w", name, err)
+		return wire.ContainerInfo{}, fmt.Errorf("start container %s: %w", name, err)
 	}
 	return e.inspectInfo(ctx, created.ID)
 }
 
-func (e *engine) inspectInfo(ctx context.Context, id string) (ContainerInfo, error) {
+func (e *engine) inspectInfo(ctx context.Context, id string) (wire.ContainerInfo, error) {
 	c, err := e.docker.ContainerInspect(ctx, id)
 	if err != nil {
-		return ContainerInfo{}, fmt.Errorf("inspect container %s: %w", id, err)
+		return wire.ContainerInfo{}, fmt.Errorf("inspect container %s: %w", id, err)
 	}
-	mem, _ := strconv.ParseInt(c.Config.Labels[LabelMemory], 10, 64)
-	gen, _ := strconv.Atoi(c.Config.Labels[LabelGeneration])
+	mem, _ := strconv.ParseInt(c.Config.Labels[wire.LabelMemory], 10, 64)
+	gen, _ := strconv.Atoi(c.Config.Labels[wire.LabelGeneration])
 	created, _ := time.Parse(time.RFC3339Nano, c.Created)
-	info := ContainerInfo{
-		ID: c.ID, Name: strings.TrimPrefix(c.Name, "/"), Instance: c.Config.Labels[LabelInstance],
-		Service: c.Config.Labels[LabelService], App: c.Config.Labels[LabelApp], Image: c.Config.Image,
+	info := wire.ContainerInfo{
+		ID: c.ID, Name: strings.TrimPrefix(c.Name, "/"), Instance: c.Config.Labels[wire.LabelInstance],
+		Service: c.Config.Labels[wire.LabelService], App: c.Config.Labels[wire.LabelApp], Image: c.Config.Image,
 		Node: e.node, Memory: mem, Address: e.publishAddr, Generation: gen, Created: created.UTC(),
 	}
 	if c.State != nil {
@@ -201,7 +203,7 @@ func (e *engine) inspectInfo(ctx context.Context, id string) (ContainerInfo, err
 					continue
 				}
 				hp, _ := strconv.Atoi(b.HostPort)
-				info.Ports = append(info.Ports, Binding{Container: port.Int(), Protocol: port.Proto(), Host: hp})
+				info.Ports = append(info.Ports, wire.Binding{Container: port.Int(), Protocol: port.Proto(), Host: hp})
 			}
 		}
 	}
@@ -213,9 +215,9 @@ func (e *engine) inspectInfo(ctx context.Context, id string) (ContainerInfo, err
 // whether anything was there; stopping what is gone is not an error.
 func (e *engine) stop(ctx context.Context, instance string, gen int) (bool, error) {
 	f := e.filter()
-	f.Add("label", LabelInstance+"="+instance)
+	f.Add("label", wire.LabelInstance+"="+instance)
 	if gen >= 0 {
-		f.Add("label", LabelGeneration+"="+strconv.Itoa(gen))
+		f.Add("label", wire.LabelGeneration+"="+strconv.Itoa(gen))
 	}
 	cs, err := e.docker.ContainerList(ctx, container.ListOptions{All: true, Filters: f})
 	if err != nil {

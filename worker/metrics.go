@@ -7,6 +7,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/micado-scale/micado/internal/gossip"
+	"github.com/micado-scale/micado/internal/wire"
 )
 
 // The agent's Prometheus metrics, served at GET /metrics on the agent
@@ -57,7 +60,7 @@ func newAgentMetrics(a *Agent) *agentMetrics {
 
 func (x *agentMetrics) handler(a *Agent) http.Handler {
 	return promhttp.HandlerFor(x.reg, promhttp.HandlerOpts{
-		ErrorLog:      SlogWriter(a.log),
+		ErrorLog:      gossip.SlogWriter(a.log),
 		ErrorHandling: promhttp.ContinueOnError,
 	})
 }
@@ -145,11 +148,11 @@ func (c agentCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descCPU, prometheus.GaugeValue, loadAverage())
 	ch <- prometheus.MustNewConstMetric(descCPURatio, prometheus.GaugeValue, l.CPU)
 	collectContainers(ch, a.stats)
-	kinds := map[string]int{KindWorker: 0, KindManager: 0}
+	kinds := map[string]int{wire.KindWorker: 0, wire.KindManager: 0}
 	if ml := a.gossip(); ml != nil {
 		for _, n := range ml.Members() {
 			kind := "unknown"
-			if ld, err := DecodeLoad(n.Meta); err == nil && ld.Kind != "" {
+			if ld, err := wire.DecodeLoad(n.Meta); err == nil && ld.Kind != "" {
 				kind = ld.Kind
 			}
 			kinds[kind]++

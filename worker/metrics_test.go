@@ -10,6 +10,8 @@ import (
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/micado-scale/micado/internal/wire"
 )
 
 // TestAgentMetricsAreOpenAndTellNoSecret: /metrics answers without the
@@ -19,11 +21,11 @@ import (
 func TestAgentMetricsAreOpenAndTellNoSecret(t *testing.T) {
 	key := randomKey(t)
 	a := &Agent{cfg: Config{Cluster: "c1", Name: "w-7", Tags: []string{"role=app", "disk=ssd"}, Memory: 1 << 30, ClusterKey: key},
-		log: slog.New(slog.NewTextHandler(io.Discard, nil)), token: AgentToken(key)}
-	a.load = Load{Kind: KindWorker, Reserved: 200 << 20, Used: 5 << 20, Containers: 2, CPU: 0.25}
+		log: slog.New(slog.NewTextHandler(io.Discard, nil)), token: wire.AgentToken(key)}
+	a.load = wire.Load{Kind: wire.KindWorker, Reserved: 200 << 20, Used: 5 << 20, Containers: 2, CPU: 0.25}
 	// Two copies of web-1 (make before break) are summed; web-2's CPU is
 	// not known yet.
-	a.stats = &statsCollector{last: map[string]ContainerStats{
+	a.stats = &statsCollector{last: map[string]wire.ContainerStats{
 		"a": {Instance: "web-1", Service: "web", Generation: 1, CPU: 40, HasCPU: true, Memory: 1 << 20},
 		"b": {Instance: "web-1", Service: "web", Generation: 2, CPU: 10, HasCPU: true, Memory: 2 << 20},
 		"c": {Instance: "web-2", Service: "web", Memory: 3 << 20},

@@ -15,6 +15,9 @@ import (
 	"time"
 
 	"github.com/hashicorp/memberlist"
+
+	"github.com/micado-scale/micado/internal/gossip"
+	"github.com/micado-scale/micado/internal/wire"
 )
 
 // syncBuffer is a log sink written by memberlist's goroutines.
@@ -54,7 +57,7 @@ func TestGossipRejectsNodesWithoutTheClusterKey(t *testing.T) {
 	key := randomKey(t)
 	var logs syncBuffer
 	mgrLog := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	mc := GossipConfig("manager", "127.0.0.1", freeTCPPort(t), "127.0.0.1", key, mgrLog)
+	mc := gossip.Config("manager", "127.0.0.1", freeTCPPort(t), "127.0.0.1", key, mgrLog)
 	mgr, err := memberlist.Create(mc)
 	if err != nil {
 		t.Fatal(err)
@@ -81,7 +84,7 @@ func TestGossipRejectsNodesWithoutTheClusterKey(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			before := len(logs.String())
-			wc := GossipConfig("intruder-"+tc.name, "127.0.0.1", freeTCPPort(t), "127.0.0.1", tc.key, quiet)
+			wc := gossip.Config("intruder-"+tc.name, "127.0.0.1", freeTCPPort(t), "127.0.0.1", tc.key, quiet)
 			intruder, err := memberlist.Create(wc)
 			if err != nil {
 				t.Fatal(err)
@@ -93,11 +96,11 @@ func TestGossipRejectsNodesWithoutTheClusterKey(t *testing.T) {
 			}
 			t.Logf("join refused: %v", err)
 			// The worker's own log line explains the failure too.
-			if h := joinHint(err); !strings.Contains(h, "cluster's key") {
+			if h := gossip.JoinHint(err); !strings.Contains(h, "cluster's key") {
 				t.Errorf("join hint for %v: %q", err, h)
 			}
 			// The line must name the peer: the intruder's loopback address.
-			want := regexp.MustCompile(`level=WARN msg="` + MsgGossipRejected + `" from=127\.0\.0\.1:\d+ reason="` + regexp.QuoteMeta(tc.reason) + `" component=memberlist`)
+			want := regexp.MustCompile(`level=WARN msg="` + gossip.MsgGossipRejected + `" from=127\.0\.0\.1:\d+ reason="` + regexp.QuoteMeta(tc.reason) + `" component=memberlist`)
 			deadline := time.Now().Add(5 * time.Second)
 			for !want.MatchString(logs.String()[before:]) {
 				if time.Now().After(deadline) {
@@ -105,7 +108,7 @@ func TestGossipRejectsNodesWithoutTheClusterKey(t *testing.T) {
 				}
 				time.Sleep(20 * time.Millisecond)
 			}
-			t.Logf("manager logged: %s", firstMatchLine(logs.String()[before:], MsgGossipRejected))
+			t.Logf("manager logged: %s", firstMatchLine(logs.String()[before:], gossip.MsgGossipRejected))
 			// Give gossip time to spread anything it would, then check the
 			// manager side never saw the node.
 			time.Sleep(time.Second)
@@ -120,7 +123,7 @@ func TestGossipRejectsNodesWithoutTheClusterKey(t *testing.T) {
 
 	// Control: a node with the cluster key joins and is seen.
 	before := len(logs.String())
-	gc := GossipConfig("worker-ok", "127.0.0.1", freeTCPPort(t), "127.0.0.1", key, quiet)
+	gc := gossip.Config("worker-ok", "127.0.0.1", freeTCPPort(t), "127.0.0.1", key, quiet)
 	good, err := memberlist.Create(gc)
 	if err != nil {
 		t.Fatal(err)
@@ -130,7 +133,7 @@ func TestGossipRejectsNodesWithoutTheClusterKey(t *testing.T) {
 		t.Fatalf("a node with the key cannot join: %d %v", n, err)
 	}
 	waitFor(t, 5*time.Second, "the manager sees the worker with the key", func() bool { return sees("worker-ok") })
-	if strings.Contains(logs.String()[before:], MsgGossipRejected) {
+	if strings.Contains(logs.String()[before:], gossip.MsgGossipRejected) {
 		t.Fatalf("a node with the key was reported as rejected:\n%s", logs.String()[before:])
 	}
 }
@@ -144,34 +147,6 @@ func firstMatchLine(s, sub string) string {
 	return ""
 }
 
-// TestGossipRejectionLines checks the recogniser on memberlist's own
-// wording, and that other lines pass through at their level.
-func TestGossipRejectionLines(t *testing.T) {
-	var logs syncBuffer
-	w := SlogWriter(slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
-	w.Printf("[ERR] memberlist: failed to receive: encryption is configured but remote state is not encrypted from=1.2.3.4:7946")
-	w.Printf("[ERR] memberlist: Decrypt packet failed: payload is too small to decrypt: 3 from=5.6.7.8:7946")
-	w.Printf("[ERR] memberlist: failed to receive: No installed keys could decrypt the message from=[fd00::1]:7946")
-	w.Printf("[ERR] memberlist: Failed to send gossip to 9.9.9.9:7946: connection refused")
-	w.Printf("[DEBUG] memberlist: Stream connection from=1.2.3.4:7946")
-	got := strings.Split(strings.TrimSpace(logs.String()), "\n")
-	want := []string{
-		`level=WARN msg="rejected gossip from a node without the cluster key" from=1.2.3.4:7946 reason="it sent unencrypted gossip: it has no cluster key"`,
-		`level=WARN msg="rejected gossip from a node without the cluster key" from=5.6.7.8:7946 reason="it sent gossip that is not encrypted with the cluster key"`,
-		`level=WARN msg="rejected gossip from a node without the cluster key" from=[fd00::1]:7946 reason="its gossip is encrypted with another key: it has a wrong cluster key"`,
-		`level=ERROR msg="[ERR] memberlist: Failed to send gossip to 9.9.9.9:7946: connection refused" component=memberlist`,
-		`level=DEBUG msg="[DEBUG] memberlist: Stream connection from=1.2.3.4:7946" component=memberlist`,
-	}
-	if len(got) != len(want) {
-		t.Fatalf("got %d lines:\n%s", len(got), logs.String())
-	}
-	for i := range want {
-		if !strings.Contains(got[i], want[i]) {
-			t.Errorf("line %d:\n got %s\nwant %s", i, got[i], want[i])
-		}
-	}
-}
-
 // TestAgentAPIRefusesCallersWithoutTheToken checks every command of the
 // agent API without Docker: without the token derived from the cluster
 // key (none, a wrong one, another cluster's, the right one sent as a
@@ -181,7 +156,7 @@ func TestGossipRejectionLines(t *testing.T) {
 // open.
 func TestAgentAPIRefusesCallersWithoutTheToken(t *testing.T) {
 	key := randomKey(t)
-	a := &Agent{cfg: Config{Name: "w-auth"}, log: slog.New(slog.NewTextHandler(io.Discard, nil)), token: AgentToken(key)}
+	a := &Agent{cfg: Config{Name: "w-auth"}, log: slog.New(slog.NewTextHandler(io.Discard, nil)), token: wire.AgentToken(key)}
 	h := a.routes()
 	routes := []struct{ method, path, body string }{
 		{http.MethodGet, "/v1/load", ""},
@@ -191,8 +166,8 @@ func TestAgentAPIRefusesCallersWithoutTheToken(t *testing.T) {
 		{http.MethodDelete, "/v1/containers/x-1?generation=0", ""},
 		{http.MethodPost, "/v1/leave", ""},
 	}
-	other := AgentToken(randomKey(t))
-	for _, auth := range []string{"", "Bearer", "Bearer ", "Bearer wrong", "Bearer " + other, "Basic " + AgentToken(key), "bearer " + AgentToken(key), "Bearer " + AgentToken(key)[:63]} {
+	other := wire.AgentToken(randomKey(t))
+	for _, auth := range []string{"", "Bearer", "Bearer ", "Bearer wrong", "Bearer " + other, "Basic " + wire.AgentToken(key), "bearer " + wire.AgentToken(key), "Bearer " + wire.AgentToken(key)[:63]} {
 		for _, r := range routes {
 			req := httptest.NewRequest(r.method, r.path, strings.NewReader(r.body))
 			if auth != "" {
@@ -208,7 +183,7 @@ func TestAgentAPIRefusesCallersWithoutTheToken(t *testing.T) {
 	}
 	// With the token the command runs (load needs neither engine nor gossip).
 	req := httptest.NewRequest(http.MethodGet, "/v1/load", nil)
-	req.Header.Set("Authorization", "Bearer "+AgentToken(key))
+	req.Header.Set("Authorization", "Bearer "+wire.AgentToken(key))
 	rec := httptest.NewRecorder()
 	h.ServeHTTP(rec, req)
 	if rec.Code != http.StatusOK {

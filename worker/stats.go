@@ -8,6 +8,8 @@ import (
 	"sort"
 	"sync"
 	"time"
+
+	"github.com/micado-scale/micado/internal/wire"
 )
 
 // statsParallel bounds the one-shot stats calls in flight at once, so that
@@ -93,13 +95,13 @@ func shortID(id string) string {
 // StatsInterval and keeps the last round's measurements, and the last CPU
 // counter of every container to compute the next round's CPU from.
 type statsCollector struct {
-	list   func(context.Context) ([]ContainerInfo, error)
+	list   func(context.Context) ([]wire.ContainerInfo, error)
 	sample func(context.Context, string) (containerSample, error)
 
 	mu   sync.Mutex
-	prev map[string]cpuSample      // by container ID
-	last map[string]ContainerStats // by container ID, the last round
-	at   time.Time                 // when the last round ended
+	prev map[string]cpuSample           // by container ID
+	last map[string]wire.ContainerStats // by container ID, the last round
+	at   time.Time                      // when the last round ended
 }
 
 func newStatsCollector(e *engine) *statsCollector {
@@ -116,7 +118,7 @@ func (s *statsCollector) collect(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	running := make([]ContainerInfo, 0, len(cs))
+	running := make([]wire.ContainerInfo, 0, len(cs))
 	for _, c := range cs {
 		if c.State == "running" {
 			running = append(running, c)
@@ -140,7 +142,7 @@ func (s *statsCollector) collect(ctx context.Context) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	prev := make(map[string]cpuSample, len(running))
-	last := make(map[string]ContainerStats, len(running))
+	last := make(map[string]wire.ContainerStats, len(running))
 	var first error
 	for i, c := range running {
 		if errs[i] != nil {
@@ -156,7 +158,7 @@ func (s *statsCollector) collect(ctx context.Context) error {
 			continue
 		}
 		smp := samples[i]
-		st := ContainerStats{
+		st := wire.ContainerStats{
 			Instance: c.Instance, Service: c.Service, App: c.App, Generation: c.Generation,
 			Memory: smp.memory, Limit: smp.limit, At: smp.cpu.at,
 		}
@@ -195,7 +197,7 @@ func (s *statsCollector) run(ctx context.Context, interval time.Duration, logf f
 
 // byID returns the last round's measurements by container ID (nil before
 // the first round, or for a nil collector).
-func (s *statsCollector) byID() map[string]ContainerStats {
+func (s *statsCollector) byID() map[string]wire.ContainerStats {
 	if s == nil {
 		return nil
 	}
@@ -206,14 +208,14 @@ func (s *statsCollector) byID() map[string]ContainerStats {
 
 // snapshot returns the last round's measurements, sorted by instance and
 // generation, and when the round ended.
-func (s *statsCollector) snapshot() ([]ContainerStats, time.Time) {
+func (s *statsCollector) snapshot() ([]wire.ContainerStats, time.Time) {
 	if s == nil {
-		return []ContainerStats{}, time.Time{}
+		return []wire.ContainerStats{}, time.Time{}
 	}
 	s.mu.Lock()
 	last, at := s.last, s.at
 	s.mu.Unlock()
-	out := make([]ContainerStats, 0, len(last))
+	out := make([]wire.ContainerStats, 0, len(last))
 	for _, st := range last {
 		out = append(out, st)
 	}
@@ -241,9 +243,9 @@ func cpuRatio(percent, cpus float64) float64 {
 }
 
 // currentStats builds the answer to GET /v1/stats from the last round.
-func (a *Agent) currentStats() Stats {
+func (a *Agent) currentStats() wire.Stats {
 	cs, at := a.stats.snapshot()
-	st := Stats{Node: a.cfg.Name, CPUs: a.cfg.CPUs, Capacity: a.cfg.Memory, Containers: cs, At: at}
+	st := wire.Stats{Node: a.cfg.Name, CPUs: a.cfg.CPUs, Capacity: a.cfg.Memory, Containers: cs, At: at}
 	var pct float64
 	for _, c := range cs {
 		if c.HasCPU {

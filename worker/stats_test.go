@@ -22,6 +22,8 @@ import (
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/client"
+
+	"github.com/micado-scale/micado/internal/wire"
 )
 
 // TestCPUPercent: Δ CPU time / Δ wall-clock time × 100, in % of one core.
@@ -63,7 +65,7 @@ func TestCPURatio(t *testing.T) {
 // fakeDocker stands in for the engine: containers and their CPU counters.
 type fakeDocker struct {
 	mu       sync.Mutex
-	cs       []ContainerInfo
+	cs       []wire.ContainerInfo
 	total    map[string]uint64
 	now      time.Time
 	fail     map[string]bool
@@ -72,10 +74,10 @@ type fakeDocker struct {
 	delay    time.Duration
 }
 
-func (f *fakeDocker) list(context.Context) ([]ContainerInfo, error) {
+func (f *fakeDocker) list(context.Context) ([]wire.ContainerInfo, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return append([]ContainerInfo(nil), f.cs...), nil
+	return append([]wire.ContainerInfo(nil), f.cs...), nil
 }
 
 func (f *fakeDocker) sample(_ context.Context, id string) (containerSample, error) {
@@ -108,7 +110,7 @@ func (f *fakeDocker) advance(d time.Duration, pct map[string]float64) {
 
 func TestStatsCollectorRounds(t *testing.T) {
 	f := &fakeDocker{
-		cs: []ContainerInfo{
+		cs: []wire.ContainerInfo{
 			{ID: "id-busy", Instance: "web-1", Service: "web", App: "shop", Generation: 2, State: "running", Memory: 64 << 20},
 			{ID: "id-idle", Instance: "web-2", Service: "web", State: "running", Memory: 64 << 20},
 			{ID: "id-gone", Instance: "db-1", Service: "db", State: "exited", Memory: 64 << 20},
@@ -131,7 +133,7 @@ func TestStatsCollectorRounds(t *testing.T) {
 		t.Fatal(err)
 	}
 	cs, _ = s.snapshot()
-	want := ContainerStats{Instance: "web-1", Service: "web", App: "shop", Generation: 2, CPU: 150, Memory: 10 << 20, Limit: 64 << 20, At: f.now, HasCPU: true}
+	want := wire.ContainerStats{Instance: "web-1", Service: "web", App: "shop", Generation: 2, CPU: 150, Memory: 10 << 20, Limit: 64 << 20, At: f.now, HasCPU: true}
 	if cs[0] != want || !cs[1].HasCPU || cs[1].CPU != 1 {
 		t.Fatalf("second round = %+v, want %+v and web-2 at 1%%", cs, want)
 	}
@@ -167,7 +169,7 @@ func TestStatsCollectorRounds(t *testing.T) {
 func TestStatsCollectorSamplesConcurrently(t *testing.T) {
 	f := &fakeDocker{total: map[string]uint64{}, now: time.Now(), fail: map[string]bool{}, delay: 100 * time.Millisecond}
 	for i := range 30 {
-		f.cs = append(f.cs, ContainerInfo{ID: fmt.Sprint("id-", i), Instance: fmt.Sprint("web-", i), Service: "web", State: "running"})
+		f.cs = append(f.cs, wire.ContainerInfo{ID: fmt.Sprint("id-", i), Instance: fmt.Sprint("web-", i), Service: "web", State: "running"})
 	}
 	s := &statsCollector{list: f.list, sample: f.sample}
 	start := time.Now()
@@ -193,8 +195,8 @@ func TestStatsEndpoint(t *testing.T) {
 	key := randomKey(t)
 	at := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 	a := &Agent{cfg: Config{Cluster: "c1", Name: "w-3", Memory: 1 << 30, CPUs: 2, ClusterKey: key},
-		log: slog.New(slog.NewTextHandler(io.Discard, nil)), token: AgentToken(key),
-		stats: &statsCollector{at: at, last: map[string]ContainerStats{
+		log: slog.New(slog.NewTextHandler(io.Discard, nil)), token: wire.AgentToken(key),
+		stats: &statsCollector{at: at, last: map[string]wire.ContainerStats{
 			"b": {Instance: "web-2", Service: "web", CPU: 30, HasCPU: true, Memory: 20 << 20, Limit: 64 << 20, At: at},
 			"a": {Instance: "web-1", Service: "web", CPU: 120, HasCPU: true, Memory: 30 << 20, Limit: 64 << 20, At: at},
 			"c": {Instance: "web-3", Service: "web", Memory: 5 << 20, Limit: 64 << 20, At: at},
@@ -211,10 +213,10 @@ func TestStatsEndpoint(t *testing.T) {
 	if resp.StatusCode != http.StatusUnauthorized {
 		t.Fatalf("GET /v1/stats without the token: %d, want 401", resp.StatusCode)
 	}
-	if _, err := NewClient(randomKey(t)).Stats(context.Background(), addr); err == nil {
+	if _, err := wire.NewClient(randomKey(t)).Stats(context.Background(), addr); err == nil {
 		t.Fatal("GET /v1/stats with another cluster's token succeeded")
 	}
-	st, err := NewClient(key).Stats(context.Background(), addr)
+	st, err := wire.NewClient(key).Stats(context.Background(), addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -250,7 +252,7 @@ func TestAgentMeasuresContainerCPU(t *testing.T) {
 	cluster := "wt-" + hex.EncodeToString(b)
 	t.Cleanup(func() {
 		cs, _ := docker.ContainerList(context.Background(), container.ListOptions{All: true,
-			Filters: filters.NewArgs(filters.Arg("label", LabelCluster+"="+cluster))})
+			Filters: filters.NewArgs(filters.Arg("label", wire.LabelCluster+"="+cluster))})
 		for _, c := range cs {
 			_ = docker.ContainerRemove(context.Background(), c.ID, container.RemoveOptions{Force: true})
 		}
@@ -267,7 +269,7 @@ func TestAgentMeasuresContainerCPU(t *testing.T) {
 			Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		})
 	}()
-	c := NewClient(key)
+	c := wire.NewClient(key)
 	waitFor(t, 20*time.Second, "the agent API answers", func() bool {
 		_, err := c.Stats(ctx, addr)
 		return err == nil
@@ -276,8 +278,8 @@ func TestAgentMeasuresContainerCPU(t *testing.T) {
 	hostPort := map[string]int{}
 	for _, inst := range []string{"burn-1", "idle-1"} {
 		svc, _, _ := strings.Cut(inst, "-")
-		info, err := c.Start(ctx, addr, StartRequest{Instance: inst, Service: svc, Image: "micado/demo-web",
-			Memory: 64 << 20, Ports: []Port{{Container: 8080}}})
+		info, err := c.Start(ctx, addr, wire.StartRequest{Instance: inst, Service: svc, Image: "micado/demo-web",
+			Memory: 64 << 20, Ports: []wire.Port{{Container: 8080}}})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -316,14 +318,14 @@ func TestAgentMeasuresContainerCPU(t *testing.T) {
 		}
 	}()
 
-	var last Stats
-	find := func(inst string) (ContainerStats, bool) {
+	var last wire.Stats
+	find := func(inst string) (wire.ContainerStats, bool) {
 		for _, cs := range last.Containers {
 			if cs.Instance == inst {
 				return cs, true
 			}
 		}
-		return ContainerStats{}, false
+		return wire.ContainerStats{}, false
 	}
 	start := time.Now()
 	for {
@@ -354,13 +356,13 @@ func TestAgentMeasuresContainerCPU(t *testing.T) {
 	// one core the worker offers.
 	waitFor(t, 5*time.Second, "the load report carries the CPU use", func() bool {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/v1/load", nil)
-		req.Header.Set("Authorization", "Bearer "+AgentToken(key))
+		req.Header.Set("Authorization", "Bearer "+wire.AgentToken(key))
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
 			return false
 		}
 		defer resp.Body.Close()
-		var l Load
+		var l wire.Load
 		return json.NewDecoder(resp.Body).Decode(&l) == nil && l.CPU > 0.5 && l.CPU <= 1 && l.Used > 0
 	})
 

@@ -5,18 +5,22 @@
 // Every worker container it creates is named micado-<cluster>-<node>, has
 // the node name as hostname and network alias, restarts unless stopped, gets
 // the host's Docker socket (so the agent runs application containers beside
-// it on the same engine) and the cluster key as the file KeyPath (mode
-// 0400), copied into the container before it starts and read with
+// it on the same engine) and the cluster key as the file KeyPath, read with
 // --key-file, so that the key is in neither its environment nor its
-// command line and `docker inspect` does not show it. It carries the io.micado.* labels of package worker (cluster, component
-// "worker", node) plus LabelInstanceType, LabelTags and LabelProvider, and
-// the cloudapi.Tag* keys that every provider writes.
+// command line and `docker inspect` does not show it: copied into the
+// container (mode 0400) before it starts, or, when Config.KeyFile names
+// the key's file on the host, bind-mounted read-only. It carries the
+// io.micado.* labels of package wire (cluster, component "worker", node)
+// plus LabelInstanceType, LabelTags and LabelProvider, and the cloudapi.Tag*
+// keys that every provider writes. Everything List reports of a worker it
+// reads from these labels.
 //
-// List sees every worker container of the cluster, also those `micado up`
-// started (they lack the type and tags labels; their tags are read from the
-// worker's command line). Terminate removes only worker containers of the
-// provider's own cluster, and with each the application containers its agent
-// ran, as terminating a VM would.
+// This is the one recipe for a worker container: `micado up` creates its
+// first workers with it, and the manager's scale-out its later ones.
+//
+// List sees every worker container of the cluster. Terminate removes only
+// worker containers of the provider's own cluster, and with each the
+// application containers its agent ran, as terminating a VM would.
 package docker
 
 import (
@@ -44,13 +48,13 @@ import (
 	"github.com/docker/docker/errdefs"
 
 	"github.com/micado-scale/micado/cloudapi"
-	"github.com/micado-scale/micado/worker"
+	"github.com/micado-scale/micado/internal/wire"
 )
 
 // ProviderName is what Provider.Name returns and the value of LabelProvider.
 const ProviderName = "docker"
 
-// Labels this provider adds to the worker labels of package worker.
+// Labels this provider adds to the worker labels of package wire.
 const (
 	// LabelInstanceType holds the micado instance type name.
 	LabelInstanceType = "io.micado.instance-type"
@@ -60,12 +64,6 @@ const (
 	LabelProvider = "io.micado.provider"
 )
 
-// Component values of worker.LabelComponent this package relies on.
-const (
-	componentWorker = "worker"
-	componentApp    = "app"
-)
-
 // DefaultDockerSocket is the host path of the Docker socket mounted into
 // workers when Config.DockerSocket is empty.
 const DefaultDockerSocket = "/var/run/docker.sock"
@@ -73,8 +71,8 @@ const DefaultDockerSocket = "/var/run/docker.sock"
 // socketTarget is where workers find the Docker socket.
 const socketTarget = "/var/run/docker.sock"
 
-// KeyPath is where a worker container finds the cluster key (base64 text,
-// mode 0400); its command line passes it with --key-file.
+// KeyPath is where a worker container finds the cluster key (base64 text);
+// its command line passes it with --key-file.
 const KeyPath = "/etc/micado/cluster.key"
 
 // Config configures the docker provider. Every field but DockerSocket is
@@ -98,6 +96,11 @@ type Config struct {
 	// ClusterKey is the base64 cluster key (16, 24 or 32 bytes), given to
 	// workers as the file KeyPath.
 	ClusterKey string
+	// KeyFile, when set, is the absolute host path of a file holding
+	// ClusterKey: workers then get it bind-mounted read-only at KeyPath
+	// instead of a copy. Only a caller that sees the host's filesystem
+	// (`micado up`, not a manager in a container) can name it.
+	KeyFile string
 	// DockerSocket is the host path of the Docker socket mounted into
 	// workers at /var/run/docker.sock (default DefaultDockerSocket).
 	DockerSocket string
@@ -174,6 +177,9 @@ func (c Config) validate() error {
 	if k, err := base64.StdEncoding.DecodeString(c.ClusterKey); err != nil || len(k) != 16 && len(k) != 24 && len(k) != 32 {
 		return errors.New("Config.ClusterKey is not base64 of 16, 24 or 32 bytes")
 	}
+	if c.KeyFile != "" && !path.IsAbs(c.KeyFile) {
+		return fmt.Errorf("Config.KeyFile %q is not an absolute path", c.KeyFile)
+	}
 	if !path.IsAbs(c.DockerSocket) {
 		return fmt.Errorf("Config.DockerSocket %q is not an absolute path", c.DockerSocket)
 	}
@@ -236,12 +242,12 @@ func (p *Provider) labels(spec cloudapi.Spec) (map[string]string, error) {
 		return nil, err
 	}
 	maps.Copy(l, map[string]string{
-		worker.LabelCluster:   spec.Cluster,
-		worker.LabelComponent: componentWorker,
-		worker.LabelNode:      spec.Name,
-		LabelInstanceType:     spec.Type.Name,
-		LabelTags:             strings.Join(spec.Tags, ","),
-		LabelProvider:         ProviderName,
+		wire.LabelCluster:   spec.Cluster,
+		wire.LabelComponent: wire.ComponentWorker,
+		wire.LabelNode:      spec.Name,
+		LabelInstanceType:   spec.Type.Name,
+		LabelTags:           strings.Join(spec.Tags, ","),
+		LabelProvider:       ProviderName,
 	})
 	return l, nil
 }
@@ -259,8 +265,12 @@ func (p *Provider) command(spec cloudapi.Spec) []string {
 
 // copyKey writes the cluster key into the (created, not yet started)
 // container id as KeyPath. Unlike an environment variable, a file in the
-// container's filesystem is not part of what `docker inspect` shows.
+// container's filesystem is not part of what `docker inspect` shows. With
+// Config.KeyFile the key is mounted instead, and there is nothing to copy.
 func (p *Provider) copyKey(ctx context.Context, id string) error {
+	if p.cfg.KeyFile != "" {
+		return nil
+	}
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
 	now := time.Now()
@@ -310,6 +320,9 @@ func (p *Provider) Create(ctx context.Context, spec cloudapi.Spec) (cloudapi.Ins
 		RestartPolicy: container.RestartPolicy{Name: container.RestartPolicyUnlessStopped},
 		Mounts:        []mount.Mount{{Type: mount.TypeBind, Source: p.cfg.DockerSocket, Target: socketTarget}},
 	}
+	if p.cfg.KeyFile != "" {
+		host.Mounts = append(host.Mounts, mount.Mount{Type: mount.TypeBind, Source: p.cfg.KeyFile, Target: KeyPath, ReadOnly: true})
+	}
 	nc := &network.NetworkingConfig{EndpointsConfig: map[string]*network.EndpointSettings{
 		p.cfg.Network: {Aliases: []string{spec.Name}},
 	}}
@@ -350,7 +363,7 @@ func (p *Provider) existing(ctx context.Context, spec cloudapi.Spec, name string
 	if ci.Config != nil {
 		got = ci.Config.Labels
 	}
-	if got[worker.LabelCluster] != p.cfg.Cluster || got[worker.LabelComponent] != componentWorker || got[worker.LabelNode] != spec.Name {
+	if got[wire.LabelCluster] != p.cfg.Cluster || got[wire.LabelComponent] != wire.ComponentWorker || got[wire.LabelNode] != spec.Name {
 		return cloudapi.Instance{}, fmt.Errorf("docker: create %s: a container of that name already exists and is not the worker %s of cluster %s", name, spec.Name, p.cfg.Cluster)
 	}
 	for _, k := range []string{LabelInstanceType, LabelTags} {
@@ -378,12 +391,11 @@ func (p *Provider) inspect(ctx context.Context, id string) (cloudapi.Instance, e
 	}
 	var (
 		labels map[string]string
-		cmd    []string
 		nets   map[string]*network.EndpointSettings
 		state  string
 	)
 	if ci.Config != nil {
-		labels, cmd = ci.Config.Labels, ci.Config.Cmd
+		labels = ci.Config.Labels
 	}
 	if ci.NetworkSettings != nil {
 		nets = ci.NetworkSettings.Networks
@@ -391,31 +403,27 @@ func (p *Provider) inspect(ctx context.Context, id string) (cloudapi.Instance, e
 	if ci.State != nil {
 		state = ci.State.Status
 	}
-	inst := p.instance(ci.ID, strings.TrimPrefix(ci.Name, "/"), labels, cmd, nets, state)
+	inst := p.instance(ci.ID, strings.TrimPrefix(ci.Name, "/"), labels, nets, state)
 	if t, err := time.Parse(time.RFC3339Nano, ci.Created); err == nil {
 		inst.CreatedAt = t.UTC()
 	}
 	return inst, nil
 }
 
-// instance builds an Instance from what Docker reports of a container.
-func (p *Provider) instance(id, name string, labels map[string]string, cmd []string, nets map[string]*network.EndpointSettings, state string) cloudapi.Instance {
+// instance builds an Instance from what Docker reports of a container:
+// the labels Create set, its state and its network.
+func (p *Provider) instance(id, name string, labels map[string]string, nets map[string]*network.EndpointSettings, state string) cloudapi.Instance {
 	inst := cloudapi.Instance{
 		ID:      id,
-		Cluster: labels[worker.LabelCluster],
-		Name:    labels[worker.LabelNode],
+		Cluster: labels[wire.LabelCluster],
+		Name:    labels[wire.LabelNode],
 		Type:    labels[LabelInstanceType],
+		Tags:    cloudapi.SplitTags(labels[LabelTags]),
 		State:   normaliseState(state),
 		Address: p.address(nets),
 	}
-	argName, argTags := parseCmd(cmd)
 	if inst.Name == "" {
-		inst.Name = cmp.Or(argName, strings.TrimPrefix(name, "micado-"+inst.Cluster+"-"))
-	}
-	if v, ok := labels[LabelTags]; ok {
-		inst.Tags = cloudapi.SplitTags(v)
-	} else {
-		inst.Tags = argTags
+		inst.Name = strings.TrimPrefix(name, "micado-"+inst.Cluster+"-")
 	}
 	return inst
 }
@@ -439,29 +447,6 @@ func (p *Provider) address(nets map[string]*network.EndpointSettings) string {
 		}
 	}
 	return ""
-}
-
-// parseCmd reads --name and every --tag from a worker's command line.
-func parseCmd(cmd []string) (name string, tags []string) {
-	for i := 0; i < len(cmd); i++ {
-		flag, val, hasVal := strings.Cut(cmd[i], "=")
-		if flag != "--tag" && flag != "-tag" && flag != "--name" && flag != "-name" {
-			continue
-		}
-		if !hasVal {
-			if i+1 >= len(cmd) {
-				break
-			}
-			i++
-			val = cmd[i]
-		}
-		if strings.TrimLeft(flag, "-") == "tag" {
-			tags = append(tags, val)
-		} else {
-			name = val
-		}
-	}
-	return name, tags
 }
 
 // normaliseState maps Docker's container states onto cloudapi's.
@@ -503,7 +488,7 @@ func (p *Provider) Terminate(ctx context.Context, id string) error {
 	if ci.Config != nil {
 		labels = ci.Config.Labels
 	}
-	if labels[worker.LabelCluster] != p.cfg.Cluster || labels[worker.LabelComponent] != componentWorker {
+	if labels[wire.LabelCluster] != p.cfg.Cluster || labels[wire.LabelComponent] != wire.ComponentWorker {
 		return fmt.Errorf("docker: terminate %s: %w: it is not a worker of cluster %s", id, cloudapi.ErrNotFound, p.cfg.Cluster)
 	}
 	err = p.dc.ContainerRemove(ctx, ci.ID, container.RemoveOptions{Force: true, RemoveVolumes: true})
@@ -513,23 +498,23 @@ func (p *Provider) Terminate(ctx context.Context, id string) error {
 	if err != nil {
 		return fmt.Errorf("docker: terminate %s: %w", id, err)
 	}
-	node := labels[worker.LabelNode]
+	node := labels[wire.LabelNode]
 	if node == "" {
 		return nil
 	}
 	// The worker's application containers run beside it on this engine;
 	// on a cloud they would die with the VM.
 	apps, err := p.dc.ContainerList(ctx, container.ListOptions{All: true, Filters: filters.NewArgs(
-		filters.Arg("label", worker.LabelCluster+"="+p.cfg.Cluster),
-		filters.Arg("label", worker.LabelComponent+"="+componentApp),
-		filters.Arg("label", worker.LabelNode+"="+node),
+		filters.Arg("label", wire.LabelCluster+"="+p.cfg.Cluster),
+		filters.Arg("label", wire.LabelComponent+"="+wire.ComponentApp),
+		filters.Arg("label", wire.LabelNode+"="+node),
 	)})
 	if err != nil {
 		return fmt.Errorf("docker: terminate %s: worker removed, but listing its containers failed: %w", id, err)
 	}
 	var errs []error
 	for _, a := range apps {
-		if a.Labels[worker.LabelCluster] != p.cfg.Cluster || a.Labels[worker.LabelNode] != node || a.Labels[worker.LabelComponent] != componentApp {
+		if a.Labels[wire.LabelCluster] != p.cfg.Cluster || a.Labels[wire.LabelNode] != node || a.Labels[wire.LabelComponent] != wire.ComponentApp {
 			continue
 		}
 		if err := p.dc.ContainerRemove(ctx, a.ID, container.RemoveOptions{Force: true}); err != nil && !errdefs.IsNotFound(err) {
@@ -549,31 +534,16 @@ func (p *Provider) List(ctx context.Context, cluster string) ([]cloudapi.Instanc
 		return nil, errors.New("docker: list: empty cluster name")
 	}
 	cs, err := p.dc.ContainerList(ctx, container.ListOptions{All: true, Filters: filters.NewArgs(
-		filters.Arg("label", worker.LabelCluster+"="+cluster),
-		filters.Arg("label", worker.LabelComponent+"="+componentWorker),
+		filters.Arg("label", wire.LabelCluster+"="+cluster),
+		filters.Arg("label", wire.LabelComponent+"="+wire.ComponentWorker),
 	)})
 	if err != nil {
 		return nil, fmt.Errorf("docker: list cluster %s: %w", cluster, err)
 	}
 	res := make([]cloudapi.Instance, 0, len(cs))
 	for _, c := range cs {
-		if c.Labels[worker.LabelCluster] != cluster || c.Labels[worker.LabelComponent] != componentWorker {
+		if c.Labels[wire.LabelCluster] != cluster || c.Labels[wire.LabelComponent] != wire.ComponentWorker {
 			continue
-		}
-		var cmd []string
-		if _, ok := c.Labels[LabelTags]; !ok || c.Labels[worker.LabelNode] == "" {
-			// A worker `micado up` started: its tags are only on its
-			// command line, which the list splits ambiguously.
-			ci, err := p.dc.ContainerInspect(ctx, c.ID)
-			if errdefs.IsNotFound(err) {
-				continue // removed meanwhile
-			}
-			if err != nil {
-				return nil, fmt.Errorf("docker: list cluster %s: inspect %s: %w", cluster, c.ID, err)
-			}
-			if ci.Config != nil {
-				cmd = ci.Config.Cmd
-			}
 		}
 		var nets map[string]*network.EndpointSettings
 		if c.NetworkSettings != nil {
@@ -583,7 +553,7 @@ func (p *Provider) List(ctx context.Context, cluster string) ([]cloudapi.Instanc
 		if len(c.Names) > 0 {
 			name = strings.TrimPrefix(c.Names[0], "/")
 		}
-		inst := p.instance(c.ID, name, c.Labels, cmd, nets, c.State)
+		inst := p.instance(c.ID, name, c.Labels, nets, c.State)
 		inst.CreatedAt = time.Unix(c.Created, 0).UTC()
 		res = append(res, inst)
 	}

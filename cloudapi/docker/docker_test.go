@@ -12,6 +12,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -27,7 +28,7 @@ import (
 	"github.com/docker/docker/pkg/stdcopy"
 
 	"github.com/micado-scale/micado/cloudapi"
-	"github.com/micado-scale/micado/worker"
+	"github.com/micado-scale/micado/internal/wire"
 )
 
 const demoImage = "micado/demo-web:latest"
@@ -96,7 +97,7 @@ func cleanupClusters(t *testing.T, dc *client.Client, clusters ...string) {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
 		for _, c := range clusters {
-			f := filters.NewArgs(filters.Arg("label", worker.LabelCluster+"="+c))
+			f := filters.NewArgs(filters.Arg("label", wire.LabelCluster+"="+c))
 			cs, err := dc.ContainerList(ctx, container.ListOptions{All: true, Filters: f})
 			if err != nil {
 				t.Errorf("cleanup: list containers of %s: %v", c, err)
@@ -158,6 +159,7 @@ func TestConfigValidation(t *testing.T) {
 		{"Config.ClusterKey", func(c *Config) { c.ClusterKey = "not base64!" }},
 		{"Config.ClusterKey", func(c *Config) { c.ClusterKey = base64.StdEncoding.EncodeToString([]byte("short")) }},
 		{"Config.DockerSocket", func(c *Config) { c.DockerSocket = "docker.sock" }},
+		{"Config.KeyFile", func(c *Config) { c.KeyFile = "cluster.key" }},
 		{"Config.Types", func(c *Config) { c.Types = nil }},
 		{"Config.Types", func(c *Config) { c.Types = append(c.Types, cloudapi.InstanceType{Name: "small", Memory: 1}) }},
 		{"Config.Types", func(c *Config) { c.Types = []cloudapi.InstanceType{{Name: "zero"}} }},
@@ -182,11 +184,7 @@ func TestConfigValidation(t *testing.T) {
 	}
 }
 
-func TestParseCmdAndState(t *testing.T) {
-	name, tags := parseCmd([]string{"worker", "--cluster", "c", "--name", "w-1", "--tag", "role=proxy", "--tag=zone=a", "--memory", "1", "--tag"})
-	if name != "w-1" || !slices.Equal(tags, []string{"role=proxy", "zone=a"}) {
-		t.Errorf("parseCmd: name %q tags %q", name, tags)
-	}
+func TestNormaliseState(t *testing.T) {
 	for in, want := range map[string]string{
 		"created": cloudapi.StatePending, "restarting": cloudapi.StatePending, "running": cloudapi.StateRunning,
 		"paused": cloudapi.StateStopped, "exited": cloudapi.StateStopped, "removing": cloudapi.StateShuttingDown,
@@ -211,7 +209,7 @@ func TestProviderOnDocker(t *testing.T) {
 
 	netName := "micado-" + cluster
 	if _, err := dc.NetworkCreate(ctx, netName, network.CreateOptions{Driver: "bridge",
-		Labels: map[string]string{worker.LabelCluster: cluster, worker.LabelComponent: "network"}}); err != nil {
+		Labels: map[string]string{wire.LabelCluster: cluster, wire.LabelComponent: "network"}}); err != nil {
 		t.Fatalf("create network %s: %v", netName, err)
 	}
 	ni, err := dc.NetworkInspect(ctx, netName, network.InspectOptions{})
@@ -367,17 +365,19 @@ func TestProviderOnDocker(t *testing.T) {
 		t.Errorf("Create with a missing image: error %v, want one naming the image", err)
 	}
 
-	// A worker `micado up` made has no type or tags labels and may not run
-	// yet: List reads its tags from its command line and reports it pending.
-	upName := "w-up-" + randHex(2)
+	// A worker container this provider did not make (no type or tags
+	// labels) that does not run yet: List knows it by its labels alone,
+	// reports it pending with no type and no tags, and never reads its
+	// command line.
+	upName := "w-foreign-" + randHex(2)
 	up, err := dc.ContainerCreate(ctx, &container.Config{Image: cfg.Image,
-		Labels: map[string]string{worker.LabelCluster: cluster, worker.LabelComponent: "worker", worker.LabelNode: upName},
-		Cmd: []string{"worker", "--cluster", cluster, "--name", upName, "--tag", "role=db", "--tag=zone=b",
+		Labels: map[string]string{wire.LabelCluster: cluster, wire.LabelComponent: "worker", wire.LabelNode: upName},
+		Cmd: []string{"worker", "--cluster", cluster, "--name", "not-" + upName, "--tag", "role=db",
 			"--memory", "1073741824", "--join", cfg.JoinAddr, "--pull=false"}},
 		&container.HostConfig{}, &network.NetworkingConfig{EndpointsConfig: map[string]*network.EndpointSettings{netName: {}}},
 		nil, "micado-"+cluster+"-"+upName)
 	if err != nil {
-		t.Fatalf("create a micado-up style worker: %v", err)
+		t.Fatalf("create a worker without the provider's labels: %v", err)
 	}
 	list, err = p.List(ctx, cluster)
 	if err != nil {
@@ -385,13 +385,45 @@ func TestProviderOnDocker(t *testing.T) {
 	}
 	i := slices.IndexFunc(list, func(in cloudapi.Instance) bool { return in.Name == upName })
 	if len(list) != 3 || i < 0 {
-		t.Fatalf("List with the micado-up worker: %+v", list)
+		t.Fatalf("List with the unlabelled worker: %+v", list)
 	}
-	if in := list[i]; in.ID != up.ID || in.Type != "" || in.State != cloudapi.StatePending || !slices.Equal(in.Tags, []string{"role=db", "zone=b"}) || in.Cluster != cluster {
-		t.Errorf("micado-up worker listed as %+v; want pending, no type, tags role=db zone=b", in)
+	if in := list[i]; in.ID != up.ID || in.Type != "" || in.State != cloudapi.StatePending || len(in.Tags) != 0 || in.Cluster != cluster {
+		t.Errorf("unlabelled worker listed as %+v; want pending, no type, no tags", in)
 	}
 	if err := p.Terminate(ctx, up.ID); err != nil {
-		t.Errorf("Terminate micado-up worker: %v", err)
+		t.Errorf("Terminate the unlabelled worker: %v", err)
+	}
+
+	// With KeyFile (as `micado up` makes its first workers), the key is the
+	// host's file, mounted read-only, not a copy; the agent reads it.
+	keyFile := filepath.Join(t.TempDir(), "cluster.key")
+	if err := os.WriteFile(keyFile, []byte(cfg.ClusterKey+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	kcfg := cfg
+	kcfg.KeyFile = keyFile
+	pk, err := New(kcfg, dc)
+	if err != nil {
+		t.Fatalf("New with KeyFile: %v", err)
+	}
+	ks := cloudapi.Spec{Cluster: cluster, Name: "w-keyfile-" + randHex(2), Type: small, Tags: []string{"role=proxy"}}
+	kinst, err := pk.Create(ctx, ks)
+	if err != nil {
+		t.Fatalf("Create with KeyFile: %v", err)
+	}
+	checkInstance(t, "Create with KeyFile", kinst, ks, subnet, before)
+	kci, err := dc.ContainerInspect(ctx, kinst.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.ContainsFunc(kci.Mounts, func(m container.MountPoint) bool {
+		return m.Type == mount.TypeBind && m.Source == keyFile && m.Destination == KeyPath && !m.RW
+	}) {
+		t.Errorf("KeyFile: no read-only bind mount of %s at %s: %+v", keyFile, KeyPath, kci.Mounts)
+	}
+	waitForLog(ctx, t, dc, kinst.ID, `"msg":"worker agent started"`)
+	if err := pk.Terminate(ctx, kinst.ID); err != nil {
+		t.Errorf("Terminate the KeyFile worker: %v", err)
 	}
 
 	// Application containers: one run by each worker, and a worker of
@@ -399,7 +431,7 @@ func TestProviderOnDocker(t *testing.T) {
 	app := func(clusterLabel, component, node, name string, start bool) string {
 		t.Helper()
 		c, err := dc.ContainerCreate(ctx, &container.Config{Image: demoImage,
-			Labels: map[string]string{worker.LabelCluster: clusterLabel, worker.LabelComponent: component, worker.LabelNode: node}},
+			Labels: map[string]string{wire.LabelCluster: clusterLabel, wire.LabelComponent: component, wire.LabelNode: node}},
 			&container.HostConfig{}, nil, nil, name)
 		if err != nil {
 			t.Fatalf("create %s: %v", name, err)

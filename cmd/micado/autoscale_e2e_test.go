@@ -12,8 +12,8 @@ import (
 	"time"
 
 	consul "github.com/hashicorp/consul/api"
+	"github.com/micado-scale/micado/internal/wire"
 	"github.com/micado-scale/micado/manager"
-	"github.com/micado-scale/micado/worker"
 )
 
 // loadGen burns CPU in a service's replicas through their published
@@ -185,7 +185,7 @@ func TestAutoscaleUnattendedFromSpikeToQuiet(t *testing.T) {
 		var ns []manager.NodeView
 		if out, _, err := c.micado("nodes", "--json"); err == nil && json.Unmarshal([]byte(out), &ns) == nil {
 			for _, n := range ns {
-				if n.Kind == worker.KindWorker && n.Status == "alive" {
+				if n.Kind == wire.KindWorker && n.Status == "alive" {
 					p.workers++
 				}
 			}

@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/docker/docker/api/types/container"
-	"github.com/micado-scale/micado/worker"
+	"github.com/micado-scale/micado/internal/wire"
 )
 
 // BenchmarkFailover measures how long a cluster goes without a working
@@ -136,7 +136,7 @@ func BenchmarkFailover(b *testing.B) {
 			l2, ms := c.leaderNode()
 			alive := 0
 			for _, m := range ms {
-				if m.Status == "alive" && m.Kind == worker.KindManager {
+				if m.Status == "alive" && m.Kind == wire.KindManager {
 					alive++
 				}
 			}

@@ -17,8 +17,8 @@ import (
 	"github.com/docker/docker/api/types/network"
 	"github.com/docker/go-connections/nat"
 	consul "github.com/hashicorp/consul/api"
+	"github.com/micado-scale/micado/internal/wire"
 	"github.com/micado-scale/micado/manager"
-	"github.com/micado-scale/micado/worker"
 )
 
 // benchLabel marks the containers BenchmarkLaunchVsDockerRun makes by
@@ -56,7 +56,7 @@ func BenchmarkLaunchVsDockerRun(b *testing.B) {
 	b.Cleanup(func() {
 		// What a failed run may leave: the cluster's teardown removes the
 		// containers too (they carry its labels), and Consul with them.
-		f := filters.NewArgs(filters.Arg("label", worker.LabelCluster+"="+c.name), filters.Arg("label", benchLabel))
+		f := filters.NewArgs(filters.Arg("label", wire.LabelCluster+"="+c.name), filters.Arg("label", benchLabel))
 		cs, _ := c.dc.ContainerList(ctx, container.ListOptions{All: true, Filters: f})
 		for _, x := range cs {
 			_ = cl.Agent().ServiceDeregister(x.Labels[benchLabel])
@@ -181,7 +181,7 @@ func (c *testCluster) launchByHand(b *testing.B, cl *consul.Client, st *clusterS
 			"MICADO_INSTANCE=" + name + "-1"},
 		// No io.micado.node label: the worker agent would list the
 		// container and the manager stop it as a copy nobody asked for.
-		Labels:       map[string]string{worker.LabelCluster: c.name, worker.LabelComponent: "app", benchLabel: name + "-1"},
+		Labels:       map[string]string{wire.LabelCluster: c.name, wire.LabelComponent: "app", benchLabel: name + "-1"},
 		ExposedPorts: nat.PortSet{port: {}},
 		Hostname:     name + "-1",
 	}

@@ -15,8 +15,8 @@ import (
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/pkg/stdcopy"
+	"github.com/micado-scale/micado/internal/wire"
 	"github.com/micado-scale/micado/manager"
-	"github.com/micado-scale/micado/worker"
 )
 
 // BenchmarkWorkerLossRecovery measures how long a service takes to come
@@ -48,7 +48,7 @@ func BenchmarkWorkerLossRecovery(b *testing.B) {
 		// The victim: the worker that holds most replicas.
 		byNode := map[string]int{}
 		for _, a := range c.appContainers(service) {
-			byNode[a.Labels[worker.LabelNode]]++
+			byNode[a.Labels[wire.LabelNode]]++
 		}
 		victim := ""
 		for n, k := range byNode {
@@ -59,7 +59,7 @@ func BenchmarkWorkerLossRecovery(b *testing.B) {
 		var victimID string
 		var others []string
 		for _, w := range c.workerContainers() {
-			if w.Labels[worker.LabelNode] == victim {
+			if w.Labels[wire.LabelNode] == victim {
 				victimID = w.ID
 			} else {
 				others = append(others, w.ID)
@@ -141,8 +141,8 @@ func BenchmarkWorkerLossRecovery(b *testing.B) {
 // nodeAppContainers lists the application containers one worker started.
 func (c *testCluster) nodeAppContainers(node string) []container.Summary {
 	c.t.Helper()
-	f := filters.NewArgs(filters.Arg("label", worker.LabelCluster+"="+c.name),
-		filters.Arg("label", worker.LabelComponent+"=app"), filters.Arg("label", worker.LabelNode+"="+node))
+	f := filters.NewArgs(filters.Arg("label", wire.LabelCluster+"="+c.name),
+		filters.Arg("label", wire.LabelComponent+"=app"), filters.Arg("label", wire.LabelNode+"="+node))
 	cs, err := c.dc.ContainerList(context.Background(), container.ListOptions{All: true, Filters: f})
 	if err != nil {
 		c.t.Fatal(err)

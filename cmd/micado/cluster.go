@@ -26,10 +26,11 @@ import (
 	"github.com/docker/docker/errdefs"
 	"github.com/docker/go-connections/nat"
 	"github.com/micado-scale/micado/cloudapi"
+	cdocker "github.com/micado-scale/micado/cloudapi/docker"
 	"github.com/micado-scale/micado/coordinator"
 	"github.com/micado-scale/micado/definitions/bytesize"
+	"github.com/micado-scale/micado/internal/wire"
 	"github.com/micado-scale/micado/manager"
-	"github.com/micado-scale/micado/worker"
 	"github.com/robfig/cron/v3"
 	"github.com/spf13/cobra"
 )
@@ -54,7 +55,7 @@ func dockerClient() (*dockerclient.Client, error) {
 }
 
 func clusterFilter(name string) filters.Args {
-	return filters.NewArgs(filters.Arg("label", worker.LabelCluster+"="+name))
+	return filters.NewArgs(filters.Arg("label", wire.LabelCluster+"="+name))
 }
 
 func upCmd(g *globals) *cobra.Command {
@@ -354,7 +355,7 @@ func up(ctx context.Context, cmd *cobra.Command, g *globals, o upOptions) (err e
 	}
 
 	labels := func(component string) map[string]string {
-		return map[string]string{worker.LabelCluster: g.cluster, worker.LabelComponent: component}
+		return map[string]string{wire.LabelCluster: g.cluster, wire.LabelComponent: component}
 	}
 	netName := "micado-" + g.cluster
 	if _, err := dc.NetworkCreate(ctx, netName, network.CreateOptions{Driver: "bridge", Labels: labels("network")}); err != nil {
@@ -445,7 +446,7 @@ func up(ctx context.Context, cmd *cobra.Command, g *globals, o upOptions) (err e
 				return userErr("cannot create volume %s: %v", v, err)
 			}
 			cl := labels("consul-server")
-			cl[worker.LabelNode] = name
+			cl[wire.LabelNode] = name
 			if _, err := run(name, &container.Config{Image: consulImage, Labels: cl, Hostname: name, Cmd: consulCmd(name, true)},
 				&container.HostConfig{Mounts: []mount.Mount{{Type: mount.TypeVolume, Source: v, Target: "/consul/data"}}}); err != nil {
 				return err
@@ -500,7 +501,7 @@ func up(ctx context.Context, cmd *cobra.Command, g *globals, o upOptions) (err e
 		}
 		exp, pm = loopback("8080/tcp")
 		ml := labels("manager")
-		ml[worker.LabelNode] = n
+		ml[wire.LabelNode] = n
 		args := []string{"manager", "--cluster", g.cluster, "--node-name", n, "--key-file", keyMountPath, "--token-file", tokenMountPath,
 			"--consul", prefix + "consul:8500", "--api", ":8080", "--strategy", o.strategy,
 			"--provider", o.provider, "--instance-types", o.types, "--scale-roles", strings.Join(o.roles, ","),
@@ -541,20 +542,29 @@ func up(ctx context.Context, cmd *cobra.Command, g *globals, o upOptions) (err e
 	}
 	managerURL := managerURLs[0]
 
-	for i := 1; i <= o.workers; i++ {
-		name := "w-" + strconv.Itoa(i)
-		role := o.roles[(i-1)%len(o.roles)]
-		wl := labels("worker")
-		wl[worker.LabelNode] = name
-		if _, err := run(name, &container.Config{
-			Image: micadoImage, Labels: wl, Hostname: name,
-			Cmd: []string{"worker", "--cluster", g.cluster, "--name", name, "--tag", "role=" + role,
-				"--memory", strconv.FormatInt(o.memory, 10), "--join", join,
-				"--publish-addr", gateway, "--container-network", netName, "--pull=false", "--key-file", keyMountPath},
-		}, &container.HostConfig{Mounts: []mount.Mount{dockerSocketMount, keyMount}}); err != nil {
-			return err
+	// Workers: made by the docker provider, the same recipe as the
+	// manager's scale-out, with the key file mounted from the state
+	// directory.
+	if o.workers > 0 {
+		its, err := cloudapi.ParseInstanceTypes(o.types)
+		if err != nil {
+			return userErr("--instance-types: %v", err)
 		}
-		fmt.Fprintf(out, "worker    %s (role=%s, %s)\n", name, role, bytesize.Format(o.memory))
+		prov, err := cdocker.New(cdocker.Config{Cluster: g.cluster, Network: netName, Image: micadoImage, JoinAddr: join,
+			PublishAddr: gateway, ClusterKey: keyB64, KeyFile: keyFile, DockerSocket: dockerSocketMount.Source, Types: its}, dc)
+		if err != nil {
+			return userErr("docker provider: %v", err)
+		}
+		typ := upWorkerType(its, o.memory)
+		for i := 1; i <= o.workers; i++ {
+			name := "w-" + strconv.Itoa(i)
+			role := o.roles[(i-1)%len(o.roles)]
+			spec := cloudapi.Spec{Cluster: g.cluster, Name: name, Type: typ, Tags: []string{"role=" + role}}
+			if _, err := prov.Create(ctx, spec); err != nil {
+				return userErr("cannot create worker %s: %v", name, err)
+			}
+			fmt.Fprintf(out, "worker    %s (role=%s, %s)\n", name, role, bytesize.Format(o.memory))
+		}
 	}
 
 	st := clusterState{Name: g.cluster, Manager: managerURL, Managers: managerURLs, Consul: consulHTTP, ConsulDNS: consulDNS,
@@ -579,7 +589,7 @@ func up(ctx context.Context, cmd *cobra.Command, g *globals, o upOptions) (err e
 		err := c.get(ctx, "/v1/nodes", &nodes)
 		alive := 0
 		for _, n := range nodes {
-			if n.Status == "alive" && n.Kind == worker.KindWorker {
+			if n.Status == "alive" && n.Kind == wire.KindWorker {
 				alive++
 			}
 		}
@@ -597,6 +607,18 @@ func up(ctx context.Context, cmd *cobra.Command, g *globals, o upOptions) (err e
 	}
 	fmt.Fprintf(out, "cluster %q is up with %d workers; try `micado nodes`\n", g.cluster, o.workers)
 	return nil
+}
+
+// upWorkerType is the instance type of the workers `up` starts: the one
+// of --instance-types with exactly --worker-memory, else a type named
+// after the size.
+func upWorkerType(types []cloudapi.InstanceType, memory int64) cloudapi.InstanceType {
+	for _, t := range types {
+		if t.Memory == memory {
+			return t
+		}
+	}
+	return cloudapi.InstanceType{Name: bytesize.Format(memory), Memory: memory}
 }
 
 // freePort asks the kernel for a free loopback port.

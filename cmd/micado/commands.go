@@ -15,8 +15,8 @@ import (
 
 	"github.com/micado-scale/micado/definitions"
 	"github.com/micado-scale/micado/definitions/bytesize"
+	"github.com/micado-scale/micado/internal/wire"
 	"github.com/micado-scale/micado/manager"
-	"github.com/micado-scale/micado/worker"
 	"github.com/spf13/cobra"
 )
 
@@ -334,7 +334,7 @@ func nodesCmd(g *globals) *cobra.Command {
 			fmt.Fprintln(tw, "NAME\tSTATUS\tTAGS\tCAPACITY\tRESERVED\tFREE\tUSED\tCPU\tCONTAINERS\tAGE")
 			var managers []manager.NodeView
 			for _, n := range ns {
-				if n.Kind == worker.KindManager {
+				if n.Kind == wire.KindManager {
 					managers = append(managers, n)
 					continue
 				}

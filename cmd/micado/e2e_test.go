@@ -21,8 +21,8 @@ import (
 	"github.com/docker/docker/api/types/filters"
 	dockerclient "github.com/docker/docker/client"
 	consul "github.com/hashicorp/consul/api"
+	"github.com/micado-scale/micado/internal/wire"
 	"github.com/micado-scale/micado/manager"
-	"github.com/micado-scale/micado/worker"
 )
 
 // The end-to-end tests run the real micado binary against the real Docker
@@ -153,9 +153,9 @@ func (c *testCluster) ps() []manager.ContainerView {
 // appContainers lists the application containers Docker runs for service.
 func (c *testCluster) appContainers(service string) []container.Summary {
 	c.t.Helper()
-	f := filters.NewArgs(filters.Arg("label", worker.LabelCluster+"="+c.name), filters.Arg("label", worker.LabelComponent+"=app"))
+	f := filters.NewArgs(filters.Arg("label", wire.LabelCluster+"="+c.name), filters.Arg("label", wire.LabelComponent+"=app"))
 	if service != "" {
-		f.Add("label", worker.LabelService+"="+service)
+		f.Add("label", wire.LabelService+"="+service)
 	}
 	cs, err := c.dc.ContainerList(context.Background(), container.ListOptions{Filters: f})
 	if err != nil {
@@ -212,7 +212,7 @@ func TestClusterEndToEnd(t *testing.T) {
 		roles := map[string]string{}
 		leaders := 0
 		for _, n := range ns {
-			if n.Kind == worker.KindManager {
+			if n.Kind == wire.KindManager {
 				if n.Leader {
 					leaders++
 				}
@@ -277,7 +277,7 @@ func TestClusterEndToEnd(t *testing.T) {
 		}
 		// Docker runs exactly one such container, on w-1, limited to 64MiB.
 		cs := c.appContainers("demo-web")
-		if len(cs) != 1 || cs[0].Labels[worker.LabelNode] != "w-1" {
+		if len(cs) != 1 || cs[0].Labels[wire.LabelNode] != "w-1" {
 			t.Fatalf("docker ps: %+v", cs)
 		}
 		info, err := c.dc.ContainerInspect(context.Background(), cs[0].ID)

@@ -17,8 +17,8 @@ import (
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/api/types/network"
+	"github.com/micado-scale/micado/internal/wire"
 	"github.com/micado-scale/micado/manager"
-	"github.com/micado-scale/micado/worker"
 )
 
 // The fault-injection suite runs a real cluster (Consul, manager, worker
@@ -81,7 +81,7 @@ func runFaultSuite(t *testing.T, managers int) {
 	st := &faultStats{injected: map[string]int{}, ops: map[string]int{}}
 
 	byComponent := func(component string) []container.Summary {
-		f := filters.NewArgs(filters.Arg("label", worker.LabelCluster+"="+c.name), filters.Arg("label", worker.LabelComponent+"="+component))
+		f := filters.NewArgs(filters.Arg("label", wire.LabelCluster+"="+c.name), filters.Arg("label", wire.LabelComponent+"="+component))
 		cs, err := c.dc.ContainerList(ctx, container.ListOptions{All: true, Filters: f})
 		if err != nil {
 			t.Fatal(err)
@@ -106,7 +106,7 @@ func runFaultSuite(t *testing.T, managers int) {
 			return ""
 		}
 		for _, m := range byComponent("manager") {
-			if m.Labels[worker.LabelNode] == string(p.Value) {
+			if m.Labels[wire.LabelNode] == string(p.Value) {
 				return m.ID
 			}
 		}
@@ -279,7 +279,7 @@ func runFaultSuite(t *testing.T, managers int) {
 		t.Logf("micado nodes:\n%s", out)
 		for _, m := range byComponent("manager") {
 			if logs, err := exec.Command("docker", "logs", "--tail", "100", m.ID).CombinedOutput(); err == nil {
-				t.Logf("%s's last log lines:\n%s", m.Labels[worker.LabelNode], logs)
+				t.Logf("%s's last log lines:\n%s", m.Labels[wire.LabelNode], logs)
 			}
 		}
 		t.Fatalf("the cluster did not settle: %s", strings.Join(last.problems, "; "))
@@ -436,7 +436,7 @@ func (c *testCluster) settleCheck(t *testing.T, intents map[string]*intent) sett
 		}
 	}
 	// What Docker runs.
-	f := filters.NewArgs(filters.Arg("label", worker.LabelCluster+"="+c.name), filters.Arg("label", worker.LabelComponent+"=app"))
+	f := filters.NewArgs(filters.Arg("label", wire.LabelCluster+"="+c.name), filters.Arg("label", wire.LabelComponent+"=app"))
 	apps, err := c.dc.ContainerList(ctx, container.ListOptions{Filters: f})
 	if err != nil {
 		t.Fatal(err)
@@ -444,8 +444,8 @@ func (c *testCluster) settleCheck(t *testing.T, intents map[string]*intent) sett
 	copies := map[string]int{}
 	perService := map[string]int{}
 	for _, a := range apps {
-		copies[a.Labels[worker.LabelInstance]]++
-		perService[a.Labels[worker.LabelService]]++
+		copies[a.Labels[wire.LabelInstance]]++
+		perService[a.Labels[wire.LabelService]]++
 	}
 	for inst, n := range copies {
 		if n > 1 {
@@ -514,7 +514,7 @@ func (c *testCluster) settleCheck(t *testing.T, intents map[string]*intent) sett
 		known[strings.TrimPrefix(p.Key, "micado/"+c.name+"/instances/")] = true
 	}
 	for _, w := range c.workerContainers() {
-		node := w.Labels[worker.LabelNode]
+		node := w.Labels[wire.LabelNode]
 		if !known[node] {
 			r.problem(&r.orphans, "worker container %s is no instance the manager knows", node)
 		} else if w.State != "running" {

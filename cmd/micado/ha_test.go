@@ -9,8 +9,8 @@ import (
 	"time"
 
 	"github.com/docker/docker/api/types/container"
+	"github.com/micado-scale/micado/internal/wire"
 	"github.com/micado-scale/micado/manager"
-	"github.com/micado-scale/micado/worker"
 )
 
 // leaderNode returns the manager that leads, as `micado nodes` says.
@@ -23,7 +23,7 @@ func (c *testCluster) leaderNode() (manager.NodeView, []manager.NodeView) {
 	var ms []manager.NodeView
 	var l manager.NodeView
 	for _, n := range ns {
-		if n.Kind == worker.KindManager {
+		if n.Kind == wire.KindManager {
 			ms = append(ms, n)
 			if n.Leader {
 				l = n

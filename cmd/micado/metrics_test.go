@@ -18,8 +18,8 @@ import (
 
 	"github.com/docker/docker/api/types/network"
 	"github.com/micado-scale/micado/internal/testnet"
+	"github.com/micado-scale/micado/internal/wire"
 	"github.com/micado-scale/micado/manager"
-	"github.com/micado-scale/micado/worker"
 )
 
 // requireTool finds a test tool that `make tools` installs, or fails the
@@ -71,7 +71,7 @@ func TestMetricsScrapedByPrometheus(t *testing.T) {
 	workerAPI := map[string]string{}
 	var workerTargets []string
 	for _, n := range nodes {
-		if n.Kind == worker.KindManager {
+		if n.Kind == wire.KindManager {
 			continue
 		}
 		ap, err := netip.ParseAddrPort(n.API)

@@ -8,8 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/micado-scale/micado/internal/wire"
 	"github.com/micado-scale/micado/manager"
-	"github.com/micado-scale/micado/worker"
 )
 
 // Consolidation to the fewest, cheapest instances, unattended: three
@@ -54,7 +54,7 @@ func TestConsolidationRepacksAndReplacesUnattended(t *testing.T) {
 			t.Fatal(err)
 		}
 		for _, n := range ns {
-			if n.Kind == worker.KindWorker && n.Status == "alive" {
+			if n.Kind == wire.KindWorker && n.Status == "alive" {
 				out = append(out, n)
 			}
 		}

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/micado-scale/micado/worker"
+	"github.com/micado-scale/micado/internal/wire"
 )
 
 // setupForScaleIn leaves two app workers: w-1 (512MiB) holding web-1
@@ -24,7 +24,7 @@ func setupForScaleIn(t *testing.T, c *testCluster, webFlags ...string) string {
 	}
 	newWorker := ""
 	for _, w := range ws {
-		if n := w.Labels[worker.LabelNode]; n != "w-1" {
+		if n := w.Labels[wire.LabelNode]; n != "w-1" {
 			newWorker = n
 		}
 	}
@@ -80,7 +80,7 @@ func TestConsolidatorDrainsAndTerminatesUnattended(t *testing.T) {
 	startPoller()
 	eventually(t, 3*time.Minute, "the scaled-out worker is drained and terminated", func() (bool, string) {
 		ws := c.workerContainers()
-		return len(ws) == 1 && ws[0].Labels[worker.LabelNode] == "w-1", fmt.Sprintf("%d workers", len(ws))
+		return len(ws) == 1 && ws[0].Labels[wire.LabelNode] == "w-1", fmt.Sprintf("%d workers", len(ws))
 	})
 	time.Sleep(time.Second)
 	cancel()

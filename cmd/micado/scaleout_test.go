@@ -15,14 +15,14 @@ import (
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/api/types/network"
+	"github.com/micado-scale/micado/internal/wire"
 	"github.com/micado-scale/micado/manager"
-	"github.com/micado-scale/micado/worker"
 )
 
 // workerContainers lists the worker-agent containers of the cluster.
 func (c *testCluster) workerContainers() []container.Summary {
 	c.t.Helper()
-	f := filters.NewArgs(filters.Arg("label", worker.LabelCluster+"="+c.name), filters.Arg("label", worker.LabelComponent+"=worker"))
+	f := filters.NewArgs(filters.Arg("label", wire.LabelCluster+"="+c.name), filters.Arg("label", wire.LabelComponent+"=worker"))
 	cs, err := c.dc.ContainerList(context.Background(), container.ListOptions{All: true, Filters: f})
 	if err != nil {
 		c.t.Fatal(err)
@@ -66,7 +66,7 @@ func TestScaleOutWithTheDockerProvider(t *testing.T) {
 			t.Fatal(err)
 		}
 		for _, n := range ns {
-			if n.Kind == worker.KindManager {
+			if n.Kind == wire.KindManager {
 				continue
 			}
 			if n.Status != "alive" || !contains(n.Tags, "role=proxy") {
@@ -212,7 +212,7 @@ func TestScaleOutJoinTimeoutAndSweep(t *testing.T) {
 
 	// An instance of this cluster that nobody asked for: the sweep removes it.
 	stray, err := c.dc.ContainerCreate(ctx, &container.Config{Image: "micado/demo-web:latest",
-		Labels: map[string]string{worker.LabelCluster: c.name, worker.LabelComponent: "worker", worker.LabelNode: "w-stray"}},
+		Labels: map[string]string{wire.LabelCluster: c.name, wire.LabelComponent: "worker", wire.LabelNode: "w-stray"}},
 		&container.HostConfig{}, &network.NetworkingConfig{EndpointsConfig: map[string]*network.EndpointSettings{st.Network: {}}}, nil, "micado-"+c.name+"-w-stray")
 	if err != nil {
 		t.Fatal(err)
@@ -234,9 +234,9 @@ func TestScaleOutJoinTimeoutAndSweep(t *testing.T) {
 		ws := c.workerContainers()
 		names := []string{}
 		for _, w := range ws {
-			names = append(names, w.Labels[worker.LabelNode])
+			names = append(names, w.Labels[wire.LabelNode])
 		}
-		return len(ws) == 1 && ws[0].Labels[worker.LabelNode] == "w-1", strings.Join(names, ",")
+		return len(ws) == 1 && ws[0].Labels[wire.LabelNode] == "w-1", strings.Join(names, ",")
 	})
 }
 

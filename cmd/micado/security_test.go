@@ -16,8 +16,8 @@ import (
 
 	"github.com/docker/docker/api/types/container"
 	"github.com/micado-scale/micado/internal/testtls"
+	"github.com/micado-scale/micado/internal/wire"
 	"github.com/micado-scale/micado/manager"
-	"github.com/micado-scale/micado/worker"
 )
 
 // runMicado runs the CLI with extra environment (and MICADO_ADDR,
@@ -125,7 +125,7 @@ func TestSecretsStayHiddenAndTLS(t *testing.T) {
 	}
 	secrets := map[string]string{
 		"API token": token, "cluster key": keyB64, "cluster key (hex)": hex.EncodeToString(rawKey),
-		"agent token": worker.AgentToken(rawKey),
+		"agent token": wire.AgentToken(rawKey),
 	}
 	for i, l := range tlsKeyLines {
 		secrets["TLS key line "+string(rune('1'+i))] = l
@@ -162,7 +162,7 @@ func TestSecretsStayHiddenAndTLS(t *testing.T) {
 			jsonOuts = append(jsonOuts, c.mustMicado(args...))
 		}
 		var ns []manager.NodeView
-		if err := json.Unmarshal([]byte(jsonOuts[2]), &ns); err != nil || len(ns) != 3 || ns[2].Kind != worker.KindManager {
+		if err := json.Unmarshal([]byte(jsonOuts[2]), &ns); err != nil || len(ns) != 3 || ns[2].Kind != wire.KindManager {
 			t.Fatalf("nodes --json (two workers, then the manager): %v %s", err, jsonOuts[2])
 		}
 		for _, n := range ns {
@@ -188,7 +188,7 @@ func TestSecretsStayHiddenAndTLS(t *testing.T) {
 	t.Run("no secret in docker inspect", func(t *testing.T) {
 		components := map[string]int{}
 		for _, x := range cs {
-			comp := x.Labels[worker.LabelComponent]
+			comp := x.Labels[wire.LabelComponent]
 			components[comp]++
 			_, raw, err := c.dc.ContainerInspectWithRaw(ctx, x.ID, false)
 			if err != nil {
@@ -228,7 +228,7 @@ func TestSecretsStayHiddenAndTLS(t *testing.T) {
 	t.Run("no secret in the daemons' logs", func(t *testing.T) {
 		seen := 0
 		for _, x := range cs {
-			comp := x.Labels[worker.LabelComponent]
+			comp := x.Labels[wire.LabelComponent]
 			if comp != "manager" && comp != "worker" && comp != "consul" {
 				continue
 			}

@@ -16,7 +16,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/micado-scale/micado/worker"
+	"github.com/micado-scale/micado/internal/wire"
 )
 
 // MaxWorkers is how many workers fit the address plan (127.1.x.y).
@@ -39,7 +39,7 @@ type simWorker struct {
 	tags   []string
 	memory int64
 	seq    uint64
-	copies map[string]worker.ContainerInfo // by instance/generation
+	copies map[string]wire.ContainerInfo // by instance/generation
 	port   int
 }
 
@@ -61,7 +61,7 @@ func index(ip net.IP) (int, bool) {
 // New starts n simulated workers with the given tags per worker and
 // memory, listening on a free port of 0.0.0.0; seed gives each worker the
 // containers it already runs (may be nil).
-func New(n int, tags func(i int) []string, memory int64, seed func(i int) []worker.ContainerInfo) (*Server, error) {
+func New(n int, tags func(i int) []string, memory int64, seed func(i int) []wire.ContainerInfo) (*Server, error) {
 	if n > MaxWorkers {
 		return nil, fmt.Errorf("at most %d simulated workers", MaxWorkers)
 	}
@@ -71,7 +71,7 @@ func New(n int, tags func(i int) []string, memory int64, seed func(i int) []work
 	}
 	s := &Server{port: ln.Addr().(*net.TCPAddr).Port, ln: ln, started: time.Now().Unix()}
 	for i := range n {
-		w := &simWorker{name: WorkerName(i), tags: tags(i), memory: memory, seq: 1, copies: map[string]worker.ContainerInfo{}}
+		w := &simWorker{name: WorkerName(i), tags: tags(i), memory: memory, seq: 1, copies: map[string]wire.ContainerInfo{}}
 		if seed != nil {
 			for _, c := range seed(i) {
 				w.copies[key(c.Instance, c.Generation)] = c
@@ -82,7 +82,7 @@ func New(n int, tags func(i int) []string, memory int64, seed func(i int) []work
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/containers", s.with(func(w *simWorker, rw http.ResponseWriter, r *http.Request) {
 		w.mu.Lock()
-		out := make([]worker.ContainerInfo, 0, len(w.copies))
+		out := make([]wire.ContainerInfo, 0, len(w.copies))
 		for _, c := range w.copies {
 			out = append(out, c)
 		}
@@ -90,7 +90,7 @@ func New(n int, tags func(i int) []string, memory int64, seed func(i int) []work
 		writeJSON(rw, out)
 	}))
 	mux.HandleFunc("POST /v1/containers", s.with(func(w *simWorker, rw http.ResponseWriter, r *http.Request) {
-		var req worker.StartRequest
+		var req wire.StartRequest
 		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
 			http.Error(rw, `{"error":"bad body"}`, http.StatusBadRequest)
 			return
@@ -100,11 +100,11 @@ func New(n int, tags func(i int) []string, memory int64, seed func(i int) []work
 		id := fmt.Sprintf("%064x", s.starts)
 		s.mu.Unlock()
 		w.mu.Lock()
-		info := worker.ContainerInfo{ID: id, Instance: req.Instance, Service: req.Service, App: req.App, Image: req.Image,
+		info := wire.ContainerInfo{ID: id, Instance: req.Instance, Service: req.Service, App: req.App, Image: req.Image,
 			Node: w.name, Memory: req.Memory, State: "running", Address: IP(0).String(), Generation: req.Generation}
 		for _, p := range req.Ports {
 			w.port++
-			info.Ports = append(info.Ports, worker.Binding{Container: p.Container, Protocol: p.Protocol, Host: 20000 + w.port%40000})
+			info.Ports = append(info.Ports, wire.Binding{Container: p.Container, Protocol: p.Protocol, Host: 20000 + w.port%40000})
 		}
 		w.copies[key(req.Instance, req.Generation)] = info
 		w.seq++
@@ -170,7 +170,7 @@ func (s *Server) Port() int { return s.port }
 func (s *Server) API(i int) string { return net.JoinHostPort(IP(i).String(), strconv.Itoa(s.port)) }
 
 // Load is worker i's current load report.
-func (s *Server) Load(i int) worker.Load {
+func (s *Server) Load(i int) wire.Load {
 	w := s.workers[i]
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -184,16 +184,16 @@ func (s *Server) Starts() int64 {
 	return s.starts
 }
 
-func (s *Server) loadLocked(w *simWorker) worker.Load {
-	l := worker.Load{Kind: worker.KindWorker, Tags: w.tags, Capacity: w.memory, Started: s.started, Seq: w.seq,
+func (s *Server) loadLocked(w *simWorker) wire.Load {
+	l := wire.Load{Kind: wire.KindWorker, Tags: w.tags, Capacity: w.memory, Started: s.started, Seq: w.seq,
 		API: s.API(indexOf(w.name))}
-	cs := make([]worker.ContainerInfo, 0, len(w.copies))
+	cs := make([]wire.ContainerInfo, 0, len(w.copies))
 	for _, c := range w.copies {
 		l.Reserved += c.Memory
 		l.Containers++
 		cs = append(cs, c)
 	}
-	l.Digest = worker.ContainersDigest(cs)
+	l.Digest = wire.ContainersDigest(cs)
 	return l
 }
 
@@ -202,9 +202,9 @@ func indexOf(name string) int {
 	return n - 1
 }
 
-func (s *Server) header(rw http.ResponseWriter, l worker.Load) {
+func (s *Server) header(rw http.ResponseWriter, l wire.Load) {
 	if b, err := json.Marshal(l); err == nil {
-		rw.Header().Set(worker.LoadHeader, string(b))
+		rw.Header().Set(wire.LoadHeader, string(b))
 	}
 }
 

@@ -27,8 +27,8 @@ import (
 	"github.com/hashicorp/memberlist"
 	"github.com/micado-scale/micado/internal/simagents"
 	"github.com/micado-scale/micado/internal/testconsul"
+	"github.com/micado-scale/micado/internal/wire"
 	. "github.com/micado-scale/micado/manager"
-	"github.com/micado-scale/micado/worker"
 )
 
 // The benchmarks of the manager at scale run a real manager process
@@ -44,11 +44,11 @@ var benchRoles = []string{"proxy", "app", "db"}
 // benchSeed is worker w's share of nContainers running containers:
 // container i runs on worker i mod nWorkers. The manager's records and
 // the simulated workers are built from it alike.
-func benchSeed(nWorkers, nContainers, w int) []worker.ContainerInfo {
-	var out []worker.ContainerInfo
+func benchSeed(nWorkers, nContainers, w int) []wire.ContainerInfo {
+	var out []wire.ContainerInfo
 	for i := w; i < nContainers; i += nWorkers {
 		c := benchRecord(nWorkers, i)
-		out = append(out, worker.ContainerInfo{ID: c.ContainerID, Instance: c.Name, Service: c.Service, Image: c.Image,
+		out = append(out, wire.ContainerInfo{ID: c.ContainerID, Instance: c.Name, Service: c.Service, Image: c.Image,
 			Node: c.Node, Memory: c.Memory, State: "running", Address: c.Address, Ports: c.Bindings, Generation: c.Generation})
 	}
 	return out
@@ -68,12 +68,12 @@ func benchRecord(nWorkers, i int) *Container {
 		Name: fmt.Sprintf("%s-%d", svc, i+1),
 		Spec: &Spec{Service: svc, Image: "registry.example.com/shop/" + svc + ":1.4." + strconv.Itoa(i%7),
 			Tags: []string{"role=" + role}, Memory: int64(32+(sn*7919+(j%3)*101)%481) << 20,
-			Ports: []worker.Port{{Container: 8080, Protocol: "tcp"}, {Container: 9090, Protocol: "tcp"}},
+			Ports: []wire.Port{{Container: 8080, Protocol: "tcp"}, {Container: 9090, Protocol: "tcp"}},
 			Env:   map[string]string{"APP_ENV": "production", "LOG_LEVEL": "info", "DB_URL": "postgres://db.service.consul:5432/shop"},
 			Check: Check{Type: "tcp"}},
 		State: StateRunning, Node: simagents.WorkerName(j), ContainerID: fmt.Sprintf("%064x", uint64(i)*0x9e3779b97f4a7c15),
 		Placement: fmt.Sprintf("placed %s-%d on %s: role=%s, 9.5GiB free", svc, i+1, simagents.WorkerName(j), role),
-		Address:   simagents.IP(j).String(), Bindings: []worker.Binding{{Container: 8080, Protocol: "tcp", Host: 30000 + i%20000}, {Container: 9090, Protocol: "tcp", Host: 50000 + i%10000}},
+		Address:   simagents.IP(j).String(), Bindings: []wire.Binding{{Container: 8080, Protocol: "tcp", Host: 30000 + i%20000}, {Container: 9090, Protocol: "tcp", Host: 50000 + i%10000}},
 		Generation: i % 3, CreatedAt: created, UpdatedAt: created,
 	}
 }
@@ -87,7 +87,7 @@ func TestMain(m *testing.M) {
 	if spec := os.Getenv("MICADO_SIMAGENTS"); spec != "" {
 		var nw, nc int
 		fmt.Sscanf(spec, "%d,%d", &nw, &nc)
-		s, err := simagents.New(nw, benchTags, 16<<30, func(i int) []worker.ContainerInfo { return benchSeed(nw, nc, i) })
+		s, err := simagents.New(nw, benchTags, 16<<30, func(i int) []wire.ContainerInfo { return benchSeed(nw, nc, i) })
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(1)
@@ -170,7 +170,7 @@ func benchLogLevel() slog.Level {
 
 // join puts simulated workers into the manager's membership table as
 // gossip would.
-func join(b *testing.B, p *Process, n int, load func(i int) worker.Load) {
+func join(b *testing.B, p *Process, n int, load func(i int) wire.Load) {
 	ev := p.Manager.GossipEvents()
 	for i := range n {
 		meta, err := load(i).Encode()
@@ -337,11 +337,11 @@ func benchMemory(b *testing.B, nWorkers, nContainers int) {
 	writeRecords(b, cl.KV(), "micado/bench/", nWorkers, nContainers)
 	b.Logf("wrote %d container records to Consul KV in %s", nContainers, time.Since(t0).Round(time.Millisecond))
 	port := startSimProcess(b, nWorkers, nContainers)
-	loads := make([]worker.Load, nWorkers)
+	loads := make([]wire.Load, nWorkers)
 	for i := range nWorkers {
 		cs := benchSeed(nWorkers, nContainers, i)
-		l := worker.Load{Kind: worker.KindWorker, Tags: benchTags(i), Capacity: 16 << 30, Started: 1, Seq: 1,
-			API: net.JoinHostPort(simagents.IP(i).String(), strconv.Itoa(port)), Digest: worker.ContainersDigest(cs)}
+		l := wire.Load{Kind: wire.KindWorker, Tags: benchTags(i), Capacity: 16 << 30, Started: 1, Seq: 1,
+			API: net.JoinHostPort(simagents.IP(i).String(), strconv.Itoa(port)), Digest: wire.ContainersDigest(cs)}
 		for _, c := range cs {
 			l.Reserved += c.Memory
 			l.Containers++
@@ -357,7 +357,7 @@ func benchMemory(b *testing.B, nWorkers, nContainers int) {
 	}
 	p, base := benchManager(b, consul.Addr, Options{Registry: reg}, nil)
 	b.Logf("the manager loaded the desired state and leads after %s", time.Since(t0).Round(time.Millisecond))
-	join(b, p, nWorkers, func(i int) worker.Load { return loads[i] })
+	join(b, p, nWorkers, func(i int) wire.Load { return loads[i] })
 	rounds := func() float64 { return metric(b, base, "micado_reconcile_duration_seconds_count") }
 	r0 := rounds()
 	deadline := time.Now().Add(5 * time.Minute)

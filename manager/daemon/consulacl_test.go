@@ -21,10 +21,11 @@ import (
 
 	"github.com/hashicorp/consul/api"
 	"github.com/hashicorp/memberlist"
+	"github.com/micado-scale/micado/internal/gossip"
 	"github.com/micado-scale/micado/internal/testconsul"
 	"github.com/micado-scale/micado/internal/testnet"
+	"github.com/micado-scale/micado/internal/wire"
 	. "github.com/micado-scale/micado/manager"
-	"github.com/micado-scale/micado/worker"
 )
 
 func startConsulWithACL(tb testing.TB, mgmt string) string {
@@ -97,7 +98,7 @@ type fakeAgent struct {
 	ml    *memberlist.Memberlist
 
 	mu         sync.Mutex
-	containers map[string]worker.ContainerInfo
+	containers map[string]wire.ContainerInfo
 	refused    int // requests without the agent token
 }
 
@@ -110,15 +111,15 @@ func (a *fakeAgent) writeJSON(w http.ResponseWriter, v any) { _ = json.NewEncode
 
 func startFakeAgent(tb testing.TB, name string, key []byte, join string) *fakeAgent {
 	tb.Helper()
-	a := &fakeAgent{name: name, token: worker.AgentToken(key), containers: map[string]worker.ContainerInfo{}}
+	a := &fakeAgent{name: name, token: wire.AgentToken(key), containers: map[string]wire.ContainerInfo{}}
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /v1/containers", func(w http.ResponseWriter, r *http.Request) {
-		var req worker.StartRequest
+		var req wire.StartRequest
 		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
 			http.Error(w, `{"error":"bad body"}`, http.StatusBadRequest)
 			return
 		}
-		info := worker.ContainerInfo{ID: "c-" + req.Instance, Name: req.Instance, Instance: req.Instance, Service: req.Service, App: req.App,
+		info := wire.ContainerInfo{ID: "c-" + req.Instance, Name: req.Instance, Instance: req.Instance, Service: req.Service, App: req.App,
 			Image: req.Image, Node: a.name, Memory: req.Memory, State: "running", Address: "127.0.0.1", Generation: req.Generation, Created: time.Now()}
 		a.mu.Lock()
 		a.containers[req.Instance] = info
@@ -127,7 +128,7 @@ func startFakeAgent(tb testing.TB, name string, key []byte, join string) *fakeAg
 	})
 	mux.HandleFunc("GET /v1/containers", func(w http.ResponseWriter, r *http.Request) {
 		a.mu.Lock()
-		out := []worker.ContainerInfo{}
+		out := []wire.ContainerInfo{}
 		for _, c := range a.containers {
 			out = append(out, c)
 		}
@@ -153,8 +154,8 @@ func startFakeAgent(tb testing.TB, name string, key []byte, join string) *fakeAg
 	}))
 	tb.Cleanup(srv.Close)
 	a.addr = strings.TrimPrefix(srv.URL, "http://")
-	a.meta, _ = worker.Load{Kind: worker.KindWorker, Tags: []string{"role=app"}, Capacity: 1 << 30, API: a.addr, Started: time.Now().Unix()}.Encode()
-	mc := worker.GossipConfig(name, "127.0.0.1", freePort(tb), "127.0.0.1", key, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	a.meta, _ = wire.Load{Kind: wire.KindWorker, Tags: []string{"role=app"}, Capacity: 1 << 30, API: a.addr, Started: time.Now().Unix()}.Encode()
+	mc := gossip.Config(name, "127.0.0.1", freePort(tb), "127.0.0.1", key, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	mc.Delegate = a
 	ml, err := memberlist.Create(mc)
 	if err != nil {
@@ -337,7 +338,7 @@ func TestManagerUsesTheConsulTokenForEveryCall(t *testing.T) {
 
 	// The manager also logs, in one clear line, a node that tries to join
 	// its gossip without the cluster key, and never lists it.
-	intruderCfg := worker.GossipConfig("intruder", "127.0.0.1", freePort(t), "127.0.0.1", nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	intruderCfg := gossip.Config("intruder", "127.0.0.1", freePort(t), "127.0.0.1", nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	intruder, err := memberlist.Create(intruderCfg)
 	if err != nil {
 		t.Fatal(err)

@@ -19,9 +19,10 @@ import (
 
 	"github.com/hashicorp/consul/api"
 	"github.com/hashicorp/memberlist"
+	"github.com/micado-scale/micado/internal/gossip"
+	"github.com/micado-scale/micado/internal/wire"
 	"github.com/micado-scale/micado/manager"
 	"github.com/micado-scale/micado/manager/consul"
-	"github.com/micado-scale/micado/worker"
 )
 
 // Process is a running manager process.
@@ -30,7 +31,7 @@ type Process struct {
 	// API is the address the API listens on; Scheme is http or https.
 	API, Scheme string
 	Gossip      *memberlist.Memberlist
-	Agents      *worker.Client
+	Agents      *wire.Client
 	Consul      *api.Client
 
 	done chan error
@@ -113,7 +114,7 @@ func StartWith(ctx context.Context, cfg manager.Config, opts Options) (*Process,
 	if ttl == 0 {
 		ttl = manager.DefaultLockTTL
 	}
-	agents := worker.NewClient(cfg.ClusterKey)
+	agents := wire.NewClient(cfg.ClusterKey)
 	// Many workers, each its own host. During a large launch every worker
 	// gets a start call every few seconds: keep a connection to each of
 	// up to 4,096 of them (a new TCP connection per call took a fifth of
@@ -145,7 +146,7 @@ func StartWith(ctx context.Context, cfg manager.Config, opts Options) (*Process,
 		deps.Registry = opts.Registry
 	}
 	deps.Forward = peerTransport(tlsCfg)
-	g := &gossip{}
+	g := &mlGossip{}
 	deps.Gossip = g
 	m, err := manager.New(cfg, deps)
 	if err != nil {
@@ -170,12 +171,12 @@ func StartWith(ctx context.Context, cfg manager.Config, opts Options) (*Process,
 			adv = ip
 		}
 	}
-	meta, err := worker.Load{Kind: worker.KindManager, API: net.JoinHostPort(adv, apiPort), Started: time.Now().Unix()}.Encode()
+	meta, err := wire.Load{Kind: wire.KindManager, API: net.JoinHostPort(adv, apiPort), Started: time.Now().Unix()}.Encode()
 	if err != nil {
 		ln.Close()
 		return nil, err
 	}
-	mlc := worker.GossipConfig(cfg.NodeName, bind, port, cfg.AdvertiseAddr, cfg.ClusterKey, log)
+	mlc := gossip.Config(cfg.NodeName, bind, port, cfg.AdvertiseAddr, cfg.ClusterKey, log)
 	mlc.Events = m.GossipEvents()
 	mlc.Delegate = m.GossipDelegate(meta)
 	ml, err := memberlist.Create(mlc)
@@ -215,12 +216,12 @@ func StartWith(ctx context.Context, cfg manager.Config, opts Options) (*Process,
 	return p, nil
 }
 
-// gossip adapts memberlist to manager.Gossip.
-type gossip struct{ ml *memberlist.Memberlist }
+// mlGossip adapts memberlist to manager.Gossip.
+type mlGossip struct{ ml *memberlist.Memberlist }
 
-func (g *gossip) Join(addrs []string) (int, error) { return g.ml.Join(addrs) }
+func (g *mlGossip) Join(addrs []string) (int, error) { return g.ml.Join(addrs) }
 
-func (g *gossip) Addr() string {
+func (g *mlGossip) Addr() string {
 	n := g.ml.LocalNode()
 	return net.JoinHostPort(n.Addr.String(), strconv.Itoa(int(n.Port)))
 }

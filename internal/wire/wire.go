@@ -1,9 +1,15 @@
-// Package worker is the agent that runs on every cloud instance (the paper's
-// cloud instance layer). It joins the cluster over memberlist, gossips its
-// load, and starts and stops containers on its Docker engine when the
-// manager tells it to. This file holds the wire types shared with the
-// manager: the gossiped load report and the agent API.
-package worker
+// Package wire holds what micado's managers and worker agents exchange:
+// the load report every member gossips (and sends straight to the
+// managers), the agent HTTP API's requests and answers with its client,
+// the agent token, and the Docker labels micado puts on the objects it
+// creates. It depends on the standard library only, so that the manager,
+// the cloud providers and test doubles can speak to agents without
+// linking the agent itself (package worker: memberlist, Docker,
+// Prometheus).
+//
+// The JSON field names here are the wire format: running managers and
+// agents of other builds read them, so they must not change.
+package wire
 
 import (
 	"bytes"
@@ -249,4 +255,14 @@ const (
 	LabelApp        = "io.micado.app"
 	LabelMemory     = "io.micado.memory"
 	LabelGeneration = "io.micado.generation"
+)
+
+// Values of LabelComponent.
+const (
+	ComponentConsul       = "consul"
+	ComponentConsulServer = "consul-server"
+	ComponentManager      = "manager"
+	ComponentWorker       = "worker"
+	ComponentApp          = "app"
+	ComponentNetwork      = "network"
 )

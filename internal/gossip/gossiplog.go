@@ -1,4 +1,9 @@
-package worker
+// Package gossip configures memberlist the same way for every member of a
+// cluster, managers and worker agents alike: LAN defaults, gossip
+// encrypted with the cluster key, memberlist's log lines as structured
+// records (with rejected, keyless gossip named as such), and the direct
+// load message a member sends the managers ahead of gossip.
+package gossip
 
 import (
 	"strings"
@@ -50,10 +55,10 @@ func gossipRejection(line string) (reason, from string, ok bool) {
 	return reason, from, true
 }
 
-// joinHint explains a failed join in the user's terms: a join that fails
+// JoinHint explains a failed join in the user's terms: a join that fails
 // on decryption means this node and the member it contacted do not share
 // the cluster key.
-func joinHint(err error) string {
+func JoinHint(err error) string {
 	if err == nil {
 		return ""
 	}
