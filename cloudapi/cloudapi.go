@@ -63,17 +63,20 @@ const (
 // metadata values are limited to 255 bytes, EC2 tag values to 256).
 const MaxLabelValue = 255
 
+// State is an instance's state as a provider reports it, normalised.
+type State string
+
 // Normalised instance states reported in Instance.State. Providers map their
 // own vocabulary onto these; EC2's names are used where they fit.
 const (
-	StatePending      = "pending"
-	StateRunning      = "running"
-	StateStopping     = "stopping"
-	StateStopped      = "stopped"
-	StateShuttingDown = "shutting-down"
-	StateTerminated   = "terminated"
-	StateError        = "error"
-	StateUnknown      = "unknown"
+	StatePending      State = "pending"
+	StateRunning      State = "running"
+	StateStopping     State = "stopping"
+	StateStopped      State = "stopped"
+	StateShuttingDown State = "shutting-down"
+	StateTerminated   State = "terminated"
+	StateError        State = "error"
+	StateUnknown      State = "unknown"
 )
 
 // ErrNotFound is returned (possibly wrapped) by Provider.Terminate when the
@@ -156,7 +159,7 @@ type Instance struct {
 	// Tags are the worker's tags (TagTags).
 	Tags []string
 	// State is one of the State* constants.
-	State string
+	State State
 	// Address is the private IP address, if known.
 	Address string
 	// CreatedAt is when the provider created (launched) the instance.

@@ -224,34 +224,34 @@ func TestPlaceHot(t *testing.T) {
 // carry too much.
 func TestPlanConsolidationUsageGuard(t *testing.T) {
 	app := []string{"role=app"}
-	cpuNode := func(name string, cpu float64, rs ...Resident) Node {
+	cpuNode := func(name string, cpu float64, rs ...Resident) ScaleInWorker {
 		n := cn(name, 1000, app, rs...)
 		n.CPUUsed = cpu
 		return n
 	}
 	cases := []struct {
 		name    string
-		nodes   []Node
+		nodes   []ScaleInWorker
 		limit   UsageLimit
 		remove  []string
 		skipped map[string]string
 	}{
 		{
 			name:   "off: empty workers go, whatever the load",
-			nodes:  []Node{cpuNode("a", 0.1, res("a1", 100, app...)), cpuNode("b", 0.8), cpuNode("c", 0.8)},
+			nodes:  []ScaleInWorker{cpuNode("a", 0.1, res("a1", 100, app...)), cpuNode("b", 0.8), cpuNode("c", 0.8)},
 			remove: []string{"b", "c"},
 		},
 		{
 			// (0.1+0.8+0.8)/2 = 85%.
 			name:    "cpu: would push the rest above the limit",
-			nodes:   []Node{cpuNode("a", 0.1, res("a1", 100, app...)), cpuNode("b", 0.8, res("b1", 600, app...)), cpuNode("c", 0.8, res("c1", 600, app...))},
+			nodes:   []ScaleInWorker{cpuNode("a", 0.1, res("a1", 100, app...)), cpuNode("b", 0.8, res("b1", 600, app...)), cpuNode("c", 0.8, res("c1", 600, app...))},
 			limit:   UsageLimit{CPU: 0.8},
 			skipped: map[string]string{"a": "would push role=app to 85% CPU, above the 80% limit"},
 		},
 		{
 			// (0.1+0.6+0.6)/2 = 65%.
 			name:   "cpu: under the limit after the move",
-			nodes:  []Node{cpuNode("a", 0.1, res("a1", 100, app...)), cpuNode("b", 0.6, res("b1", 600, app...)), cpuNode("c", 0.6, res("c1", 600, app...))},
+			nodes:  []ScaleInWorker{cpuNode("a", 0.1, res("a1", 100, app...)), cpuNode("b", 0.6, res("b1", 600, app...)), cpuNode("c", 0.6, res("c1", 600, app...))},
 			limit:  UsageLimit{CPU: 0.8},
 			remove: []string{"a"},
 		},
@@ -259,7 +259,7 @@ func TestPlanConsolidationUsageGuard(t *testing.T) {
 			// Removing empty e1 leaves (0.5·3)/3 = 50%; removing e2 too
 			// would make it 75% > 70%.
 			name: "cpu: counts the workers removed earlier in the round",
-			nodes: []Node{cpuNode("e1", 0), cpuNode("e2", 0),
+			nodes: []ScaleInWorker{cpuNode("e1", 0), cpuNode("e2", 0),
 				cpuNode("b", 0.5, res("b1", 600, app...)), cpuNode("c", 0.5, res("c1", 600, app...)), cpuNode("d", 0.5, res("d1", 600, app...))},
 			limit:   UsageLimit{CPU: 0.7},
 			remove:  []string{"e1", "e2"},
@@ -267,7 +267,7 @@ func TestPlanConsolidationUsageGuard(t *testing.T) {
 		},
 		{
 			name: "cpu: the second empty worker would overload",
-			nodes: []Node{cpuNode("e1", 0), cpuNode("e2", 0),
+			nodes: []ScaleInWorker{cpuNode("e1", 0), cpuNode("e2", 0),
 				cpuNode("b", 0.75, res("b1", 600, app...)), cpuNode("c", 0.75, res("c1", 600, app...)), cpuNode("d", 0.75, res("d1", 600, app...))},
 			limit:   UsageLimit{CPU: 0.7},
 			remove:  []string{"e1"},
@@ -276,26 +276,26 @@ func TestPlanConsolidationUsageGuard(t *testing.T) {
 		{
 			// Used (a: 100, b, c: 600 each) over the capacity left (2000) = 65%.
 			name:    "memory: would push the rest above the limit",
-			nodes:   []Node{cpuNode("a", 0, res("a1", 100, app...)), cpuNode("b", 0, res("b1", 600, app...)), cpuNode("c", 0, res("c1", 600, app...))},
+			nodes:   []ScaleInWorker{cpuNode("a", 0, res("a1", 100, app...)), cpuNode("b", 0, res("b1", 600, app...)), cpuNode("c", 0, res("c1", 600, app...))},
 			limit:   UsageLimit{Memory: 0.6},
 			skipped: map[string]string{"a": "would push role=app to 65% memory use, above the 60% limit"},
 		},
 		{
 			name: "draining workers' load counts, they carry nothing",
-			nodes: []Node{cpuNode("a", 0, res("a1", 100, app...)), cpuNode("b", 0.5, res("b1", 600, app...)), cpuNode("c", 0.5, res("c1", 600, app...)),
-				with(cpuNode("d", 0.6), func(n *Node) { n.Draining = true })},
+			nodes: []ScaleInWorker{cpuNode("a", 0, res("a1", 100, app...)), cpuNode("b", 0.5, res("b1", 600, app...)), cpuNode("c", 0.5, res("c1", 600, app...)),
+				with(cpuNode("d", 0.6), func(n *ScaleInWorker) { n.Draining = true })},
 			limit:   UsageLimit{CPU: 0.75},
 			skipped: map[string]string{"a": "would push role=app to 80% CPU, above the 75% limit", "d": "already draining"},
 		},
 		{
 			name:    "the last worker of a role with load stays",
-			nodes:   []Node{cpuNode("a", 0.05), with(cpuNode("x", 0.9, res("x1", 100, "role=db")), func(n *Node) { n.Tags = []string{"role=db"} })},
+			nodes:   []ScaleInWorker{cpuNode("a", 0.05), with(cpuNode("x", 0.9, res("x1", 100, "role=db")), func(n *ScaleInWorker) { n.Tags = []string{"role=db"} })},
 			limit:   UsageLimit{CPU: 0.8},
 			skipped: map[string]string{"a": "would leave role=app no worker to carry its load"},
 		},
 		{
 			name:   "other roles do not count",
-			nodes:  []Node{cpuNode("a", 0.1, res("a1", 100, app...)), cpuNode("b", 0.5, res("b1", 600, app...)), with(cpuNode("x", 0.99, res("x1", 100, "role=db")), func(n *Node) { n.Tags = []string{"role=db"} })},
+			nodes:  []ScaleInWorker{cpuNode("a", 0.1, res("a1", 100, app...)), cpuNode("b", 0.5, res("b1", 600, app...)), with(cpuNode("x", 0.99, res("x1", 100, "role=db")), func(n *ScaleInWorker) { n.Tags = []string{"role=db"} })},
 			limit:  UsageLimit{CPU: 0.8},
 			remove: []string{"a"},
 		},

@@ -56,8 +56,8 @@ type Resident struct {
 	Relocatable bool
 }
 
-// Node is a worker with what consolidation needs beyond placement.
-type Node struct {
+// ScaleInWorker is a worker with what consolidation needs beyond placement.
+type ScaleInWorker struct {
 	Worker
 	JoinedAt time.Time
 	// UnneededSince is when the worker was first seen removable in an
@@ -312,7 +312,7 @@ type trialMove struct {
 // containers do not fit elsewhere, or its role needs it) is replaced by
 // the cheapest type that holds its reservations with headroom, when that
 // saves at least MinSaving; the same waiting rules and budget apply.
-func PlanConsolidation(nodes []Node, now time.Time, o ConsolidateOptions) ConsolidationPlan {
+func PlanConsolidation(nodes []ScaleInWorker, now time.Time, o ConsolidateOptions) ConsolidationPlan {
 	if o.Budget == (Budget{}) {
 		o.Budget = DefaultBudget()
 	}
@@ -324,7 +324,7 @@ func PlanConsolidation(nodes []Node, now time.Time, o ConsolidateOptions) Consol
 
 // round is one consolidation round in the making.
 type round struct {
-	nodes []Node
+	nodes []ScaleInWorker
 	now   time.Time
 	o     ConsolidateOptions
 	info  []consNode
@@ -346,7 +346,7 @@ type round struct {
 	replaced   map[int32]bool
 }
 
-func newRound(nodes []Node, now time.Time, o ConsolidateOptions) *round {
+func newRound(nodes []ScaleInWorker, now time.Time, o ConsolidateOptions) *round {
 	r := &round{nodes: nodes, now: now, o: o, info: make([]consNode, len(nodes)),
 		perRole: map[string]int{}, roleSize: map[string]int{}, budgetLeft: map[string]int{}, replaced: map[int32]bool{}}
 	draining := map[string]int{}
@@ -514,7 +514,7 @@ func (r *round) keep(i int32, k keepKind, reason string) {
 }
 
 // waitReason says which waiting rule keeps n this round, or "".
-func (r *round) waitReason(n *Node) string {
+func (r *round) waitReason(n *ScaleInWorker) string {
 	if r.o.Manual {
 		return ""
 	}
@@ -1002,7 +1002,7 @@ type roleLoad struct {
 
 // roleLoads sums in the candidates' order, which does not depend on the
 // order of nodes, so that float rounding cannot make the plan depend on it.
-func roleLoads(nodes []Node, order []int32) map[string]*roleLoad {
+func roleLoads(nodes []ScaleInWorker, order []int32) map[string]*roleLoad {
 	m := map[string]*roleLoad{}
 	for _, i := range order {
 		w := &nodes[i].Worker

@@ -18,10 +18,10 @@ var consRoles = []string{"app", "db", "proxy", ""}
 // are the sum of their residents and never above capacity less headroom),
 // some draining, some with a container that may not move, some young, some
 // not unneeded for long.
-func genConsCluster(t *rapid.T, headroom float64) []Node {
+func genConsCluster(t *rapid.T, headroom float64) []ScaleInWorker {
 	n := rapid.IntRange(0, 14).Draw(t, "nodes")
 	names := rapid.Permutation([]int{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13}).Draw(t, "names")
-	nodes := make([]Node, 0, n)
+	nodes := make([]ScaleInWorker, 0, n)
 	c := 0
 	for i := 0; i < n; i++ {
 		role := rapid.SampledFrom(consRoles).Draw(t, "role")
@@ -68,7 +68,7 @@ func genConsCluster(t *rapid.T, headroom float64) []Node {
 		w.CPUUsed = rapid.SampledFrom([]float64{0, 0.1, 0.3, 0.5, 0.7, 0.9}).Draw(t, "cpu-used")
 		w.Hot = rapid.IntRange(0, 4).Draw(t, "hot") == 0
 		w.Draining = rapid.IntRange(0, 9).Draw(t, "draining") == 0
-		nd := Node{
+		nd := ScaleInWorker{
 			Worker:    w,
 			JoinedAt:  consNow.Add(-time.Duration(rapid.IntRange(0, 60).Draw(t, "age-min")) * time.Minute),
 			Residents: rs,
@@ -150,7 +150,7 @@ func TestPlanConsolidationProperties(t *testing.T) {
 			t.Fatalf("PlanConsolidation changed its input")
 		}
 
-		byName := map[string]*Node{}
+		byName := map[string]*ScaleInWorker{}
 		for i := range nodes {
 			byName[nodes[i].Name] = &nodes[i]
 		}
@@ -390,7 +390,7 @@ func TestPlanConsolidationPropertyOrder(t *testing.T) {
 			idx[i] = i
 		}
 		perm := rapid.Permutation(idx).Draw(t, "perm")
-		shuffled := make([]Node, len(nodes))
+		shuffled := make([]ScaleInWorker, len(nodes))
 		for i, j := range perm {
 			shuffled[i] = nodes[j]
 		}
@@ -412,8 +412,8 @@ func TestPlanConsolidationPropertyOrder(t *testing.T) {
 	})
 }
 
-func slicesEqualNodes(a, b []Node) bool {
-	return slices.EqualFunc(a, b, func(x, y Node) bool {
+func slicesEqualNodes(a, b []ScaleInWorker) bool {
+	return slices.EqualFunc(a, b, func(x, y ScaleInWorker) bool {
 		return x.Name == y.Name && x.Reserved == y.Reserved && x.Used == y.Used && x.Capacity == y.Capacity &&
 			x.Draining == y.Draining && slices.Equal(x.Tags, y.Tags) && x.JoinedAt.Equal(y.JoinedAt) &&
 			x.CPUUsed == y.CPUUsed && x.Hot == y.Hot &&

@@ -27,8 +27,8 @@ func pinnedRes(name string, memMiB int64, tags ...string) Resident {
 // cn is a node of capMiB MiB holding rs, tagged tags, that joined an hour
 // ago and has been unneeded for five minutes: every waiting rule passes.
 // Reserved (and Used) are the sum of its residents.
-func cn(name string, capMiB int64, tags []string, rs ...Resident) Node {
-	n := Node{
+func cn(name string, capMiB int64, tags []string, rs ...Resident) ScaleInWorker {
+	n := ScaleInWorker{
 		Worker:        Worker{Name: name, Tags: tags, Capacity: capMiB * mib, Containers: len(rs)},
 		JoinedAt:      consNow.Add(-time.Hour),
 		UnneededSince: consNow.Add(-5 * time.Minute),
@@ -44,13 +44,13 @@ func cn(name string, capMiB int64, tags []string, rs ...Resident) Node {
 // filler is a node whose reservation (reservedMiB) is not broken down into
 // residents: it is above any threshold used here, so it is only ever a
 // target for moves.
-func filler(name string, capMiB, reservedMiB int64, tags ...string) Node {
+func filler(name string, capMiB, reservedMiB int64, tags ...string) ScaleInWorker {
 	n := cn(name, capMiB, tags)
 	n.Reserved, n.Used = reservedMiB*mib, reservedMiB*mib
 	return n
 }
 
-func with(n Node, f func(*Node)) Node { f(&n); return n }
+func with(n ScaleInWorker, f func(*ScaleInWorker)) ScaleInWorker { f(&n); return n }
 
 // noHeadroomCons is the default scale-in with no headroom, so that the
 // memory figures of the cases stay round.
@@ -80,7 +80,7 @@ func movesOf(p ConsolidationPlan) []mv {
 // exactly once in Remove, Replace or Skipped, moves come only from removed
 // workers and carry the resident's memory, every resident of a removed
 // worker moves exactly once, and no removed worker is a target.
-func checkPlanShape(t errorHelper, nodes []Node, p ConsolidationPlan) {
+func checkPlanShape(t errorHelper, nodes []ScaleInWorker, p ConsolidationPlan) {
 	t.Helper()
 	seen := map[string]int{}
 	for _, w := range p.Remove {
@@ -95,7 +95,7 @@ func checkPlanShape(t errorHelper, nodes []Node, p ConsolidationPlan) {
 			t.Errorf("worker %s skipped without a reason", s.Worker)
 		}
 	}
-	byName := map[string]*Node{}
+	byName := map[string]*ScaleInWorker{}
 	for i := range nodes {
 		byName[nodes[i].Name] = &nodes[i]
 		if seen[nodes[i].Name] != 1 {
@@ -149,7 +149,7 @@ func TestPlanConsolidation(t *testing.T) {
 	app, db := []string{"role=app"}, []string{"role=db"}
 	cases := []struct {
 		name  string
-		nodes []Node
+		nodes []ScaleInWorker
 		opts  func(*ConsolidateOptions)
 		// remove is the exact Remove list (nil and empty are the same).
 		remove []string
@@ -162,7 +162,7 @@ func TestPlanConsolidation(t *testing.T) {
 	}{
 		{
 			name: "candidate: least reserved memory first",
-			nodes: []Node{
+			nodes: []ScaleInWorker{
 				cn("c", 1000, app, res("c1", 300, app...)),
 				cn("a", 1000, app, res("a1", 200, app...)),
 				cn("b", 1000, app, res("b1", 100, app...)),
@@ -176,9 +176,9 @@ func TestPlanConsolidation(t *testing.T) {
 		},
 		{
 			name: "candidate: equal reservation, less actual use first",
-			nodes: []Node{
-				with(cn("a", 1000, app, res("a1", 200, app...)), func(n *Node) { n.Used = 150 * mib }),
-				with(cn("b", 1000, app, res("b1", 200, app...)), func(n *Node) { n.Used = 50 * mib }),
+			nodes: []ScaleInWorker{
+				with(cn("a", 1000, app, res("a1", 200, app...)), func(n *ScaleInWorker) { n.Used = 150 * mib }),
+				with(cn("b", 1000, app, res("b1", 200, app...)), func(n *ScaleInWorker) { n.Used = 50 * mib }),
 				filler("big", 10000, 6000, app...),
 			},
 			remove:  []string{"b"},
@@ -187,9 +187,9 @@ func TestPlanConsolidation(t *testing.T) {
 		},
 		{
 			name: "candidate: equal reservation and use, the younger worker first",
-			nodes: []Node{
-				with(cn("a", 1000, app, res("a1", 200, app...)), func(n *Node) { n.JoinedAt = consNow.Add(-30 * time.Minute) }),
-				with(cn("b", 1000, app, res("b1", 200, app...)), func(n *Node) { n.JoinedAt = consNow.Add(-3 * time.Hour) }),
+			nodes: []ScaleInWorker{
+				with(cn("a", 1000, app, res("a1", 200, app...)), func(n *ScaleInWorker) { n.JoinedAt = consNow.Add(-30 * time.Minute) }),
+				with(cn("b", 1000, app, res("b1", 200, app...)), func(n *ScaleInWorker) { n.JoinedAt = consNow.Add(-3 * time.Hour) }),
 				filler("big", 10000, 6000, app...),
 			},
 			remove:  []string{"a"},
@@ -198,7 +198,7 @@ func TestPlanConsolidation(t *testing.T) {
 		},
 		{
 			name: "candidate: all equal, the smaller name first",
-			nodes: []Node{
+			nodes: []ScaleInWorker{
 				cn("n2", 1000, app, res("x", 200, app...)),
 				cn("n1", 1000, app, res("y", 200, app...)),
 				filler("big", 10000, 6000, app...),
@@ -212,7 +212,7 @@ func TestPlanConsolidation(t *testing.T) {
 			// although its container is larger, and "over" goes too, since
 			// its container fits.
 			name: "threshold: a hint only: under it first, over it goes too when its containers fit",
-			nodes: []Node{
+			nodes: []ScaleInWorker{
 				cn("over", 1000, app, res("over1", 600, app...)),
 				cn("under", 2000, app, res("under1", 700, app...)),
 				filler("big", 10000, 5000, app...),
@@ -225,7 +225,7 @@ func TestPlanConsolidation(t *testing.T) {
 		},
 		{
 			name: "threshold: a worker above it is emptied when its containers fit",
-			nodes: []Node{
+			nodes: []ScaleInWorker{
 				cn("w", 1000, app, res("w1", 300, app...)),
 				filler("big", 10000, 6000, app...),
 			},
@@ -236,8 +236,8 @@ func TestPlanConsolidation(t *testing.T) {
 		},
 		{
 			name: "waiting: a worker younger than DelayAfterAdd stays but is unneeded",
-			nodes: []Node{
-				with(cn("young", 1000, app), func(n *Node) { n.JoinedAt = consNow.Add(-5 * time.Minute) }),
+			nodes: []ScaleInWorker{
+				with(cn("young", 1000, app), func(n *ScaleInWorker) { n.JoinedAt = consNow.Add(-5 * time.Minute) }),
 				cn("old", 1000, app),
 			},
 			remove:  []string{"old"},
@@ -247,8 +247,8 @@ func TestPlanConsolidation(t *testing.T) {
 		},
 		{
 			name: "waiting: Manual ignores DelayAfterAdd",
-			nodes: []Node{
-				with(cn("young", 1000, app, res("y1", 100, app...)), func(n *Node) { n.JoinedAt = consNow.Add(-time.Minute) }),
+			nodes: []ScaleInWorker{
+				with(cn("young", 1000, app, res("y1", 100, app...)), func(n *ScaleInWorker) { n.JoinedAt = consNow.Add(-time.Minute) }),
 				filler("big", 10000, 6000, app...),
 			},
 			opts:   func(o *ConsolidateOptions) { o.Manual = true },
@@ -257,10 +257,10 @@ func TestPlanConsolidation(t *testing.T) {
 		},
 		{
 			name: "waiting: never seen unneeded, or not for long enough",
-			nodes: []Node{
-				with(cn("zero", 1000, app), func(n *Node) { n.UnneededSince = time.Time{} }),
-				with(cn("recent", 1000, app), func(n *Node) { n.UnneededSince = consNow.Add(-time.Minute) }),
-				with(cn("exact", 1000, app), func(n *Node) { n.UnneededSince = consNow.Add(-2 * time.Minute) }),
+			nodes: []ScaleInWorker{
+				with(cn("zero", 1000, app), func(n *ScaleInWorker) { n.UnneededSince = time.Time{} }),
+				with(cn("recent", 1000, app), func(n *ScaleInWorker) { n.UnneededSince = consNow.Add(-time.Minute) }),
+				with(cn("exact", 1000, app), func(n *ScaleInWorker) { n.UnneededSince = consNow.Add(-2 * time.Minute) }),
 			},
 			remove: []string{"exact"},
 			skipped: map[string]string{
@@ -271,17 +271,17 @@ func TestPlanConsolidation(t *testing.T) {
 		},
 		{
 			name: "waiting: Manual ignores UnneededSince",
-			nodes: []Node{
-				with(cn("zero", 1000, app), func(n *Node) { n.UnneededSince = time.Time{} }),
-				with(cn("recent", 1000, app), func(n *Node) { n.UnneededSince = consNow.Add(-time.Second) }),
+			nodes: []ScaleInWorker{
+				with(cn("zero", 1000, app), func(n *ScaleInWorker) { n.UnneededSince = time.Time{} }),
+				with(cn("recent", 1000, app), func(n *ScaleInWorker) { n.UnneededSince = consNow.Add(-time.Second) }),
 			},
 			opts:   func(o *ConsolidateOptions) { o.Manual = true },
 			remove: []string{"recent", "zero"},
 		},
 		{
 			name: "safety: a draining worker is skipped, even when Manual",
-			nodes: []Node{
-				with(cn("d", 1000, app), func(n *Node) { n.Draining = true }),
+			nodes: []ScaleInWorker{
+				with(cn("d", 1000, app), func(n *ScaleInWorker) { n.Draining = true }),
 				cn("e", 1000, app),
 			},
 			opts:     func(o *ConsolidateOptions) { o.Manual = true },
@@ -291,7 +291,7 @@ func TestPlanConsolidation(t *testing.T) {
 		},
 		{
 			name: "safety: a non-relocatable resident keeps its worker, even when Manual",
-			nodes: []Node{
+			nodes: []ScaleInWorker{
 				cn("p", 1000, db, res("db-cache", 50, db...), pinnedRes("db-primary", 100, db...)),
 				filler("big", 10000, 6000, db...),
 			},
@@ -301,7 +301,7 @@ func TestPlanConsolidation(t *testing.T) {
 		},
 		{
 			name: "safety: MinPerRole keeps the last workers of a role",
-			nodes: []Node{
+			nodes: []ScaleInWorker{
 				cn("db1", 1000, db),
 				cn("db2", 1000, db),
 			},
@@ -314,7 +314,7 @@ func TestPlanConsolidation(t *testing.T) {
 		},
 		{
 			name: "safety: two empty workers of a role with minimum 1, only one goes",
-			nodes: []Node{
+			nodes: []ScaleInWorker{
 				cn("app2", 1000, app),
 				cn("app1", 1000, app),
 				cn("db1", 1000, db),
@@ -326,7 +326,7 @@ func TestPlanConsolidation(t *testing.T) {
 		},
 		{
 			name: "safety: MinPerRole counts the workers removed earlier in the round",
-			nodes: []Node{
+			nodes: []ScaleInWorker{
 				cn("a1", 1000, app), cn("a2", 1000, app), cn("a3", 1000, app), cn("a4", 1000, app),
 			},
 			opts:    func(o *ConsolidateOptions) { o.MinPerRole = map[string]int{"app": 2} },
@@ -335,8 +335,8 @@ func TestPlanConsolidation(t *testing.T) {
 		},
 		{
 			name: "safety: MinPerRole does not count workers already draining away",
-			nodes: []Node{
-				with(cn("db1", 1000, db), func(n *Node) { n.Draining = true }),
+			nodes: []ScaleInWorker{
+				with(cn("db1", 1000, db), func(n *ScaleInWorker) { n.Draining = true }),
 				cn("db2", 1000, db),
 			},
 			opts:     func(o *ConsolidateOptions) { o.MinPerRole = map[string]int{"db": 1} },
@@ -345,7 +345,7 @@ func TestPlanConsolidation(t *testing.T) {
 		},
 		{
 			name: "fit: residents need role=db and the only other free worker is role=app",
-			nodes: []Node{
+			nodes: []ScaleInWorker{
 				cn("db1", 1000, db, res("pg", 200, db...)),
 				filler("db2", 1000, 950, db...),
 				filler("app1", 10000, 6000, app...),
@@ -358,7 +358,7 @@ func TestPlanConsolidation(t *testing.T) {
 		},
 		{
 			name: "fit: enough free memory in total, but no single worker holds the largest container",
-			nodes: []Node{
+			nodes: []ScaleInWorker{
 				cn("x", 2000, app, res("big", 600, app...), res("small", 100, app...)),
 				filler("y", 1000, 600, app...),
 				filler("z", 1000, 600, app...),
@@ -368,7 +368,7 @@ func TestPlanConsolidation(t *testing.T) {
 		},
 		{
 			name: "fit: two residents never count on the same free memory",
-			nodes: []Node{
+			nodes: []ScaleInWorker{
 				cn("x", 2000, app, res("r1", 300, app...), res("r2", 300, app...)),
 				filler("y", 1000, 600, app...),
 				filler("z", 1000, 600, app...),
@@ -378,7 +378,7 @@ func TestPlanConsolidation(t *testing.T) {
 		},
 		{
 			name: "fit: one worker with room for one of two residents",
-			nodes: []Node{
+			nodes: []ScaleInWorker{
 				cn("x", 2000, app, res("r1", 300, app...), res("r2", 300, app...)),
 				filler("y", 1000, 500, app...),
 			},
@@ -387,7 +387,7 @@ func TestPlanConsolidation(t *testing.T) {
 		},
 		{
 			name: "fit: headroom is not free memory",
-			nodes: []Node{
+			nodes: []ScaleInWorker{
 				cn("x", 1000, app, res("r", 400, app...)),
 				filler("y", 1000, 550, app...),
 			},
@@ -396,16 +396,16 @@ func TestPlanConsolidation(t *testing.T) {
 		},
 		{
 			name: "fit: draining workers take no moved containers",
-			nodes: []Node{
+			nodes: []ScaleInWorker{
 				cn("x", 1000, app, res("r", 100, app...)),
-				with(filler("d", 10000, 6000, app...), func(n *Node) { n.Draining = true }),
+				with(filler("d", 10000, 6000, app...), func(n *ScaleInWorker) { n.Draining = true }),
 			},
 			skipped: map[string]string{"x": "its containers cannot all move: no worker fits r (role=app, 100MiB): 1 worker is draining", "d": "already draining"},
 		},
 		{
 			// Moves pack whatever the launch strategy (issue 13).
 			name: "fit: under spread too, moves go to the least free memory that fits, largest container first",
-			nodes: []Node{
+			nodes: []ScaleInWorker{
 				cn("x", 4000, app, res("s", 100, app...), res("l", 300, app...)),
 				filler("y", 1000, 600, app...),
 				filler("z", 2000, 1500, app...),
@@ -415,7 +415,7 @@ func TestPlanConsolidation(t *testing.T) {
 		},
 		{
 			name: "fit: binpack moves to the least free memory that fits",
-			nodes: []Node{
+			nodes: []ScaleInWorker{
 				cn("x", 4000, app, res("s", 100, app...), res("l", 300, app...)),
 				filler("y", 1000, 600, app...),
 				filler("z", 2000, 1500, app...),
@@ -426,7 +426,7 @@ func TestPlanConsolidation(t *testing.T) {
 		},
 		{
 			name: "round: one non-empty worker, all empty ones, least utilized first",
-			nodes: []Node{
+			nodes: []ScaleInWorker{
 				cn("n2", 1000, app, res("n2a", 200, app...)),
 				cn("n1", 1000, app, res("n1a", 100, app...)),
 				cn("e2", 1000, app),
@@ -440,7 +440,7 @@ func TestPlanConsolidation(t *testing.T) {
 		},
 		{
 			name: "round: MaxNonEmpty 0 leaves the round to the budget (one of 3 workers)",
-			nodes: []Node{
+			nodes: []ScaleInWorker{
 				cn("n1", 1000, app, res("n1a", 100, app...)),
 				cn("n2", 1000, app, res("n2a", 200, app...)),
 				filler("big", 10000, 6000, app...),
@@ -452,7 +452,7 @@ func TestPlanConsolidation(t *testing.T) {
 		},
 		{
 			name: "round: MaxNonEmpty 1 caps a round the budget allows more",
-			nodes: []Node{
+			nodes: []ScaleInWorker{
 				cn("n1", 1000, app, res("n1a", 100, app...)),
 				cn("n2", 1000, app, res("n2a", 200, app...)),
 				filler("big", 10000, 6000, app...),
@@ -464,7 +464,7 @@ func TestPlanConsolidation(t *testing.T) {
 		},
 		{
 			name: "round: a budget of 2 workers drains two in one round",
-			nodes: []Node{
+			nodes: []ScaleInWorker{
 				cn("n1", 1000, app, res("n1a", 100, app...)),
 				cn("n2", 1000, app, res("n2a", 200, app...)),
 				cn("n3", 1000, app, res("n3a", 300, app...)),
@@ -477,7 +477,7 @@ func TestPlanConsolidation(t *testing.T) {
 		},
 		{
 			name: "round: the smaller of the two allowances applies",
-			nodes: []Node{
+			nodes: []ScaleInWorker{
 				cn("n1", 1000, app, res("n1a", 100, app...)),
 				cn("n2", 1000, app, res("n2a", 200, app...)),
 				cn("n3", 1000, app, res("n3a", 300, app...)),
@@ -490,9 +490,9 @@ func TestPlanConsolidation(t *testing.T) {
 		},
 		{
 			name: "round: workers already draining use up the budget",
-			nodes: []Node{
+			nodes: []ScaleInWorker{
 				cn("n1", 1000, app, res("n1a", 100, app...)),
-				with(cn("d", 1000, app, res("da", 100, app...)), func(n *Node) { n.Draining = true }),
+				with(cn("d", 1000, app, res("da", 100, app...)), func(n *ScaleInWorker) { n.Draining = true }),
 				cn("e", 1000, app),
 				filler("big", 10000, 6000, app...),
 			},
@@ -503,7 +503,7 @@ func TestPlanConsolidation(t *testing.T) {
 		{
 			// The residents need zone=b, which only y and z have.
 			name: "round: MaxNonEmpty 2 drains two, on memory the first did not take",
-			nodes: []Node{
+			nodes: []ScaleInWorker{
 				cn("n1", 1000, app, res("n1a", 300, "role=app", "zone=b")),
 				cn("n2", 1000, app, res("n2a", 350, "role=app", "zone=b")),
 				filler("y", 1000, 600, "role=app", "zone=b"),
@@ -517,7 +517,7 @@ func TestPlanConsolidation(t *testing.T) {
 		},
 		{
 			name: "round: a candidate that cannot move does not use up the round",
-			nodes: []Node{
+			nodes: []ScaleInWorker{
 				cn("n1", 1000, db, res("pg", 100, db...)),
 				cn("n2", 1000, app, res("web", 200, app...)),
 				filler("big", 10000, 6000, app...),
@@ -529,7 +529,7 @@ func TestPlanConsolidation(t *testing.T) {
 		},
 		{
 			name: "round: a worker receiving moved containers is not removed in the same round",
-			nodes: []Node{
+			nodes: []ScaleInWorker{
 				cn("n1", 1000, db, res("pg", 100, db...)),
 				cn("n2", 4000, db, res("pg2", 1200, db...)),
 				filler("f", 1000, 950, db...),
@@ -542,7 +542,7 @@ func TestPlanConsolidation(t *testing.T) {
 		},
 		{
 			name: "round: an empty worker removed this round takes no moved containers",
-			nodes: []Node{
+			nodes: []ScaleInWorker{
 				cn("e", 8000, app),
 				cn("n", 1000, app, res("web", 300, app...)),
 			},
@@ -602,7 +602,7 @@ func TestPlanConsolidation(t *testing.T) {
 
 // TestPlanConsolidationMoveReason checks a move's full record.
 func TestPlanConsolidationMoveReason(t *testing.T) {
-	nodes := []Node{
+	nodes := []ScaleInWorker{
 		cn("x", 1000, []string{"role=app"}, res("web.1", 100, "role=app")),
 		filler("y", 2000, 1200, "role=app"),
 	}
@@ -617,7 +617,7 @@ func TestPlanConsolidationMoveReason(t *testing.T) {
 // are left as they were.
 func TestPlanConsolidationDoesNotChangeInput(t *testing.T) {
 	app := []string{"role=app"}
-	nodes := []Node{
+	nodes := []ScaleInWorker{
 		cn("e", 1000, app),
 		cn("x", 2000, app, res("r1", 300, app...), res("r2", 300, app...)),
 		filler("y", 1000, 600, app...),
@@ -639,7 +639,7 @@ func TestPlanConsolidationDoesNotChangeInput(t *testing.T) {
 // depend on the order of the nodes.
 func TestPlanConsolidationOrderIndependent(t *testing.T) {
 	app, db := []string{"role=app"}, []string{"role=db"}
-	nodes := []Node{
+	nodes := []ScaleInWorker{
 		cn("e1", 1000, app),
 		cn("e2", 1000, db),
 		cn("n1", 1000, app, res("a", 200, app...)),
@@ -675,7 +675,7 @@ func TestPlanConsolidationOrderIndependent(t *testing.T) {
 	}
 }
 
-func cloneNodes(ns []Node) []Node {
+func cloneNodes(ns []ScaleInWorker) []ScaleInWorker {
 	out := slices.Clone(ns)
 	for i := range out {
 		out[i].Tags = slices.Clone(out[i].Tags)
@@ -716,8 +716,8 @@ func TestBudgetAllowance(t *testing.T) {
 // not take, in the repack, the room an older worker needs to go now.
 func TestPlanConsolidationYoungLast(t *testing.T) {
 	app := []string{"role=app"}
-	nodes := []Node{
-		with(cn("young", 1000, app, res("y1", 300, app...)), func(n *Node) { n.JoinedAt = consNow.Add(-time.Minute) }),
+	nodes := []ScaleInWorker{
+		with(cn("young", 1000, app, res("y1", 300, app...)), func(n *ScaleInWorker) { n.JoinedAt = consNow.Add(-time.Minute) }),
 		cn("old", 1000, app, res("o1", 300, app...)),
 		filler("big", 10000, 9600, app...),
 	}
@@ -735,14 +735,14 @@ func TestPlanConsolidationReplace(t *testing.T) {
 		{Name: "small", Memory: 1000 * mib, Price: 0.1},
 		{Name: "free", Memory: 500 * mib}, // no price: never used
 	}
-	priced := func(n Node, p float64) Node { n.Price = p; return n }
+	priced := func(n ScaleInWorker, p float64) ScaleInWorker { n.Price = p; return n }
 	type rp struct {
 		worker, typ string
 		saving      float64
 	}
 	cases := []struct {
 		name     string
-		nodes    []Node
+		nodes    []ScaleInWorker
 		opts     func(*ConsolidateOptions)
 		remove   []string
 		replace  []rp
@@ -752,44 +752,44 @@ func TestPlanConsolidationReplace(t *testing.T) {
 	}{
 		{
 			name:     "a worker whose containers cannot move goes to the cheapest type that holds them",
-			nodes:    []Node{priced(cn("big", 4000, app, res("a1", 300, app...)), 0.4)},
+			nodes:    []ScaleInWorker{priced(cn("big", 4000, app, res("a1", 300, app...)), 0.4)},
 			replace:  []rp{{"big", "small", 0.3}},
 			unneeded: []string{"big"},
 			saving:   0.3,
 		},
 		{
 			name:    "headroom counts: 950MiB needs the medium type with 10% headroom",
-			nodes:   []Node{priced(cn("big", 4000, app, res("a1", 950, app...)), 0.4)},
+			nodes:   []ScaleInWorker{priced(cn("big", 4000, app, res("a1", 950, app...)), 0.4)},
 			opts:    func(o *ConsolidateOptions) { o.Placement.Headroom = 0.10 },
 			replace: []rp{{"big", "medium", 0.2}},
 			saving:  0.2,
 		},
 		{
 			name:     "a saving under MinSaving keeps the worker as it is",
-			nodes:    []Node{priced(cn("big", 4000, app, res("a1", 300, app...)), 0.4)},
+			nodes:    []ScaleInWorker{priced(cn("big", 4000, app, res("a1", 300, app...)), 0.4)},
 			opts:     func(o *ConsolidateOptions) { o.MinSaving = 0.5 },
 			skipped:  map[string]string{"big": "removing it saves $0.4/h, under the minimum saving of $0.5/h"},
 			unneeded: []string{},
 		},
 		{
 			name:    "a worker of unknown price is not replaced",
-			nodes:   []Node{cn("big", 4000, app, res("a1", 300, app...))},
+			nodes:   []ScaleInWorker{cn("big", 4000, app, res("a1", 300, app...))},
 			skipped: map[string]string{"big": "its containers cannot all move"},
 		},
 		{
 			name:    "a container that may not move keeps its worker as it is",
-			nodes:   []Node{priced(cn("big", 4000, db, pinnedRes("pg", 300, db...)), 0.4)},
+			nodes:   []ScaleInWorker{priced(cn("big", 4000, db, pinnedRes("pg", 300, db...)), 0.4)},
 			skipped: map[string]string{"big": "pg is not relocatable"},
 		},
 		{
 			name:     "waiting rules: unneeded, replaced once it has been for UnneededTime",
-			nodes:    []Node{with(priced(cn("big", 4000, app, res("a1", 300, app...)), 0.4), func(n *Node) { n.UnneededSince = time.Time{} })},
+			nodes:    []ScaleInWorker{with(priced(cn("big", 4000, app, res("a1", 300, app...)), 0.4), func(n *ScaleInWorker) { n.UnneededSince = time.Time{} })},
 			skipped:  map[string]string{"big": "could be replaced by a small (saves $0.3/h); unneeded for 0s; must be for 2m0s"},
 			unneeded: []string{"big"},
 		},
 		{
 			name: "the budget: the larger saving first, the other waits its turn",
-			nodes: []Node{
+			nodes: []ScaleInWorker{
 				priced(cn("a", 4000, []string{"role=app", "zone=a"}, res("a1", 300, "role=app", "zone=a")), 0.3),
 				priced(cn("b", 4000, []string{"role=app", "zone=b"}, res("b1", 300, "role=app", "zone=b")), 0.4),
 			},
@@ -801,7 +801,7 @@ func TestPlanConsolidationReplace(t *testing.T) {
 		},
 		{
 			name: "an empty worker kept by MinPerRole is replaced by the cheapest type",
-			nodes: []Node{
+			nodes: []ScaleInWorker{
 				priced(cn("e", 4000, app), 0.4),
 			},
 			opts:     func(o *ConsolidateOptions) { o.MinPerRole = map[string]int{"app": 1} },
@@ -811,15 +811,15 @@ func TestPlanConsolidationReplace(t *testing.T) {
 		},
 		{
 			name: "the usage guard: a smaller type must not push the role above the limit",
-			nodes: []Node{
-				with(priced(cn("big", 4000, app, res("a1", 300, app...)), 0.4), func(n *Node) { n.Used = 900 * mib }),
+			nodes: []ScaleInWorker{
+				with(priced(cn("big", 4000, app, res("a1", 300, app...)), 0.4), func(n *ScaleInWorker) { n.Used = 900 * mib }),
 			},
 			opts:    func(o *ConsolidateOptions) { o.UsageLimit = UsageLimit{Memory: 0.8} },
 			skipped: map[string]string{"big": "would leave role=app no worker to carry its load; a small would push role=app to 90% memory use, above the 80% limit"},
 		},
 		{
 			name: "removals save their worker's price; replacements the difference",
-			nodes: []Node{
+			nodes: []ScaleInWorker{
 				priced(cn("n", 1000, app, res("n1", 100, app...)), 0.25),
 				priced(cn("e", 1000, app), 0.05),
 				priced(filler("f", 10000, 6000, app...), 1),
@@ -834,7 +834,7 @@ func TestPlanConsolidationReplace(t *testing.T) {
 		},
 		{
 			name: "MinSaving keeps a worker with containers that saves too little; an empty one goes",
-			nodes: []Node{
+			nodes: []ScaleInWorker{
 				priced(cn("n", 1000, app, res("n1", 100, app...)), 0.05),
 				priced(cn("e", 1000, app), 0.05),
 				priced(filler("f", 10000, 6000, app...), 1),

@@ -19,7 +19,7 @@ import (
 // when one does not fit. Nothing is rebuilt between candidates, which is
 // what keeps a round cheap when no candidate can be emptied.
 type pool struct {
-	nodes    []Node
+	nodes    []ScaleInWorker
 	free     []int64 // capacity − reserved (with the moves planned so far) − headroom
 	rank     []int32 // place in (name, index) order
 	grp      []int32 // group, or -1 for a draining worker
@@ -42,7 +42,7 @@ type pgroup struct {
 
 func pos(x int64) int64 { return max(x, 0) }
 
-func newPool(nodes []Node, o Options) *pool {
+func newPool(nodes []ScaleInWorker, o Options) *pool {
 	n := len(nodes)
 	p := &pool{
 		nodes:    nodes,

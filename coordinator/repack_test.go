@@ -18,7 +18,7 @@ const repackCapacity = 4 << 30
 // repackCluster returns the spread placement of containers requests over
 // twice the workers a fresh FFD packing needs, and that FFD count and the
 // lower bound ⌈Σ requests / usable memory of a worker⌉.
-func repackCluster(containers int, seed uint64, o Options) (nodes []Node, ffd, lb int) {
+func repackCluster(containers int, seed uint64, o Options) (nodes []ScaleInWorker, ffd, lb int) {
 	rng := rand.New(rand.NewPCG(seed, 0x4e9a))
 	tags := []string{"role=app"}
 	reqs := make([]Request, containers)
@@ -54,7 +54,7 @@ func repackCluster(containers int, seed uint64, o Options) (nodes []Node, ffd, l
 			continue
 		}
 		for _, w := range p.Snapshot().Workers {
-			nodes = append(nodes, Node{Worker: w, JoinedAt: consNow.AddDate(0, 0, -1), Residents: on[w.Name]})
+			nodes = append(nodes, ScaleInWorker{Worker: w, JoinedAt: consNow.AddDate(0, 0, -1), Residents: on[w.Name]})
 		}
 		rng.Shuffle(len(nodes), func(i, j int) { nodes[i], nodes[j] = nodes[j], nodes[i] })
 		return nodes, ffd, lb
@@ -89,7 +89,7 @@ func ffdCount(reqs []Request, usable int64) int {
 // applyPlan carries out a plan on nodes the way the manager does: moves
 // (make before break), then removals; it checks each target has the
 // container's tags and room with headroom.
-func applyPlan(nodes []Node, p ConsolidationPlan, o Options) ([]Node, error) {
+func applyPlan(nodes []ScaleInWorker, p ConsolidationPlan, o Options) ([]ScaleInWorker, error) {
 	idx := map[string]int{}
 	for i := range nodes {
 		idx[nodes[i].Name] = i
@@ -121,7 +121,7 @@ func applyPlan(nodes []Node, p ConsolidationPlan, o Options) ([]Node, error) {
 		}
 		gone[w] = true
 	}
-	return slices.DeleteFunc(nodes, func(n Node) bool { return gone[n.Name] }), nil
+	return slices.DeleteFunc(nodes, func(n ScaleInWorker) bool { return gone[n.Name] }), nil
 }
 
 type repackResult struct {

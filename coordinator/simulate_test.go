@@ -360,9 +360,9 @@ func simulateDay(svcs []simService, demand [][]int, cfg simConfig, seed uint64) 
 				res.hoursByType[bytesize.Format(w.capacity)] += 1.0 / 60
 			}
 			res.peakWorkers = max(res.peakWorkers, len(workers))
-			nodes := make([]Node, len(workers))
+			nodes := make([]ScaleInWorker, len(workers))
 			for i, w := range workers {
-				n := Node{
+				n := ScaleInWorker{
 					Worker:        Worker{Name: w.name, Tags: w.tags, Capacity: w.capacity, Reserved: w.reserved, Used: w.reserved, Containers: len(w.containers), Price: w.price},
 					JoinedAt:      w.joined,
 					UnneededSince: w.unneededSince,
@@ -661,12 +661,12 @@ func simHourly(names []string, rs []simResult) string {
 // than the smallest container free), and each low worker carries only a
 // tag of its own, which its containers require: no worker with containers
 // can be emptied, and each is tried in turn.
-func benchConsNodes(n int, noRoom bool) []Node {
+func benchConsNodes(n int, noRoom bool) []ScaleInWorker {
 	rng := rand.New(rand.NewPCG(uint64(n), 7))
 	o := DefaultOptions()
 	const capacity = 16 << 30
 	usable := capacity - o.HeadroomBytes(&Worker{Capacity: capacity})
-	nodes := make([]Node, n)
+	nodes := make([]ScaleInWorker, n)
 	c := 0
 	for i := range nodes {
 		var tags []string
@@ -678,7 +678,7 @@ func benchConsNodes(n int, noRoom bool) []Node {
 		default:
 			tags = []string{"role=db"}
 		}
-		nd := Node{
+		nd := ScaleInWorker{
 			Worker:   Worker{Name: fmt.Sprintf("w%05d", i), Tags: tags, Capacity: capacity},
 			JoinedAt: consNow.Add(-time.Duration(1+rng.IntN(48)) * time.Hour),
 		}
@@ -737,16 +737,16 @@ func benchConsNodes(n int, noRoom bool) []Node {
 // MiB (no headroom), but 20 of them with 100MiB more: every candidate's
 // first 20 containers find a place, the 21st does not, so each of the n
 // trials goes almost to the end before it is undone.
-func lateFailureNodes(n int) []Node {
+func lateFailureNodes(n int) []ScaleInWorker {
 	tags := []string{"role=app"}
-	nodes := make([]Node, n)
+	nodes := make([]ScaleInWorker, n)
 	c := 0
 	for i := range nodes {
 		capacity := int64(22 * 64 * mib)
 		if i < 20 {
 			capacity += 100 * mib
 		}
-		nd := Node{Worker: Worker{Name: fmt.Sprintf("w%05d", i), Tags: tags, Capacity: capacity},
+		nd := ScaleInWorker{Worker: Worker{Name: fmt.Sprintf("w%05d", i), Tags: tags, Capacity: capacity},
 			JoinedAt: consNow.Add(-time.Hour), UnneededSince: consNow.Add(-time.Hour)}
 		for k := 0; k < 22; k++ {
 			nd.Residents = append(nd.Residents, Resident{Name: fmt.Sprintf("c%07d", c), Tags: tags, Memory: 64 * mib, Relocatable: true})
@@ -763,7 +763,7 @@ func benchPlanConsolidation(b *testing.B, n int, noRoom bool) {
 	benchPlanNodes(b, benchConsNodes(n, noRoom), DefaultConsolidateOptions())
 }
 
-func benchPlanNodes(b *testing.B, nodes []Node, o ConsolidateOptions) {
+func benchPlanNodes(b *testing.B, nodes []ScaleInWorker, o ConsolidateOptions) {
 	n := len(nodes)
 	containers := 0
 	for _, nd := range nodes {

@@ -95,13 +95,13 @@ func (m *Manager) auth(h http.Handler) http.Handler {
 func (m *Manager) handleStatus(l *leader, w http.ResponseWriter, r *http.Request) {
 	n := 0
 	for _, wk := range m.members.workers() {
-		if wk.Status == statusAlive {
+		if wk.Status == MemberAlive {
 			n++
 		}
 	}
 	managers := 0
 	for _, mg := range m.members.managers() {
-		if mg.Status == statusAlive {
+		if mg.Status == MemberAlive {
 			managers++
 		}
 	}
@@ -116,7 +116,7 @@ func (m *Manager) handleNodes(l *leader, w http.ResponseWriter, r *http.Request)
 
 // Nodes returns every worker with its load, then every manager, as the API
 // shows them.
-func (l *leader) Nodes() []NodeView {
+func (l *leader) Nodes() []MemberView {
 	m := l.m
 	snap := l.snapshot()
 	free := map[string]int64{}
@@ -128,9 +128,9 @@ func (l *leader) Nodes() []NodeView {
 		reserved[wk.Name] = wk.Reserved
 		count[wk.Name] = wk.Containers
 	}
-	out := []NodeView{}
+	out := []MemberView{}
 	for _, wk := range m.members.workers() {
-		v := NodeView{
+		v := MemberView{
 			Name: wk.Name, Kind: wk.Load.Kind, Status: wk.Status, Address: wk.Addr, API: wk.Load.API,
 			Tags: wk.Load.Tags, Capacity: wk.Load.Capacity, Reserved: wk.Load.Reserved, Used: wk.Load.Used,
 			CPU: wk.Load.CPU, Containers: wk.Load.Containers, Draining: wk.Load.Draining || l.isDraining(wk.Name), LastUpdate: wk.LastUpdate,
@@ -145,7 +145,7 @@ func (l *leader) Nodes() []NodeView {
 	}
 	self := false
 	for _, mg := range m.members.managers() {
-		v := NodeView{Name: mg.Name, Kind: wire.KindManager, Status: mg.Status, Address: mg.Addr, API: mg.Load.API, LastUpdate: mg.LastUpdate}
+		v := MemberView{Name: mg.Name, Kind: wire.KindManager, Status: mg.Status, Address: mg.Addr, API: mg.Load.API, LastUpdate: mg.LastUpdate}
 		if mg.Load.Started > 0 {
 			v.Started = time.Unix(mg.Load.Started, 0).UTC()
 		}
@@ -156,7 +156,7 @@ func (l *leader) Nodes() []NodeView {
 		out = append(out, v)
 	}
 	if !self {
-		out = append(out, NodeView{Name: m.cfg.NodeName, Kind: wire.KindManager, Status: statusAlive,
+		out = append(out, MemberView{Name: m.cfg.NodeName, Kind: wire.KindManager, Status: MemberAlive,
 			Leader: true, LeaderSince: l.since.UTC(), Term: l.lease.Term(), LastUpdate: time.Now().UTC()})
 	}
 	return out

@@ -29,7 +29,7 @@ func TestReadAPI(t *testing.T) {
 	}
 	eventually(t, 5*time.Second, "all run", func() bool { return m.passing("web") == 2 && m.passing("db") == 1 })
 
-	var ns []NodeView
+	var ns []MemberView
 	if code := m.do("GET", "/v1/nodes", nil, &ns); code != 200 || len(ns) != 4 {
 		t.Fatalf("nodes: %d %+v", code, ns)
 	}

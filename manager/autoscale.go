@@ -244,7 +244,7 @@ func (l *leader) collectStats(ctx context.Context, pols []*PolicyRecord, now tim
 	var wg sync.WaitGroup
 	for n := range nodes {
 		w, ok := l.m.members.get(n)
-		if !ok || w.Status != statusAlive || w.Load.API == "" {
+		if !ok || w.Status != MemberAlive || w.Load.API == "" {
 			continue
 		}
 		wg.Add(1)
@@ -840,7 +840,7 @@ func (l *leader) evaluateAlerts(ctx context.Context, now time.Time) {
 func (l *leader) usageWorkers() []coordinator.Worker {
 	var out []coordinator.Worker
 	for _, w := range l.m.members.workers() {
-		if w.Status != statusAlive || w.Load.API == "" {
+		if w.Status != MemberAlive || w.Load.API == "" {
 			continue
 		}
 		out = append(out, coordinator.Worker{Name: w.Name, Tags: w.Load.Tags, Capacity: w.Load.Capacity, Reserved: w.Load.Reserved,

@@ -106,10 +106,10 @@ func (l *leader) startCron() (func(), error) {
 
 // consolidationInput builds consolidation's view of the workers: the
 // placement snapshot plus age, unneeded-since and the containers on each.
-func (l *leader) consolidationInput() []coordinator.Node {
+func (l *leader) consolidationInput() []coordinator.ScaleInWorker {
 	m := l.m
 	joined := map[string]time.Time{}
-	inst := map[string]*Instance{}
+	inst := map[string]*InstanceRecord{}
 	for _, in := range l.store.Instances() {
 		inst[in.Name] = in
 		if !in.JoinedAt.IsZero() {
@@ -131,10 +131,10 @@ func (l *leader) consolidationInput() []coordinator.Node {
 	}
 	l.cons.stateMu.Lock()
 	defer l.cons.stateMu.Unlock()
-	nodes := make([]coordinator.Node, 0, len(snap.Workers))
+	nodes := make([]coordinator.ScaleInWorker, 0, len(snap.Workers))
 	for _, w := range snap.Workers {
 		w.Price = m.priceOf(w.Name, w.Capacity, inst)
-		n := coordinator.Node{Worker: w, UnneededSince: l.cons.unneededSince[w.Name], Residents: residents[w.Name]}
+		n := coordinator.ScaleInWorker{Worker: w, UnneededSince: l.cons.unneededSince[w.Name], Residents: residents[w.Name]}
 		if mem, ok := m.members.get(w.Name); ok {
 			n.JoinedAt = mem.FirstSeen
 			if mem.Load.Started > 0 {
@@ -528,7 +528,7 @@ func (l *leader) move(ctx context.Context, mv coordinator.Move) error {
 		return err
 	}
 	target, ok := m.members.get(mv.To)
-	if !ok || target.Status != statusAlive || target.Load.API == "" {
+	if !ok || target.Status != MemberAlive || target.Load.API == "" {
 		return fail(fmt.Errorf("target %s is not alive", mv.To))
 	}
 	mctx, cancel := context.WithTimeout(ctx, m.cfg.MoveTimeout)

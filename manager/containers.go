@@ -225,7 +225,7 @@ func (l *leader) start(ctx context.Context, name string) {
 		return
 	}
 	w, ok := m.members.get(c.Node)
-	if !ok || w.Status != statusAlive || w.Load.API == "" {
+	if !ok || w.Status != MemberAlive || w.Load.API == "" {
 		return // reconciliation re-places it if the worker is gone
 	}
 	sctx, cancel := context.WithTimeout(ctx, 90*time.Second)
@@ -367,12 +367,12 @@ func (l *leader) stopOne(ctx context.Context, name string) error {
 	m.regs.drop(c.Name, c.Generation)
 	if c.Move != nil {
 		l.deregister(ctx, c.Name, c.Move.Generation)
-		if w, ok := m.members.get(c.Move.Node); ok && w.Status == statusAlive && w.Load.API != "" {
+		if w, ok := m.members.get(c.Move.Node); ok && w.Status == MemberAlive && w.Load.API != "" {
 			_, _ = l.agents.Stop(ctx, w.Load.API, name, c.Move.Generation)
 		}
 	}
 	if c.Node != "" {
-		if w, ok := m.members.get(c.Node); ok && w.Status == statusAlive && w.Load.API != "" {
+		if w, ok := m.members.get(c.Node); ok && w.Status == MemberAlive && w.Load.API != "" {
 			if _, err := l.agents.Stop(ctx, w.Load.API, name, -1); err != nil {
 				return fmt.Errorf("stop %s on %s: %w", name, c.Node, err)
 			}

@@ -17,7 +17,7 @@ func benchView(nWorkers, nContainers int) reconcileView {
 	regs := newRegSet(nContainers)
 	for j := range nWorkers {
 		name := fmt.Sprintf("w-%d", j+1)
-		workers[name] = member{Name: name, Status: statusAlive, Load: wire.Load{Kind: wire.KindWorker, Digest: 1}}
+		workers[name] = member{Name: name, Status: MemberAlive, Load: wire.Load{Kind: wire.KindWorker, Digest: 1}}
 		observed[name] = &observation{copies: map[string]copyInfo{}, digest: 1}
 	}
 	spec := &Spec{Service: "web", Image: "x", Memory: 1 << 20, Check: Check{Type: "tcp"}}

@@ -66,7 +66,7 @@ func (m *Manager) forward(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	mem, ok := m.members.get(h.Name)
-	if !ok || mem.Status != statusAlive || mem.Load.API == "" {
+	if !ok || mem.Status != MemberAlive || mem.Load.API == "" {
 		unavailable("the leader " + h.Name + " is not reachable through gossip")
 		return
 	}

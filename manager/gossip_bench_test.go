@@ -467,7 +467,7 @@ func gossipProgress(stop chan struct{}, from time.Time, mem *members, agents []*
 			return
 		case <-t.C:
 		}
-		status := map[string]int{}
+		status := map[MemberStatus]int{}
 		for _, w := range mem.workers() {
 			status[w.Status]++
 		}

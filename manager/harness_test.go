@@ -145,13 +145,13 @@ func (tm *testManager) stop() {
 func (tm *testManager) seeManager(o *testManager) {
 	host, port, _ := net.SplitHostPort(strings.TrimPrefix(o.base, "http://"))
 	meta, _ := wire.Load{Kind: wire.KindManager, API: net.JoinHostPort(host, port), Started: 1}.Encode()
-	tm.members.upsert(&memberlist.Node{Name: o.name, Addr: net.ParseIP(host), Port: 7946, Meta: meta}, statusAlive)
+	tm.members.upsert(&memberlist.Node{Name: o.name, Addr: net.ParseIP(host), Port: 7946, Meta: meta}, MemberAlive)
 }
 
 // see puts a simulated worker into tm's members table as gossip would.
 func (tm *testManager) see(sw *simWorker) {
 	meta, _ := sw.report().Encode()
-	tm.members.upsert(&memberlist.Node{Name: sw.name, Addr: net.IPv4(127, 0, 0, 1), Port: 7946, Meta: meta}, statusAlive)
+	tm.members.upsert(&memberlist.Node{Name: sw.name, Addr: net.IPv4(127, 0, 0, 1), Port: 7946, Meta: meta}, MemberAlive)
 }
 
 // leaderOf waits until one of the world's managers leads and returns it.

@@ -432,7 +432,7 @@ func (l *leader) snapshot() *coordinator.Snapshot {
 	promised := l.store.Promised()
 	s := &coordinator.Snapshot{}
 	for _, w := range l.m.members.workers() {
-		if w.Status != statusAlive || w.Load.API == "" {
+		if w.Status != MemberAlive || w.Load.API == "" {
 			continue
 		}
 		p := promised[w.Name]

@@ -9,17 +9,23 @@ import (
 	"github.com/micado-scale/micado/internal/wire"
 )
 
+// MemberStatus is what gossip last said of a member: a worker agent or a
+// manager in the memberlist cluster.
+type MemberStatus string
+
 // Member statuses.
 const (
-	statusAlive = "alive"
-	statusDead  = "dead"
+	// MemberAlive: the member answers gossip.
+	MemberAlive MemberStatus = "alive"
+	// MemberDead: memberlist declared it failed, or it left.
+	MemberDead MemberStatus = "dead"
 )
 
 // member is one cluster member as gossip last described it.
 type member struct {
 	Name       string
 	Addr       string // gossip host:port
-	Status     string // alive, dead, left
+	Status     MemberStatus
 	Load       wire.Load
 	LastUpdate time.Time
 	FirstSeen  time.Time
@@ -45,7 +51,7 @@ func newMembers(self string) *members {
 	return &members{byName: map[string]*member{}, byAPI: map[string]*member{}, dirty: map[string]struct{}{}, self: self, now: time.Now}
 }
 
-func (m *members) upsert(n *memberlist.Node, status string) {
+func (m *members) upsert(n *memberlist.Node, status MemberStatus) {
 	l, _ := wire.DecodeLoad(n.Meta)
 	m.mu.Lock()
 	mem, ok := m.byName[n.Name]
@@ -66,24 +72,24 @@ func (m *members) upsert(n *memberlist.Node, status string) {
 		m.setLoad(mem, l)
 	}
 	mem.LastUpdate = m.now()
-	if status != statusAlive && prev == statusAlive {
+	if status != MemberAlive && prev == MemberAlive {
 		mem.DiedAt = m.now()
 	}
 	onJoin, onDead := m.onJoin, m.onDead
 	m.mu.Unlock()
-	if status == statusAlive && prev != statusAlive && onJoin != nil && n.Name != m.self {
+	if status == MemberAlive && prev != MemberAlive && onJoin != nil && n.Name != m.self {
 		go onJoin(n.Name, n.Address())
 	}
-	if status != statusAlive && prev == statusAlive && onDead != nil {
+	if status != MemberAlive && prev == MemberAlive && onDead != nil {
 		go onDead(n.Name)
 	}
 }
 
 // NotifyJoin implements memberlist.EventDelegate.
-func (m *members) NotifyJoin(n *memberlist.Node) { m.upsert(n, statusAlive) }
+func (m *members) NotifyJoin(n *memberlist.Node) { m.upsert(n, MemberAlive) }
 
 // NotifyUpdate implements memberlist.EventDelegate: a member's load changed.
-func (m *members) NotifyUpdate(n *memberlist.Node) { m.upsert(n, statusAlive) }
+func (m *members) NotifyUpdate(n *memberlist.Node) { m.upsert(n, MemberAlive) }
 
 // NotifyLeave implements memberlist.EventDelegate: a member left or died.
 func (m *members) NotifyLeave(n *memberlist.Node) {
@@ -92,7 +98,7 @@ func (m *members) NotifyLeave(n *memberlist.Node) {
 		m.forget(n.Name)
 		return
 	}
-	m.upsert(n, statusDead)
+	m.upsert(n, MemberDead)
 }
 
 // applyLoad takes a load report an agent returned with an API answer
@@ -100,7 +106,7 @@ func (m *members) NotifyLeave(n *memberlist.Node) {
 func (m *members) applyLoad(api string, l wire.Load) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if mem := m.byAPI[api]; mem != nil && mem.Load.API == api && l.API == api && mem.Status == statusAlive && l.Newer(mem.Load) {
+	if mem := m.byAPI[api]; mem != nil && mem.Load.API == api && l.API == api && mem.Status == MemberAlive && l.Newer(mem.Load) {
 		m.setLoad(mem, l)
 	}
 }
@@ -178,7 +184,7 @@ func (m *members) alive(name string) bool {
 	m.mu.RLock()
 	defer m.mu.RUnlock()
 	mem, ok := m.byName[name]
-	return ok && mem.Status == statusAlive
+	return ok && mem.Status == MemberAlive
 }
 
 // all returns a copy of every member, workers and managers, alive or
@@ -198,7 +204,7 @@ func (m *members) all() []member {
 func (m *members) applyLoadOf(name string, l wire.Load) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if mem, ok := m.byName[name]; ok && mem.Status == statusAlive && l.Kind == mem.Load.Kind && l.Newer(mem.Load) {
+	if mem, ok := m.byName[name]; ok && mem.Status == MemberAlive && l.Kind == mem.Load.Kind && l.Newer(mem.Load) {
 		m.setLoad(mem, l)
 		mem.LastUpdate = m.now()
 	}

@@ -339,7 +339,7 @@ func (c *clusterCollector) Collect(ch chan<- prometheus.Metric) {
 	now := time.Now()
 	l := m.current()
 	storeUp := 0.0
-	var insts []*Instance
+	var insts []*InstanceRecord
 	if l != nil {
 		storeUp = 1
 		insts = l.store.Instances()
@@ -355,9 +355,9 @@ func (c *clusterCollector) Collect(ch chan<- prometheus.Metric) {
 		role := roleLabel(w.Load.Tags)
 		roles[role] = true
 		seen[w.Name] = true
-		state := "dead"
-		if w.Status == statusAlive {
-			state = "alive"
+		state := string(MemberDead)
+		if w.Status == MemberAlive {
+			state = string(MemberAlive)
 			if w.Load.Draining || (l != nil && l.isDraining(w.Name)) {
 				state = "draining"
 			}
@@ -400,21 +400,24 @@ func (c *clusterCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 
 	// Gossip members by kind and status.
-	type ks struct{ kind, status string }
-	gossip := map[ks]int{{wire.KindWorker, "alive"}: 0, {wire.KindWorker, "dead"}: 0, {wire.KindManager, "alive"}: 0, {wire.KindManager, "dead"}: 0}
+	type ks struct {
+		kind   string
+		status MemberStatus
+	}
+	gossip := map[ks]int{{wire.KindWorker, MemberAlive}: 0, {wire.KindWorker, MemberDead}: 0, {wire.KindManager, MemberAlive}: 0, {wire.KindManager, MemberDead}: 0}
 	for _, mem := range m.members.all() {
 		kind := mem.Load.Kind
 		if kind == "" {
 			kind = "unknown"
 		}
 		status := mem.Status
-		if status != statusAlive {
-			status = "dead"
+		if status != MemberAlive {
+			status = MemberDead
 		}
 		gossip[ks{kind, status}]++
 	}
 	for k, n := range gossip {
-		ch <- prometheus.MustNewConstMetric(descGossip, prometheus.GaugeValue, float64(n), k.kind, k.status)
+		ch <- prometheus.MustNewConstMetric(descGossip, prometheus.GaugeValue, float64(n), k.kind, string(k.status))
 	}
 }
 

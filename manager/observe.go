@@ -126,7 +126,7 @@ func (l *leader) observe(ctx context.Context) map[string]*observation {
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, listConcurrency)
 	for _, w := range l.m.members.workers() {
-		if w.Status != statusAlive || w.Load.API == "" {
+		if w.Status != MemberAlive || w.Load.API == "" {
 			continue
 		}
 		if ob, ok := l.m.obs.get(w.Name, w.Load); ok {

@@ -123,11 +123,11 @@ func decideRepairs(v reconcileView) repairs {
 				lastOb, lastReached = v.observed[c.Node]
 			}
 			w, known := lastW, lastKnown
-			if !known || w.Status != statusAlive {
+			if !known || w.Status != MemberAlive {
 				switch {
 				case known:
 					r.requeue = append(r.requeue, requeueAction{name: c.Name, node: c.Node, generation: c.Generation,
-						why: "worker " + c.Node + " is " + w.Status})
+						why: "worker " + c.Node + " is " + string(w.Status)})
 				case v.following > unknownWorkerGrace:
 					// The worker died while no manager watched: gossip will
 					// never report it, so it would hold the container for ever.

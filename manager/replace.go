@@ -18,7 +18,7 @@ import (
 func (l *leader) replace(ctx context.Context, r coordinator.Replacement) ([]string, error) {
 	m := l.m
 	old, ok := m.members.get(r.Worker)
-	if !ok || old.Status != statusAlive {
+	if !ok || old.Status != MemberAlive {
 		return nil, fmt.Errorf("%s is not alive", r.Worker)
 	}
 	tags := r.Tags
@@ -48,7 +48,7 @@ func (l *leader) replace(ctx context.Context, r coordinator.Replacement) ([]stri
 	deadline := time.Now().Add(m.cfg.JoinTimeout)
 	for {
 		w, ok := m.members.get(in.Name)
-		if ok && w.Status == statusAlive && w.Load.API != "" {
+		if ok && w.Status == MemberAlive && w.Load.API != "" {
 			break
 		}
 		if _, ok := l.store.Instance(in.Name); !ok || time.Now().After(deadline) {

@@ -50,10 +50,10 @@ const (
 	DefaultLostTimeout = 5 * time.Minute
 )
 
-// Instance is a cloud instance the manager asked for. The record is
+// InstanceRecord is a cloud instance the manager asked for. The record is
 // written to Consul KV before the cloud is called, so a manager that
 // crashes in between finds, and cleans up, what it asked for.
-type Instance struct {
+type InstanceRecord struct {
 	Name        string        `json:"name"`
 	Type        string        `json:"type"`
 	Memory      int64         `json:"memory"`
@@ -83,7 +83,7 @@ func (m *Manager) coordTypes() []coordinator.InstanceType {
 // priceOf is a worker's price per hour: its instance type's (from the
 // instance record), else that of the one type with exactly its memory;
 // 0 when unknown.
-func (m *Manager) priceOf(name string, capacity int64, inst map[string]*Instance) float64 {
+func (m *Manager) priceOf(name string, capacity int64, inst map[string]*InstanceRecord) float64 {
 	if in, ok := inst[name]; ok {
 		for _, t := range m.cfg.InstanceTypes {
 			if t.Name == in.Type {
@@ -129,8 +129,8 @@ func (l *leader) canScaleFor(r coordinator.Request) string {
 
 // withBooting adds the instances on their way as workers that are
 // booting, so requests that fit on them wait instead of asking for more.
-func (l *leader) withBooting(s *coordinator.Snapshot) map[string]*Instance {
-	booting := map[string]*Instance{}
+func (l *leader) withBooting(s *coordinator.Snapshot) map[string]*InstanceRecord {
+	booting := map[string]*InstanceRecord{}
 	for _, in := range l.store.Instances() {
 		if in.State != InstanceRequested || l.m.members.alive(in.Name) {
 			continue
@@ -141,7 +141,7 @@ func (l *leader) withBooting(s *coordinator.Snapshot) map[string]*Instance {
 	return booting
 }
 
-func waitReason(in *Instance) string {
+func waitReason(in *InstanceRecord) string {
 	return fmt.Sprintf("waiting for instance %s (%s, %s) to join", in.Name, tagsText(in.Tags), bytesize.Format(in.Memory))
 }
 
@@ -160,7 +160,7 @@ func (l *leader) scaleLimits() coordinator.ScaleLimits {
 	lim := coordinator.ScaleLimits{MaxInstances: m.cfg.MaxInstances, MaxPerRole: m.cfg.MaxPerRole, PerRole: map[string]int{}}
 	seen := map[string]bool{}
 	for _, w := range m.members.workers() {
-		if w.Status == statusAlive {
+		if w.Status == MemberAlive {
 			seen[w.Name] = true
 			lim.Instances++
 			lim.PerRole[coordinator.RoleOf(w.Load.Tags)]++
@@ -177,15 +177,15 @@ func (l *leader) scaleLimits() coordinator.ScaleLimits {
 
 // newInstance is the record of an instance about to be asked of the
 // cloud, named after its role.
-func (m *Manager) newInstance(t coordinator.InstanceType, tags []string, now time.Time) *Instance {
+func (m *Manager) newInstance(t coordinator.InstanceType, tags []string, now time.Time) *InstanceRecord {
 	role := cmp.Or(coordinator.RoleOf(tags), "any")
-	return &Instance{Name: "w-" + role + "-" + randHex(3), Type: t.Name, Memory: t.Memory, Tags: tags,
+	return &InstanceRecord{Name: "w-" + role + "-" + randHex(3), Type: t.Name, Memory: t.Memory, Tags: tags,
 		Provider: m.cfg.Provider.Name(), State: InstanceRequested, RequestedAt: now.UTC()}
 }
 
 // recordInstance journals a new instance record before the cloud is
 // called for it.
-func (l *leader) recordInstance(ctx context.Context, in *Instance) error {
+func (l *leader) recordInstance(ctx context.Context, in *InstanceRecord) error {
 	return l.store.Update(ctx, func(tx *Tx) error {
 		if tx.Instance(in.Name) != nil {
 			return ErrExists
@@ -243,7 +243,7 @@ func (l *leader) placePending(ctx context.Context) {
 			unplaced = append(unplaced, d.Request)
 		}
 	}
-	var create []*Instance
+	var create []*InstanceRecord
 	if len(unplaced) > 0 {
 		plan := coordinator.PlanScaleOut(unplaced, m.coordTypes(), m.cfg.Placement, l.scaleLimits())
 		for _, d := range plan.Impossible {
@@ -457,15 +457,15 @@ func (l *leader) reconcileInstances(ctx context.Context) {
 	// Workers that joined without being asked for (those `micado up`
 	// started, or ones an operator added) become known instances too, so
 	// the sweep never mistakes one that is briefly down for a stray.
-	var joinedUnasked []*Instance
+	var joinedUnasked []*InstanceRecord
 	for _, w := range m.members.workers() {
-		if _, ok := l.store.Instance(w.Name); w.Status == statusAlive && !ok {
-			joinedUnasked = append(joinedUnasked, &Instance{Name: w.Name, Memory: w.Load.Capacity, Tags: w.Load.Tags,
+		if _, ok := l.store.Instance(w.Name); w.Status == MemberAlive && !ok {
+			joinedUnasked = append(joinedUnasked, &InstanceRecord{Name: w.Name, Memory: w.Load.Capacity, Tags: w.Load.Tags,
 				Provider: "joined", State: InstanceJoined, RequestedAt: now, JoinedAt: now})
 		}
 	}
-	var joined []*Instance
-	var resume []*Instance
+	var joined []*InstanceRecord
+	var resume []*InstanceRecord
 	for _, in := range l.store.Instances() {
 		alive := m.members.alive(in.Name)
 		if alive {

@@ -78,7 +78,7 @@ func TestHeldLaunchAsksTheCloudOnceAndRecordsFirst(t *testing.T) {
 	// The worker joins: the held containers run on it.
 	w.addWorker(name, 512<<20, "role=proxy")
 	eventually(t, 5*time.Second, "a and b run on the new worker", func() bool { return m.passing("a") == 2 && m.passing("b") == 1 })
-	var ins []*Instance
+	var ins []*InstanceRecord
 	for _, in := range m.current().store.Instances() {
 		ins = append(ins, in)
 	}
@@ -133,7 +133,7 @@ func TestJoinTimeoutRetriesThenFails(t *testing.T) {
 func TestNewLeaderFinishesInstanceWork(t *testing.T) {
 	w := newWorld(t)
 	now := time.Now().UTC()
-	for _, in := range []Instance{
+	for _, in := range []InstanceRecord{
 		{Name: "w-app-lost1", Type: "small", Memory: 512 << 20, Tags: []string{"role=app"}, Provider: "fake", State: InstanceRequested, RequestedAt: now},
 		{Name: "w-app-made1", Type: "small", Memory: 512 << 20, Tags: []string{"role=app"}, Provider: "fake", State: InstanceRequested, RequestedAt: now},
 		{Name: "w-app-term1", Type: "small", Memory: 512 << 20, Tags: []string{"role=app"}, Provider: "fake", ID: "i-term1", State: InstanceTerminating, RequestedAt: now},

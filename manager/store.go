@@ -54,7 +54,7 @@ type Store struct {
 	pending    map[string]*Container
 	counts     map[State]int
 	names      []string // container names, naturally sorted; nil when stale
-	instances  map[string]*Instance
+	instances  map[string]*InstanceRecord
 	apps       map[string]*AppRecord
 	policies   map[string]*PolicyRecord
 	members    map[string]string
@@ -90,7 +90,7 @@ func newStore(j Journal, fence Fence, log *slog.Logger) *Store {
 		j: j, fence: fence, maxOps: max, log: log,
 		containers: map[string]*Container{}, byService: map[string]map[string]*Container{},
 		byNode: map[string]map[string]*Container{}, ledger: map[string]ledgerEntry{},
-		pending: map[string]*Container{}, counts: map[State]int{}, instances: map[string]*Instance{},
+		pending: map[string]*Container{}, counts: map[State]int{}, instances: map[string]*InstanceRecord{},
 		unsettled: map[string]*Container{}, dirty: map[string]struct{}{},
 		apps: map[string]*AppRecord{}, policies: map[string]*PolicyRecord{}, members: map[string]string{}, specs: map[string]*Spec{}, strings: map[string]string{},
 		reqs: make(chan *updateReq, 1024),
@@ -119,7 +119,7 @@ func (s *Store) load(ctx context.Context) ([]Event, []eventChunk, error) {
 			}
 			s.insert(c)
 		case strings.HasPrefix(p.Key, instancesPrefix):
-			var in Instance
+			var in InstanceRecord
 			if err := json.Unmarshal(p.Value, &in); err != nil {
 				s.mu.Unlock()
 				return nil, nil, fmt.Errorf("instance record %s is damaged: %w", p.Key, err)
@@ -583,10 +583,10 @@ func (s *Store) heldName(n string) bool {
 }
 
 // Instances returns every instance record, sorted by name.
-func (s *Store) Instances() []*Instance {
+func (s *Store) Instances() []*InstanceRecord {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	out := make([]*Instance, 0, len(s.instances))
+	out := make([]*InstanceRecord, 0, len(s.instances))
 	for _, in := range s.instances {
 		out = append(out, in)
 	}
@@ -595,7 +595,7 @@ func (s *Store) Instances() []*Instance {
 }
 
 // Instance returns one instance record.
-func (s *Store) Instance(name string) (*Instance, bool) {
+func (s *Store) Instance(name string) (*InstanceRecord, bool) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	in, ok := s.instances[name]

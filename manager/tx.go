@@ -23,7 +23,7 @@ type Tx struct {
 	s     *Store
 	up    *Tx // the batch this update joins; nil for the batch itself
 	conts map[string]*Container
-	insts map[string]*Instance
+	insts map[string]*InstanceRecord
 	apps  map[string]*AppRecord
 	pols  map[string]*PolicyRecord
 	mems  map[string]string
@@ -32,7 +32,7 @@ type Tx struct {
 }
 
 func newTx(s *Store, up *Tx) *Tx {
-	return &Tx{s: s, up: up, conts: map[string]*Container{}, insts: map[string]*Instance{},
+	return &Tx{s: s, up: up, conts: map[string]*Container{}, insts: map[string]*InstanceRecord{},
 		apps: map[string]*AppRecord{}, pols: map[string]*PolicyRecord{}, mems: map[string]string{}, touched: map[string]bool{}}
 }
 
@@ -78,7 +78,7 @@ func (tx *Tx) Delete(name string) {
 }
 
 // Instance returns a copy of an instance record, or nil.
-func (tx *Tx) Instance(name string) *Instance {
+func (tx *Tx) Instance(name string) *InstanceRecord {
 	for t := tx; t != nil; t = t.up {
 		if t.touched[instancesPrefix+name] {
 			if in := t.insts[name]; in != nil {
@@ -96,7 +96,7 @@ func (tx *Tx) Instance(name string) *Instance {
 }
 
 // PutInstance stages an instance record.
-func (tx *Tx) PutInstance(in *Instance) {
+func (tx *Tx) PutInstance(in *InstanceRecord) {
 	tx.insts[in.Name] = in
 	tx.touched[instancesPrefix+in.Name] = true
 }
@@ -728,7 +728,7 @@ func (s *Store) refresh(ctx context.Context, tx *Tx) {
 				s.insert(c)
 			}
 		case strings.HasPrefix(k, instancesPrefix):
-			var in Instance
+			var in InstanceRecord
 			if !ok {
 				delete(s.instances, name)
 			} else if json.Unmarshal(p.Value, &in) == nil {

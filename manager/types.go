@@ -177,23 +177,23 @@ type ContainerView struct {
 	Health string `json:"health"` // passing, warning, critical, or "" when not registered
 }
 
-// NodeView is a cluster member as the API shows it.
-type NodeView struct {
-	Name       string    `json:"name"`
-	Kind       string    `json:"kind"`
-	Status     string    `json:"status"` // alive, suspect, dead, left
-	Address    string    `json:"address"`
-	API        string    `json:"api,omitempty"`
-	Tags       []string  `json:"tags,omitempty"`
-	Capacity   int64     `json:"capacity"`
-	Reserved   int64     `json:"reserved"`
-	Used       int64     `json:"used"`
-	Free       int64     `json:"free"`
-	CPU        float64   `json:"cpu"`
-	Containers int       `json:"containers"`
-	Draining   bool      `json:"draining,omitempty"`
-	Started    time.Time `json:"started,omitzero"`
-	LastUpdate time.Time `json:"last_update"`
+// MemberView is a cluster member as the API shows it.
+type MemberView struct {
+	Name       string       `json:"name"`
+	Kind       string       `json:"kind"`
+	Status     MemberStatus `json:"status"`
+	Address    string       `json:"address"`
+	API        string       `json:"api,omitempty"`
+	Tags       []string     `json:"tags,omitempty"`
+	Capacity   int64        `json:"capacity"`
+	Reserved   int64        `json:"reserved"`
+	Used       int64        `json:"used"`
+	Free       int64        `json:"free"`
+	CPU        float64      `json:"cpu"`
+	Containers int          `json:"containers"`
+	Draining   bool         `json:"draining,omitempty"`
+	Started    time.Time    `json:"started,omitzero"`
+	LastUpdate time.Time    `json:"last_update"`
 	// Leader marks the manager that leads the cluster, since when and in
 	// which term.
 	Leader      bool      `json:"leader,omitempty"`

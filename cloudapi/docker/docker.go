@@ -450,7 +450,7 @@ func (p *Provider) address(nets map[string]*network.EndpointSettings) string {
 }
 
 // normaliseState maps Docker's container states onto cloudapi's.
-func normaliseState(s string) string {
+func normaliseState(s string) cloudapi.State {
 	switch s {
 	case container.StateCreated, container.StateRestarting:
 		return cloudapi.StatePending

@@ -185,7 +185,7 @@ func TestConfigValidation(t *testing.T) {
 }
 
 func TestNormaliseState(t *testing.T) {
-	for in, want := range map[string]string{
+	for in, want := range map[string]cloudapi.State{
 		"created": cloudapi.StatePending, "restarting": cloudapi.StatePending, "running": cloudapi.StateRunning,
 		"paused": cloudapi.StateStopped, "exited": cloudapi.StateStopped, "removing": cloudapi.StateShuttingDown,
 		"dead": cloudapi.StateError, "weird": cloudapi.StateUnknown,

@@ -279,7 +279,7 @@ func (p *Provider) toInstance(i types.Instance) cloudapi.Instance {
 
 // normaliseState maps EC2 state names, which cloudapi adopted, and rejects
 // anything else as unknown.
-func normaliseState(s types.InstanceStateName) string {
+func normaliseState(s types.InstanceStateName) cloudapi.State {
 	switch s {
 	case types.InstanceStateNamePending:
 		return cloudapi.StatePending

@@ -289,7 +289,7 @@ func toInstance(s servers.Server) cloudapi.Instance {
 }
 
 // normaliseStatus maps Nova server statuses onto cloudapi's states.
-func normaliseStatus(status string) string {
+func normaliseStatus(status string) cloudapi.State {
 	switch strings.ToUpper(status) {
 	case "BUILD", "REBUILD":
 		return cloudapi.StatePending

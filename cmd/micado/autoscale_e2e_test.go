@@ -182,7 +182,7 @@ func TestAutoscaleUnattendedFromSpikeToQuiet(t *testing.T) {
 			}
 		}
 		p.passing = len(passing(t, cl, "web"))
-		var ns []manager.NodeView
+		var ns []manager.MemberView
 		if out, _, err := c.micado("nodes", "--json"); err == nil && json.Unmarshal([]byte(out), &ns) == nil {
 			for _, n := range ns {
 				if n.Kind == wire.KindWorker && n.Status == "alive" {

@@ -29,9 +29,9 @@ func BenchmarkHeldLaunchDocker(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		var newest manager.Instance
+		var newest manager.InstanceRecord
 		for _, p := range pairs {
-			var in manager.Instance
+			var in manager.InstanceRecord
 			if json.Unmarshal(p.Value, &in) == nil && in.RequestedAt.After(newest.RequestedAt) && !in.CreatedAt.IsZero() {
 				newest = in
 			}

@@ -585,11 +585,11 @@ func up(ctx context.Context, cmd *cobra.Command, g *globals, o upOptions) (err e
 	}
 	c := &client{base: managerURL, bases: managerURLs, token: token, http: hc, failoverWait: defaultFailoverWait}
 	for {
-		var nodes []manager.NodeView
+		var nodes []manager.MemberView
 		err := c.get(ctx, "/v1/nodes", &nodes)
 		alive := 0
 		for _, n := range nodes {
-			if n.Status == "alive" && n.Kind == wire.KindWorker {
+			if n.Status == manager.MemberAlive && n.Kind == wire.KindWorker {
 				alive++
 			}
 		}

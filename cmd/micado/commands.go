@@ -316,7 +316,7 @@ func nodesCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			var ns []manager.NodeView
+			var ns []manager.MemberView
 			if err := c.get(cmd.Context(), "/v1/nodes", &ns); err != nil {
 				return err
 			}
@@ -332,7 +332,7 @@ func nodesCmd(g *globals) *cobra.Command {
 			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "NAME\tSTATUS\tTAGS\tCAPACITY\tRESERVED\tFREE\tUSED\tCPU\tCONTAINERS\tAGE")
-			var managers []manager.NodeView
+			var managers []manager.MemberView
 			for _, n := range ns {
 				if n.Kind == wire.KindManager {
 					managers = append(managers, n)

@@ -205,7 +205,7 @@ func TestClusterEndToEnd(t *testing.T) {
 	cl := c.consul()
 
 	t.Run("nodes shows both workers with their roles", func(t *testing.T) {
-		var ns []manager.NodeView
+		var ns []manager.MemberView
 		if err := json.Unmarshal([]byte(c.mustMicado("nodes", "--json")), &ns); err != nil {
 			t.Fatal(err)
 		}

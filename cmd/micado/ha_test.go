@@ -14,14 +14,14 @@ import (
 )
 
 // leaderNode returns the manager that leads, as `micado nodes` says.
-func (c *testCluster) leaderNode() (manager.NodeView, []manager.NodeView) {
+func (c *testCluster) leaderNode() (manager.MemberView, []manager.MemberView) {
 	c.t.Helper()
-	var ns []manager.NodeView
+	var ns []manager.MemberView
 	if err := json.Unmarshal([]byte(c.mustMicado("nodes", "--json")), &ns); err != nil {
 		c.t.Fatal(err)
 	}
-	var ms []manager.NodeView
-	var l manager.NodeView
+	var ms []manager.MemberView
+	var l manager.MemberView
 	for _, n := range ns {
 		if n.Kind == wire.KindManager {
 			ms = append(ms, n)

@@ -64,7 +64,7 @@ func TestMetricsScrapedByPrometheus(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var nodes []manager.NodeView
+	var nodes []manager.MemberView
 	if err := json.Unmarshal([]byte(c.mustMicado("nodes", "--json")), &nodes); err != nil {
 		t.Fatal(err)
 	}

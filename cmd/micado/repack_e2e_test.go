@@ -48,8 +48,8 @@ func TestConsolidationRepacksAndReplacesUnattended(t *testing.T) {
 	}()
 	defer func() { close(stop); wg.Wait() }()
 
-	workers := func() []manager.NodeView {
-		var ns, out []manager.NodeView
+	workers := func() []manager.MemberView {
+		var ns, out []manager.MemberView
 		if err := json.Unmarshal([]byte(c.mustMicado("nodes", "--json")), &ns); err != nil {
 			t.Fatal(err)
 		}

@@ -61,7 +61,7 @@ func TestScaleOutWithTheDockerProvider(t *testing.T) {
 		if len(ws) != 2 {
 			t.Fatalf("%d worker containers, want 2", len(ws))
 		}
-		var ns []manager.NodeView
+		var ns []manager.MemberView
 		if err := json.Unmarshal([]byte(c.mustMicado("nodes", "--json")), &ns); err != nil {
 			t.Fatal(err)
 		}

@@ -161,7 +161,7 @@ func TestSecretsStayHiddenAndTLS(t *testing.T) {
 			{"consolidate", "--dry-run", "--json"}, {"version"}} {
 			jsonOuts = append(jsonOuts, c.mustMicado(args...))
 		}
-		var ns []manager.NodeView
+		var ns []manager.MemberView
 		if err := json.Unmarshal([]byte(jsonOuts[2]), &ns); err != nil || len(ns) != 3 || ns[2].Kind != wire.KindManager {
 			t.Fatalf("nodes --json (two workers, then the manager): %v %s", err, jsonOuts[2])
 		}

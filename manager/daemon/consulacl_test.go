@@ -350,7 +350,7 @@ func TestManagerUsesTheConsulTokenForEveryCall(t *testing.T) {
 	eventuallyACL(t, 5*time.Second, "the manager logs the rejected node", func() bool {
 		return strings.Contains(m.logs.String(), `level=WARN msg="rejected gossip from a node without the cluster key" from=127.0.0.1:`)
 	})
-	var nodes []NodeView
+	var nodes []MemberView
 	getJSON(t, m.base+"/v1/nodes", &nodes)
 	for _, n := range nodes {
 		if n.Name == "intruder" {
