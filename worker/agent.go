@@ -410,6 +410,10 @@ func (a *Agent) routes() http.Handler {
 			writeError(w, http.StatusBadRequest, errors.New("start request needs instance, service, image and a positive memory"))
 			return
 		}
+		if err := checkFiles(req.Files); err != nil {
+			writeError(w, http.StatusBadRequest, err)
+			return
+		}
 		info, err := a.eng.start(r.Context(), req)
 		a.metrics.started(err)
 		if err != nil {
@@ -421,7 +425,7 @@ func (a *Agent) routes() http.Handler {
 			writeError(w, code, err)
 			return
 		}
-		a.log.Info("started container", "instance", req.Instance, "image", req.Image, "memory", req.Memory, "ports", info.Ports)
+		a.log.Info("started container", "instance", req.Instance, "image", req.Image, "memory", req.Memory, "ports", info.Ports, "files", len(req.Files))
 		a.refreshLoad(r.Context())
 		a.loadHeader(w)
 		writeJSON(w, http.StatusOK, info)

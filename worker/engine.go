@@ -1,10 +1,13 @@
 package worker
 
 import (
+	"archive/tar"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
+	"path"
 	"sort"
 	"strconv"
 	"strings"
@@ -173,11 +176,74 @@ func (e *engine) start(ctx context.Context, r wire.StartRequest) (wire.Container
 	if err != nil {
 		return wire.ContainerInfo{}, fmt.Errorf("create container %s: %w", name, err)
 	}
+	if len(r.Files) > 0 {
+		if err := e.copyFiles(ctx, created.ID, r.Files); err != nil {
+			_ = e.docker.ContainerRemove(context.WithoutCancel(ctx), created.ID, container.RemoveOptions{Force: true})
+			return wire.ContainerInfo{}, fmt.Errorf("write files into container %s: %w", name, err)
+		}
+	}
 	if err := e.docker.ContainerStart(ctx, created.ID, container.StartOptions{}); err != nil {
 		_ = e.docker.ContainerRemove(context.WithoutCancel(ctx), created.ID, container.RemoveOptions{Force: true})
 		return wire.ContainerInfo{}, fmt.Errorf("start container %s: %w", name, err)
 	}
 	return e.inspectInfo(ctx, created.ID)
+}
+
+// checkFiles refuses files an agent must not write: relative or unclean
+// paths, the root, and modes beyond permission bits. Errors name the
+// path, never the contents.
+func checkFiles(fs []wire.File) error {
+	seen := map[string]bool{}
+	for _, f := range fs {
+		if !path.IsAbs(f.Path) || path.Clean(f.Path) != f.Path || f.Path == "/" {
+			return fmt.Errorf("file path %q is not a clean absolute path", f.Path)
+		}
+		if f.Mode&^0o777 != 0 {
+			return fmt.Errorf("file %s: mode %#o has more than permission bits", f.Path, f.Mode)
+		}
+		if seen[f.Path] {
+			return fmt.Errorf("file %s is given twice", f.Path)
+		}
+		seen[f.Path] = true
+	}
+	return nil
+}
+
+// copyFiles writes files into the created container id before it starts,
+// as one tar stream extracted at /, owned by root, with their parent
+// directories (0755) created as needed. Their contents go to the engine
+// only: they are in neither the container's environment, command nor
+// labels, and never logged.
+func (e *engine) copyFiles(ctx context.Context, id string, fs []wire.File) error {
+	if err := checkFiles(fs); err != nil {
+		return err
+	}
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	now := time.Now()
+	dirs := map[string]bool{}
+	for _, f := range fs {
+		var parents []string
+		for d := path.Dir(f.Path); d != "/" && !dirs[d]; d = path.Dir(d) {
+			parents = append([]string{d}, parents...)
+			dirs[d] = true
+		}
+		for _, d := range parents {
+			if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: strings.TrimPrefix(d, "/") + "/", Mode: 0o755, ModTime: now}); err != nil {
+				return err
+			}
+		}
+		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: strings.TrimPrefix(f.Path, "/"), Mode: int64(f.Mode), Size: int64(len(f.Data)), ModTime: now}); err != nil {
+			return err
+		}
+		if _, err := tw.Write(f.Data); err != nil {
+			return err
+		}
+	}
+	if err := tw.Close(); err != nil {
+		return err
+	}
+	return e.docker.CopyToContainer(ctx, id, "/", &buf, container.CopyToContainerOptions{})
 }
 
 func (e *engine) inspectInfo(ctx context.Context, id string) (wire.ContainerInfo, error) {

@@ -193,7 +193,27 @@ type StartRequest struct {
 	Env      map[string]string `json:"env,omitempty"`
 	// Generation tells copies of one instance apart (make before break).
 	Generation int `json:"generation,omitempty"`
+	// Files are written into the container before it starts: secrets the
+	// manager delivers at start time only (the Consul discovery token of
+	// linked containers), so that they are in neither the environment
+	// (docker inspect), nor the container records (Consul KV, micado ps).
+	// Agents never log their contents.
+	Files []File `json:"files,omitempty"`
 }
+
+// File is a file an agent writes into a container before starting it.
+type File struct {
+	Path string `json:"path"` // absolute path in the container, e.g. /run/secrets/micado-consul-token
+	Mode uint32 `json:"mode"` // permission bits, e.g. 0o444
+	Data []byte `json:"data"` // contents (base64 in JSON)
+}
+
+// String names the file without its contents, so that a File printed by
+// mistake shows no secret.
+func (f File) String() string { return fmt.Sprintf("%s (%d bytes, mode %#o)", f.Path, len(f.Data), f.Mode) }
+
+// GoString is String, for %#v.
+func (f File) GoString() string { return f.String() }
 
 // Binding is a published port.
 type Binding struct {

@@ -3,6 +3,8 @@ package wire
 import (
 	"context"
 	"encoding/json"
+	"fmt"
+	"strings"
 	"testing"
 	"time"
 )
@@ -22,6 +24,9 @@ func TestWireFormat(t *testing.T) {
 		"start request": {StartRequest{Instance: "web-1", Service: "web", App: "shop", Image: "nginx", Memory: 8,
 			Ports: []Port{{Container: 80, Protocol: "tcp"}}, Env: map[string]string{"A": "b"}, Generation: 2},
 			`{"instance":"web-1","service":"web","app":"shop","image":"nginx","memory":8,"ports":[{"container":80,"protocol":"tcp"}],"env":{"A":"b"},"generation":2}`},
+		"start request with a file": {StartRequest{Instance: "web-1", Service: "web", Image: "nginx", Memory: 8,
+			Files: []File{{Path: "/run/secrets/t", Mode: 0o444, Data: []byte("s3cret")}}},
+			`{"instance":"web-1","service":"web","image":"nginx","memory":8,"files":[{"path":"/run/secrets/t","mode":292,"data":"czNjcmV0"}]}`},
 		"container info": {ContainerInfo{ID: "id", Name: "n", Instance: "web-1", Service: "web", App: "shop", Image: "nginx", Node: "w-1",
 			Memory: 8, Used: 4, State: "running", Address: "10.0.0.3", Ports: []Binding{{Container: 80, Protocol: "tcp", Host: 20000}}, Generation: 1, Created: at},
 			`{"id":"id","name":"n","instance":"web-1","service":"web","app":"shop","image":"nginx","node":"w-1","memory":8,"used":4,"state":"running","address":"10.0.0.3","ports":[{"container":80,"protocol":"tcp","host":20000}],"generation":1,"created":"2024-05-06T07:08:09Z"}`},
@@ -57,6 +62,10 @@ func TestLoadMessageRoundTrip(t *testing.T) {
 	}
 	if TermOf(WithTerm(context.Background(), 7)) != 7 || TermOf(context.Background()) != 0 {
 		t.Error("WithTerm/TermOf do not round-trip")
+	}
+	if s := fmt.Sprintf("%v %+v %#v %s", File{Path: "/p", Data: []byte("s3cret")}, File{Path: "/p", Data: []byte("s3cret")},
+		[]File{{Path: "/p", Data: []byte("s3cret")}}, File{Path: "/p", Data: []byte("s3cret")}); strings.Contains(s, "s3cret") {
+		t.Errorf("a printed File shows its contents: %s", s)
 	}
 	if AgentToken([]byte("k")) == AgentToken([]byte("l")) {
 		t.Error("AgentToken does not depend on the key")
