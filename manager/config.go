@@ -33,6 +33,15 @@ type Config struct {
 
 	ConsulAddr  string // Consul HTTP address (default 127.0.0.1:8500)
 	ConsulToken string // Consul ACL token used for every Consul call
+	// ConsulDiscoveryTokenFile is a file with the Consul ACL token given
+	// to containers that have links, so that they can find their
+	// upstreams (it should only read services, nodes and health). It is
+	// read once at start; the manager refuses to start when it is given
+	// and unreadable or empty. The token is written into each linked
+	// container at DiscoveryTokenPath, when it starts, and is never stored
+	// in container records, logged or printed. "" gives containers no
+	// token.
+	ConsulDiscoveryTokenFile string
 	// LockTTL is the TTL of the leader lock's Consul session (default
 	// DefaultLockTTL): a leader that dies unseen by gossip is replaced
 	// after one to two TTLs.

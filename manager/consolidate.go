@@ -533,7 +533,7 @@ func (l *leader) move(ctx context.Context, mv coordinator.Move) error {
 	}
 	mctx, cancel := context.WithTimeout(ctx, m.cfg.MoveTimeout)
 	defer cancel()
-	info, err := l.agents.Start(mctx, target.Load.API, startRequest(c, c.Move.Generation))
+	info, err := l.agents.Start(mctx, target.Load.API, l.m.startRequest(c, c.Move.Generation))
 	if err != nil {
 		return fail(fmt.Errorf("start the new copy: %w", err))
 	}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"os"
 	"sort"
 	"strings"
 	"sync"
@@ -204,10 +205,50 @@ func tagHint(s *coordinator.Snapshot, want []string) string {
 	return msg + ")"
 }
 
-// startRequest is what an agent needs to run c as generation gen.
-func startRequest(c *Container, gen int) wire.StartRequest {
-	return wire.StartRequest{Instance: c.Name, Service: c.Service, App: c.App, Image: c.Image, Memory: c.Memory,
+// startRequest is what an agent needs to run c as generation gen. A
+// container with links (MICADO_LINKS) also gets the Consul discovery
+// token, when one is configured, as a read-only file and
+// CONSUL_HTTP_TOKEN_FILE naming it: the token exists in this request
+// only, never in the record (Consul KV, micado ps), nor in the
+// container's environment.
+func (m *Manager) startRequest(c *Container, gen int) wire.StartRequest {
+	r := wire.StartRequest{Instance: c.Name, Service: c.Service, App: c.App, Image: c.Image, Memory: c.Memory,
 		Ports: c.Ports, Env: c.Env, Generation: gen}
+	if m.discoveryToken != "" && c.Env["MICADO_LINKS"] != "" {
+		env := make(map[string]string, len(c.Env)+1)
+		for k, v := range c.Env {
+			env[k] = v
+		}
+		env["CONSUL_HTTP_TOKEN_FILE"] = DiscoveryTokenPath
+		r.Env = env
+		r.Files = []wire.File{{Path: DiscoveryTokenPath, Mode: DiscoveryTokenMode, Data: []byte(m.discoveryToken)}}
+	}
+	return r
+}
+
+// DiscoveryTokenPath is where a linked container finds its Consul token
+// (Config.ConsulDiscoveryTokenFile); CONSUL_HTTP_TOKEN_FILE names it.
+const DiscoveryTokenPath = "/run/secrets/micado-consul-token"
+
+// DiscoveryTokenMode lets any user of the container read the token: it is
+// the container's own, and images need not run as root.
+const DiscoveryTokenMode = 0o444
+
+// ReadDiscoveryToken reads the Consul discovery token from file, or says
+// why it cannot (never quoting the contents).
+func ReadDiscoveryToken(file string) (string, error) {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return "", fmt.Errorf("cannot read the Consul discovery token (--consul-discovery-token-file): %w", err)
+	}
+	tok := strings.TrimSpace(string(b))
+	if tok == "" {
+		return "", fmt.Errorf("the Consul discovery token file %s (--consul-discovery-token-file) is empty", file)
+	}
+	if strings.ContainsAny(tok, "\r\n") {
+		return "", fmt.Errorf("the Consul discovery token file %s (--consul-discovery-token-file) has more than one line", file)
+	}
+	return tok, nil
 }
 
 // start runs one placed container on its worker and registers it. On a
@@ -230,7 +271,7 @@ func (l *leader) start(ctx context.Context, name string) {
 	}
 	sctx, cancel := context.WithTimeout(ctx, 90*time.Second)
 	defer cancel()
-	info, err := l.agents.Start(sctx, w.Load.API, startRequest(c, c.Generation))
+	info, err := l.agents.Start(sctx, w.Load.API, m.startRequest(c, c.Generation))
 	if err != nil {
 		if ctx.Err() != nil {
 			return

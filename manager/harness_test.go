@@ -282,6 +282,8 @@ type simAgents struct {
 	byAPI  map[string]*simWorker
 	byName map[string]*simWorker
 	starts int
+	// requests are the start requests received, as JSON on the wire.
+	requests [][]byte
 	// refuse, when set, makes calls of a term fail as if the caller were
 	// gone (a dead leader calls nobody).
 	refuse func(term uint64) bool
@@ -461,6 +463,9 @@ func (a *simAgents) Start(ctx context.Context, addr string, r wire.StartRequest)
 		return c, nil
 	}
 	a.starts++
+	if b, err := json.Marshal(r); err == nil {
+		a.requests = append(a.requests, b)
+	}
 	info := wire.ContainerInfo{ID: fmt.Sprintf("%s-%d-%s", sw.name, a.starts, r.Instance), Instance: r.Instance, Service: r.Service,
 		App: r.App, Image: r.Image, Node: sw.name, Memory: r.Memory, State: "running", Address: "10.1.0.1", Generation: r.Generation}
 	for _, p := range r.Ports {

@@ -63,6 +63,9 @@ type Manager struct {
 	events  *eventLog
 	metrics *metrics
 	started time.Time // when this process began to follow gossip
+	// discoveryToken is the Consul token of linked containers
+	// (Config.ConsulDiscoveryTokenFile); never logged nor stored.
+	discoveryToken string
 
 	holder holderCache // the lock's holder, as a standby last read it
 	prom   *PromSource // the Prometheus scaling queries read; nil when none
@@ -81,6 +84,13 @@ func New(cfg Config, deps Deps) (*Manager, error) {
 	}
 	m := &Manager{cfg: cfg, log: cfg.Logger, deps: deps, members: newMembers(cfg.NodeName),
 		obs: newObserver(), regs: newRegCache(), started: time.Now()}
+	if cfg.ConsulDiscoveryTokenFile != "" {
+		tok, err := ReadDiscoveryToken(cfg.ConsulDiscoveryTokenFile)
+		if err != nil {
+			return nil, err
+		}
+		m.discoveryToken = tok
+	}
 	m.events = newEventLog(cfg.EventsKept, m.log)
 	m.metrics = newMetrics(m)
 	m.events.onAdd = m.metrics.event

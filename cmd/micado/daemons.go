@@ -112,7 +112,12 @@ Secrets come from files or the environment: the cluster key from --key-file
 (or MICADO_CLUSTER_KEY), the API token from --token-file (or
 MICADO_API_TOKEN), the Consul ACL token from --consul-token-file (or
 CONSUL_HTTP_TOKEN). Files keep them out of the process environment and
-out of ` + "`docker inspect`" + `. With --tls-cert and --tls-key the API is served
+out of ` + "`docker inspect`" + `. --consul-discovery-token-file gives containers
+that have links a Consul token (it should only read services, nodes and
+health) as the read-only file ` + manager.DiscoveryTokenPath + `, named by
+CONSUL_HTTP_TOKEN_FILE; other containers get none. An https:// --consul
+address (or CONSUL_HTTP_SSL=true) speaks TLS to Consul, trusting
+CONSUL_CACERT and presenting CONSUL_CLIENT_CERT and CONSUL_CLIENT_KEY. With --tls-cert and --tls-key the API is served
 over HTTPS only (TLS 1.2 or newer).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -139,6 +144,11 @@ over HTTPS only (TLS 1.2 or newer).`,
 			}
 			if cfg.ConsulToken, err = readSecret(ctokFile, "CONSUL_HTTP_TOKEN", "Consul ACL token"); err != nil {
 				return err
+			}
+			if cfg.ConsulDiscoveryTokenFile != "" {
+				if _, err := manager.ReadDiscoveryToken(cfg.ConsulDiscoveryTokenFile); err != nil {
+					return userErr("%v", err)
+				}
 			}
 			if (cfg.TLSCert == "") != (cfg.TLSKey == "") {
 				return userErr("give --tls-cert and --tls-key together")
@@ -172,6 +182,7 @@ over HTTPS only (TLS 1.2 or newer).`,
 	f.StringVar(&keyFile, "key-file", "", "file with the base64 cluster key (default: env MICADO_CLUSTER_KEY)")
 	f.StringVar(&tokenFile, "token-file", "", "file with the bearer token every API call must carry (default: env MICADO_API_TOKEN)")
 	f.StringVar(&ctokFile, "consul-token-file", "", "file with the Consul ACL token (default: env CONSUL_HTTP_TOKEN)")
+	f.StringVar(&cfg.ConsulDiscoveryTokenFile, "consul-discovery-token-file", "", "file with the Consul token given to containers with links, at "+manager.DiscoveryTokenPath+" (it should only read services, nodes and health)")
 	f.StringVar(&cfg.TLSCert, "tls-cert", "", "PEM certificate (chain) of the API; with --tls-key the API speaks HTTPS only")
 	f.StringVar(&cfg.TLSKey, "tls-key", "", "PEM private key of --tls-cert")
 	f.Float64Var(&headroom, "headroom", coordinator.DefaultHeadroom, "fraction of each worker's memory never handed out")
