@@ -210,7 +210,9 @@ type File struct {
 
 // String names the file without its contents, so that a File printed by
 // mistake shows no secret.
-func (f File) String() string { return fmt.Sprintf("%s (%d bytes, mode %#o)", f.Path, len(f.Data), f.Mode) }
+func (f File) String() string {
+	return fmt.Sprintf("%s (%d bytes, mode %#o)", f.Path, len(f.Data), f.Mode)
+}
 
 // GoString is String, for %#v.
 func (f File) GoString() string { return f.String() }
