@@ -21,6 +21,11 @@
 //	UPSTREAM           Consul service to proxy to (default: the first name in
 //	                   MICADO_LINKS, the comma-separated list micado sets)
 //	CONSUL_HTTP_ADDR   host:port of Consul's HTTP API, e.g. micado-c-consul:8500
+//	CONSUL_HTTP_TOKEN_FILE
+//	                   file with the ACL token sent as X-Consul-Token: micado
+//	                   writes the discovery token of containers with links to
+//	                   /run/secrets/micado-consul-token and names it here. Read
+//	                   once at start; it wins over CONSUL_HTTP_TOKEN
 //	CONSUL_HTTP_TOKEN  optional ACL token, sent as X-Consul-Token
 //	MICADO_SERVICE     the proxy's own service name, the service label of its
 //	                   metrics (default "demo-proxy"; micado sets it)
@@ -71,6 +76,7 @@ type config struct {
 	Service     string        // the proxy's own service (MICADO_SERVICE)
 	ConsulURL   string        // base URL of Consul's HTTP API; "" when unset
 	ConsulToken string        // X-Consul-Token, optional
+	TokenFile   string        // where ConsulToken was read from (CONSUL_HTTP_TOKEN_FILE), if anywhere
 	Port        string        // listen port
 	Refresh     time.Duration // Consul polling interval
 	StaticVar   string        // name of the *_ADDRS variable
@@ -109,6 +115,17 @@ func loadConfig(getenv func(string) string) (config, error) {
 			return config{}, fmt.Errorf("REFRESH=%q is not a positive duration such as 1s or 500ms", s)
 		}
 		cfg.Refresh = d
+	}
+	if f := strings.TrimSpace(getenv("CONSUL_HTTP_TOKEN_FILE")); f != "" {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return config{}, fmt.Errorf("CONSUL_HTTP_TOKEN_FILE: %w", err)
+		}
+		tok := strings.TrimSpace(string(b))
+		if tok == "" {
+			return config{}, fmt.Errorf("CONSUL_HTTP_TOKEN_FILE: %s is empty", f)
+		}
+		cfg.ConsulToken, cfg.TokenFile = tok, f
 	}
 	if addr := strings.TrimSpace(getenv("CONSUL_HTTP_ADDR")); addr != "" {
 		if !strings.Contains(addr, "://") {
@@ -416,6 +433,12 @@ func main() {
 	consul := "consul unset"
 	if cfg.ConsulURL != "" {
 		consul = fmt.Sprintf("consul %s every %s", cfg.ConsulURL, cfg.Refresh)
+		switch {
+		case cfg.TokenFile != "":
+			consul += ", token from " + cfg.TokenFile
+		case cfg.ConsulToken != "":
+			consul += ", token from CONSUL_HTTP_TOKEN"
+		}
 	}
 	log.Printf("listening on %s, proxying to %s (%s; %s: %s)",
 		srv.Addr, cfg.Upstream, consul, cfg.StaticVar, describe(cfg.Static))

@@ -8,6 +8,8 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
@@ -52,6 +54,7 @@ type fakeConsul struct {
 	entries []map[string]any
 	status  int    // answer with this status instead of the entries when not 0
 	token   string // last X-Consul-Token seen
+	require string // when set, only this token sees the entries
 }
 
 func newFakeConsul(t *testing.T, service string) *fakeConsul {
@@ -68,6 +71,14 @@ func (c *fakeConsul) serve(w http.ResponseWriter, r *http.Request) {
 	c.token = r.Header.Get("X-Consul-Token")
 	if r.Method != http.MethodGet || r.URL.Path != "/v1/health/service/"+c.service {
 		http.NotFound(w, r)
+		return
+	}
+	if c.require != "" && c.token != c.require {
+		// What Consul with ACLs (default deny) answers a token that may
+		// not read the service: no error, an empty list.
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("X-Consul-Results-Filtered-By-ACLs", "true")
+		_, _ = w.Write([]byte("[]\n"))
 		return
 	}
 	if r.URL.Query().Get("passing") != "true" {
@@ -539,5 +550,52 @@ func TestMetricsCountProxiedRequests(t *testing.T) {
 	}
 	if got := requestCounts(t, srv3, "demo-proxy"); len(got) != 1 || got["503"] != 1 {
 		t.Errorf("counts without a backend = %v, want 1 with code 503", got)
+	}
+}
+
+// TestConsulTokenFromFile: micado gives a linked container its Consul
+// token as a file named by CONSUL_HTTP_TOKEN_FILE; the proxy sends it as
+// X-Consul-Token (it wins over CONSUL_HTTP_TOKEN), and a Consul with ACLs
+// shows it the backends. Without the token it sees none. An unreadable or
+// empty file is a configuration error.
+func TestConsulTokenFromFile(t *testing.T) {
+	a := newBackend(t, "a")
+	consul := newFakeConsul(t, "demo-web")
+	consul.set(a)
+	consul.require = "d1sc0very"
+	file := filepath.Join(t.TempDir(), "micado-consul-token")
+	if err := os.WriteFile(file, []byte("d1sc0very\n"), 0o444); err != nil {
+		t.Fatal(err)
+	}
+	p, srv := start(t, map[string]string{
+		"MICADO_LINKS":           "demo-web",
+		"CONSUL_HTTP_ADDR":       consul.addr(),
+		"CONSUL_HTTP_TOKEN_FILE": file,
+		"CONSUL_HTTP_TOKEN":      "other",
+	})
+	if err := p.refresh(context.Background()); err != nil {
+		t.Fatalf("refresh: %v", err)
+	}
+	if got := getBackends(t, srv); len(got) != 1 || got[0] != a.addr() {
+		t.Fatalf("backends %v, want [%s]", got, a.addr())
+	}
+	if got := hits(t, srv, 2, map[string]string{a.addr(): "a"}); got["a"] != 2 {
+		t.Errorf("hits = %v", got)
+	}
+
+	// Without the token, Consul filters the service out: no backend.
+	p2, srv2 := start(t, map[string]string{"MICADO_LINKS": "demo-web", "CONSUL_HTTP_ADDR": consul.addr()})
+	_ = p2.refresh(context.Background())
+	if got := getBackends(t, srv2); len(got) != 0 {
+		t.Fatalf("backends without the token: %v", got)
+	}
+
+	empty := filepath.Join(t.TempDir(), "empty")
+	_ = os.WriteFile(empty, []byte("\n"), 0o444)
+	for _, f := range []string{filepath.Join(t.TempDir(), "missing"), empty} {
+		_, err := loadConfig(env(map[string]string{"MICADO_LINKS": "demo-web", "CONSUL_HTTP_TOKEN_FILE": f}))
+		if err == nil || !strings.Contains(err.Error(), "CONSUL_HTTP_TOKEN_FILE") {
+			t.Errorf("token file %s: %v", f, err)
+		}
 	}
 }
