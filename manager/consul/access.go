@@ -41,9 +41,18 @@ func WaitReady(ctx context.Context, c *api.Client, addr string, wait time.Durati
 // state would stop every container as an orphan.
 //   - KV: a check-and-set under micado/<cluster>/ that can never succeed,
 //     so it writes nothing (Consul checks the token before the index);
-//   - sessions (the leader lock): a session is created and destroyed.
+//   - sessions (the leader lock): a session is created and destroyed;
+//   - reading nodes and services (the registry's health view): Consul
+//     does not refuse these reads, it leaves out what the token may not
+//     see and says so (X-Consul-Results-Filtered-By-ACLs), so the catalog
+//     of nodes and of services is read and must come back unfiltered.
+//     Every cluster has at least one node and the "consul" service, so a
+//     token without node or service read is always caught;
+//   - registering services: AccessCheckService is registered on the
+//     local agent and deregistered at once, without checks and without
+//     micado's metadata, so no manager takes it for a container.
 //
-// With ACLs off both pass.
+// With ACLs off all pass.
 func CheckAccess(ctx context.Context, c *api.Client, addr, cluster string) error {
 	key := Prefix(cluster) + ".access-check"
 	if _, _, err := c.KV().CAS(&api.KVPair{Key: key, ModifyIndex: math.MaxInt64}, (&api.WriteOptions{}).WithContext(ctx)); err != nil {
@@ -54,14 +63,44 @@ func CheckAccess(ctx context.Context, c *api.Client, addr, cluster string) error
 		return AccessError(addr, cluster, "create sessions (the leader lock)", err)
 	}
 	_, _ = c.Session().Destroy(id, (&api.WriteOptions{}).WithContext(ctx))
+	q := (&api.QueryOptions{}).WithContext(ctx)
+	_, meta, err := c.Catalog().Nodes(q)
+	if err == nil && meta.ResultsFilteredByACLs {
+		err = errFiltered
+	}
+	if err != nil {
+		return AccessError(addr, cluster, "read nodes (node_prefix \"\" read)", err)
+	}
+	_, meta, err = c.Catalog().Services(q)
+	if err == nil && meta.ResultsFilteredByACLs {
+		err = errFiltered
+	}
+	if err != nil {
+		return AccessError(addr, cluster, "read services (service_prefix \"\" read)", err)
+	}
+	sid := AccessCheckService + "-" + cluster
+	if err := c.Agent().ServiceRegisterOpts(&api.AgentServiceRegistration{ID: sid, Name: AccessCheckService}, api.ServiceRegisterOpts{}.WithContext(ctx)); err != nil {
+		return AccessError(addr, cluster, "register services (service_prefix \"\" write)", err)
+	}
+	if err := c.Agent().ServiceDeregisterOpts(sid, q); err != nil {
+		return AccessError(addr, cluster, "deregister services (service_prefix \"\" write)", err)
+	}
 	return nil
 }
+
+// AccessCheckService is the name of the service CheckAccess registers and
+// deregisters at once, with ID AccessCheckService-<cluster>.
+const AccessCheckService = "micado-access-check"
+
+// errFiltered stands for a read that Consul answered with some results
+// left out for want of rights, which it does instead of refusing.
+var errFiltered = errors.New("consul left results out of the answer for want of ACL rights (X-Consul-Results-Filtered-By-ACLs)")
 
 // AccessError explains a Consul error that is an ACL refusal (naming the
 // right that is missing), and returns other errors wrapped as they are.
 func AccessError(addr, cluster, right string, err error) error {
 	var se api.StatusError
-	denied := errors.As(err, &se) && se.Code == http.StatusForbidden
+	denied := errors.As(err, &se) && se.Code == http.StatusForbidden || errors.Is(err, errFiltered)
 	msg := err.Error()
 	if !denied {
 		return fmt.Errorf("consul at %s: %w", addr, err)

@@ -379,6 +379,26 @@ node_prefix "" { policy = "read" }`}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Tokens that may do everything but one thing the manager needs.
+	partial := func(name, rules string) string {
+		t.Helper()
+		p, _, err := admin.ACL().PolicyCreate(&api.ACLPolicy{Name: name, Rules: rules}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tok, _, err := admin.ACL().TokenCreate(&api.ACLToken{Description: name, Policies: []*api.ACLTokenPolicyLink{{ID: p.ID}}}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tok.SecretID
+	}
+	const kvSession = `key_prefix "micado/acl/" { policy = "write" }
+session_prefix "" { policy = "write" }
+`
+	noServiceWrite := partial("micado-no-service-write", kvSession+`node_prefix "" { policy = "read" }
+service_prefix "" { policy = "read" }`)
+	noNodeRead := partial("micado-no-node-read", kvSession+`service_prefix "" { policy = "write" }`)
+	noServiceRead := partial("micado-no-service-read", kvSession+`node_prefix "" { policy = "read" }`)
 	for _, tc := range []struct {
 		name, token string
 		want        []string
@@ -386,6 +406,9 @@ node_prefix "" { policy = "read" }`}, nil)
 		{"none", "", []string{"consul ACL:", "has ACLs on and the manager has no token", "CONSUL_HTTP_TOKEN", "--consul-token-file", `key_prefix "micado/acl/" write`, "Permission denied"}},
 		{"unknown", "4d3c2b1a-0000-4000-8000-000000000000", []string{"consul ACL:", "does not know the manager's token", "ACL not found"}},
 		{"read-only", ro.SecretID, []string{"consul ACL:", "the manager's token may not write keys under micado/acl/", "lacks permission 'key:write'"}},
+		{"no service write", noServiceWrite, []string{"consul ACL:", `the manager's token may not register services (service_prefix "" write)`, "lacks permission 'service:write'"}},
+		{"no node read", noNodeRead, []string{"consul ACL:", `the manager's token may not read nodes (node_prefix "" read)`, "X-Consul-Results-Filtered-By-ACLs"}},
+		{"no service read", noServiceRead, []string{"consul ACL:", `the manager's token may not read services (service_prefix "" read)`, "X-Consul-Results-Filtered-By-ACLs"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			m := startACLManager(t, consulAddr, tc.token)
@@ -413,6 +436,9 @@ node_prefix "" { policy = "read" }`}, nil)
 	}
 	if keys, _, err := admin.KV().Keys("micado/", "", nil); err != nil || len(keys) != 0 {
 		t.Fatalf("managers that could not start wrote %v (%v)", keys, err)
+	}
+	if svcs, err := admin.Agent().Services(); err != nil || len(svcs) != 0 {
+		t.Fatalf("the access check left services registered: %v (%v)", svcs, err)
 	}
 	// The same Consul with the management token: the manager starts.
 	m := startACLManager(t, consulAddr, mgmt)
