@@ -74,13 +74,44 @@ func StartWithACL(tb testing.TB, mgmt string) *Agent {
 	return StartHCL(tb, hcl, mgmt)
 }
 
+// TLSFiles are the PEM files of a Consul agent's TLS, or of a client's.
+type TLSFiles struct {
+	CAFile, CertFile, KeyFile string
+}
+
+// StartWithTLS runs a dev agent that serves its HTTP API over HTTPS only
+// (Addr is then an HTTPS host:port), with the server certificate in srv,
+// trusting srv.CAFile and asking every client for a certificate that CA
+// signed (verify_incoming). client is what the readiness check presents.
+func StartWithTLS(tb testing.TB, srv, client TLSFiles) *Agent {
+	tb.Helper()
+	hcl := fmt.Sprintf(`tls {
+  defaults {
+    ca_file = %q
+    cert_file = %q
+    key_file = %q
+    verify_incoming = true
+  }
+}`, srv.CAFile, srv.CertFile, srv.KeyFile)
+	return start(tb, hcl, "", &client)
+}
+
 // StartHCL runs a dev agent with extra configuration; token is used to
 // check that it is ready.
 func StartHCL(tb testing.TB, hcl, token string) *Agent {
 	tb.Helper()
+	return start(tb, hcl, token, nil)
+}
+
+func start(tb testing.TB, hcl, token string, tlsClient *TLSFiles) *Agent {
+	tb.Helper()
 	httpPort := testnet.FreePort(tb)
-	ports := fmt.Sprintf(`ports { http = %d, dns = -1, grpc = -1, grpc_tls = -1, serf_lan = %d, serf_wan = %d, server = %d }`,
-		httpPort, testnet.FreePort(tb), testnet.FreePort(tb), testnet.FreePort(tb))
+	listeners := fmt.Sprintf("http = %d", httpPort)
+	if tlsClient != nil {
+		listeners = fmt.Sprintf("http = -1, https = %d", httpPort)
+	}
+	ports := fmt.Sprintf(`ports { %s, dns = -1, grpc = -1, grpc_tls = -1, serf_lan = %d, serf_wan = %d, server = %d }`,
+		listeners, testnet.FreePort(tb), testnet.FreePort(tb), testnet.FreePort(tb))
 	cmd := exec.Command(Binary(tb), "agent", "-dev", "-bind=127.0.0.1", "-client=127.0.0.1", "-log-level=error", "-hcl", ports+"\n"+hcl)
 	out := &testnet.LogBuffer{}
 	cmd.Stdout, cmd.Stderr = out, out
@@ -89,7 +120,15 @@ func StartHCL(tb testing.TB, hcl, token string) *Agent {
 	}
 	a := &Agent{Addr: "127.0.0.1:" + strconv.Itoa(httpPort), cmd: cmd, out: out}
 	tb.Cleanup(a.Kill)
-	cl, _ := api.NewClient(&api.Config{Address: a.Addr, Token: token})
+	ccfg := &api.Config{Address: a.Addr, Token: token}
+	if tlsClient != nil {
+		ccfg.Scheme = "https"
+		ccfg.TLSConfig = api.TLSConfig{CAFile: tlsClient.CAFile, CertFile: tlsClient.CertFile, KeyFile: tlsClient.KeyFile}
+	}
+	cl, err := api.NewClient(ccfg)
+	if err != nil {
+		tb.Fatalf("consul client: %v", err)
+	}
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
 		if l, err := cl.Status().Leader(); err == nil && l != "" {

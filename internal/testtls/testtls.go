@@ -64,6 +64,17 @@ func NewCA(tb testing.TB, dir, name string) *CA {
 // (mode 0600).
 func (ca *CA) Server(tb testing.TB, dir, name string, hosts ...string) Pair {
 	tb.Helper()
+	return ca.leaf(tb, dir, name, []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, hosts)
+}
+
+// Client makes a client certificate signed by ca, written like Server's.
+func (ca *CA) Client(tb testing.TB, dir, name string) Pair {
+	tb.Helper()
+	return ca.leaf(tb, dir, name, []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, nil)
+}
+
+func (ca *CA) leaf(tb testing.TB, dir, name string, usage []x509.ExtKeyUsage, hosts []string) Pair {
+	tb.Helper()
 	key := newKey(tb)
 	tmpl := &x509.Certificate{
 		SerialNumber: serial(tb),
@@ -71,7 +82,7 @@ func (ca *CA) Server(tb testing.TB, dir, name string, hosts ...string) Pair {
 		NotBefore:    time.Now().Add(-time.Hour),
 		NotAfter:     time.Now().Add(24 * time.Hour),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		ExtKeyUsage:  usage,
 	}
 	for _, h := range hosts {
 		if ip := net.ParseIP(h); ip != nil {

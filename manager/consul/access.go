@@ -2,6 +2,8 @@ package consul
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"math"
@@ -20,6 +22,10 @@ func WaitReady(ctx context.Context, c *api.Client, addr string, wait time.Durati
 		if err == nil && leader != "" {
 			return nil
 		}
+		if hint := TLSHint(err); hint != "" {
+			// Waiting does not mend a certificate.
+			return fmt.Errorf("consul at %s: %s: %w", addr, hint, err)
+		}
 		if time.Now().After(deadline) {
 			if err == nil {
 				err = errors.New("no leader elected")
@@ -32,6 +38,36 @@ func WaitReady(ctx context.Context, c *api.Client, addr string, wait time.Durati
 		case <-time.After(500 * time.Millisecond):
 		}
 	}
+}
+
+// TLSHint says what to do about an error of the TLS connection to Consul
+// (an untrusted or misnamed certificate, a missing client certificate,
+// TLS on one side only), or "" when err is not one. The manager's Consul
+// client takes its TLS settings from Consul's own environment variables:
+// CONSUL_CACERT (or CONSUL_CAPATH), CONSUL_CLIENT_CERT, CONSUL_CLIENT_KEY,
+// CONSUL_TLS_SERVER_NAME, and https:// in --consul or CONSUL_HTTP_SSL=true.
+func TLSHint(err error) string {
+	if err == nil {
+		return ""
+	}
+	var unknown x509.UnknownAuthorityError
+	var host x509.HostnameError
+	var verify *tls.CertificateVerificationError
+	msg := err.Error()
+	switch {
+	case errors.As(err, &host):
+		return "Consul's certificate is not valid for the address dialled: connect with a name or address the certificate names, or set CONSUL_TLS_SERVER_NAME"
+	case errors.As(err, &unknown) || errors.As(err, &verify):
+		return "Consul's certificate is not trusted: set CONSUL_CACERT to the file of the CA that signed it"
+	case strings.Contains(msg, "tls: certificate required") || strings.Contains(msg, "tls: bad certificate") ||
+		strings.Contains(msg, "tls: unknown certificate authority") || strings.Contains(msg, "tls: expired certificate"):
+		return "Consul refused the manager's client certificate (it verifies incoming connections): set CONSUL_CLIENT_CERT and CONSUL_CLIENT_KEY to a certificate and key signed by a CA that Consul trusts"
+	case strings.Contains(msg, "server gave HTTP response to HTTPS client"):
+		return "Consul answers plain HTTP at this address: drop https:// from --consul (and CONSUL_HTTP_SSL), or give Consul's HTTPS port"
+	case strings.Contains(msg, "malformed HTTP response \"\\x15\\x03") || strings.Contains(msg, "Client sent an HTTP request to an HTTPS server"):
+		return "Consul speaks TLS at this address: use --consul https://<address> (or CONSUL_HTTP_SSL=true) and set CONSUL_CACERT"
+	}
+	return ""
 }
 
 // CheckAccess proves at start that Consul accepts the manager's ACL token

@@ -84,7 +84,12 @@ func StartWith(ctx context.Context, cfg manager.Config, opts Options) (*Process,
 	if err != nil {
 		return nil, err
 	}
-	ccfg := api.DefaultConfig() // CONSUL_CACERT, CONSUL_CLIENT_CERT, ... from the environment
+	// TLS to Consul: Consul's own environment variables (CONSUL_CACERT,
+	// CONSUL_CLIENT_CERT, CONSUL_CLIENT_KEY, CONSUL_TLS_SERVER_NAME), and
+	// https:// in --consul or CONSUL_HTTP_SSL=true; a certificate problem
+	// stops the start at once, naming the variable to set
+	// (consul.TLSHint).
+	ccfg := api.DefaultConfig()
 	ccfg.Address = cfg.ConsulAddr
 	if ccfg.Address == "" {
 		ccfg.Address = "127.0.0.1:8500"
