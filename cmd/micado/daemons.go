@@ -88,6 +88,7 @@ func managerCmd() *cobra.Command {
 		keyFile   string
 		tokenFile string
 		ctokFile  string
+		dtokFile  string // temporary: accepted, not used yet (the manager side adds it)
 		join      string
 		headroom  float64
 		strategy  string
@@ -172,6 +173,8 @@ over HTTPS only (TLS 1.2 or newer).`,
 	f.StringVar(&keyFile, "key-file", "", "file with the base64 cluster key (default: env MICADO_CLUSTER_KEY)")
 	f.StringVar(&tokenFile, "token-file", "", "file with the bearer token every API call must carry (default: env MICADO_API_TOKEN)")
 	f.StringVar(&ctokFile, "consul-token-file", "", "file with the Consul ACL token (default: env CONSUL_HTTP_TOKEN)")
+	// Temporary: `micado up` passes it; the manager side gives it meaning.
+	f.StringVar(&dtokFile, "consul-discovery-token-file", "", "file with the Consul token linked containers get (not used yet)")
 	f.StringVar(&cfg.TLSCert, "tls-cert", "", "PEM certificate (chain) of the API; with --tls-key the API speaks HTTPS only")
 	f.StringVar(&cfg.TLSKey, "tls-key", "", "PEM private key of --tls-cert")
 	f.Float64Var(&headroom, "headroom", coordinator.DefaultHeadroom, "fraction of each worker's memory never handed out")
