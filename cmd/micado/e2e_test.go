@@ -132,9 +132,20 @@ func (c *testCluster) state() *clusterState {
 
 func (c *testCluster) consul() *consul.Client { return c.consulClient(c.t) }
 
+// consulClient talks to the cluster's Consul from the host with the
+// management token `micado up` saved (Consul denies anonymous requests).
 func (c *testCluster) consulClient(tb testing.TB) *consul.Client {
 	c.t.Helper()
-	cl, err := consul.NewClient(&consul.Config{Address: strings.TrimPrefix(c.state().Consul, "http://")})
+	st := c.state()
+	var token string
+	if st.ConsulTokenFile != "" {
+		b, err := os.ReadFile(st.ConsulTokenFile)
+		if err != nil {
+			c.t.Fatalf("Consul management token: %v", err)
+		}
+		token = strings.TrimSpace(string(b))
+	}
+	cl, err := consul.NewClient(&consul.Config{Address: strings.TrimPrefix(st.Consul, "http://"), Token: token})
 	if err != nil {
 		c.t.Fatal(err)
 	}
