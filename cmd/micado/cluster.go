@@ -91,12 +91,17 @@ func upCmd(g *globals) *cobra.Command {
 		Short: "Start a local cluster on Docker: Consul, a manager and worker agents",
 		Long: `Start a local micado cluster on this machine's Docker engine: one Consul agent,
 one manager and N worker agents, each in its own container on a private
-Docker network made for the cluster. Workers take roles from --roles in turn.
+Docker network made for the cluster, micado-<cluster>. Workers take roles
+from --roles in turn. The containers the workers run are on a network of
+their own, micado-<cluster>-apps: they reach Consul (as micado-<cluster>-consul)
+but not the managers or the worker agents.
 
-The manager's address, an API token and the cluster key are saved under
---home/<cluster>/ (readable only by you), where later commands find them.
-The containers get the key and the token as read-only files, never in their
-environment.
+Consul runs with ACLs (default deny) and encrypted gossip. The manager's
+address, an API token, the cluster key, Consul's config file and its
+management, manager and discovery tokens are saved under --home/<cluster>/
+(readable only by you), where later commands find them. The containers get
+their secrets as read-only files, never in their environment or on their
+command line.
 
 With --tls-cert and --tls-key (PEM files; the certificate must be valid for
 127.0.0.1) the manager serves its API over HTTPS only; --ca-cert names the
