@@ -70,10 +70,13 @@ func (s consulSecrets) config() []byte {
 		EnableTokenPersistence bool   `json:"enable_token_persistence"`
 		Tokens                 tokens `json:"tokens"`
 	}
+	// The update check would only fail (no Internet on a cluster
+	// network, as a rule) and log an error every time.
 	b, _ := json.MarshalIndent(struct {
-		ACL     acl    `json:"acl"`
-		Encrypt string `json:"encrypt"`
-	}{acl{Enabled: true, DefaultPolicy: "deny", Tokens: tokens{s.management, s.agent, s.dns}}, s.encrypt}, "", "  ")
+		ACL                acl    `json:"acl"`
+		Encrypt            string `json:"encrypt"`
+		DisableUpdateCheck bool   `json:"disable_update_check"`
+	}{acl{Enabled: true, DefaultPolicy: "deny", Tokens: tokens{s.management, s.agent, s.dns}}, s.encrypt, true}, "", "  ")
 	return append(b, '\n')
 }
 
