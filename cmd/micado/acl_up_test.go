@@ -137,6 +137,22 @@ func TestUpSecuresConsulAndSeparatesNetworks(t *testing.T) {
 					t.Errorf("docker inspect %s shows the %s", ci.Name, what)
 				}
 			}
+			for _, m := range ci.Mounts {
+				if m.Source == st.ConsulTokenFile {
+					t.Errorf("%s mounts the management token", ci.Name)
+				}
+			}
+			if s.Labels[wire.LabelComponent] == "manager" {
+				// Scale-out workers run their containers on the workload
+				// network too, and publish on its gateway.
+				for _, pair := range [][2]string{{"--docker-network", st.Network}, {"--docker-container-network", st.AppsNetwork},
+					{"--docker-publish-addr", st.Gateway}, {"--consul-token-file", consulTokenMountPath},
+					{"--consul-discovery-token-file", consulDiscoveryMountPath}} {
+					if i := slices.Index(ci.Config.Cmd, pair[0]); i < 0 || i+1 >= len(ci.Config.Cmd) || ci.Config.Cmd[i+1] != pair[1] {
+						t.Errorf("%s: Cmd %q lacks %s %s", ci.Name, ci.Config.Cmd, pair[0], pair[1])
+					}
+				}
+			}
 			if s.Labels[wire.LabelComponent] == "consul" {
 				consuls++
 				if !slices.Contains(ci.Config.Cmd, "-config-file="+consulConfigMountPath) {
