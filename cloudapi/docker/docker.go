@@ -15,6 +15,10 @@
 // keys that every provider writes. Everything List reports of a worker it
 // reads from these labels.
 //
+// A worker runs its containers on Config.ContainerNetwork when set (a
+// local cluster's workload network, apart from the control plane's), and
+// on Config.Network otherwise.
+//
 // This is the one recipe for a worker container: `micado up` creates its
 // first workers with it, and the manager's scale-out its later ones.
 //
@@ -81,8 +85,14 @@ type Config struct {
 	// Cluster is the cluster name; Create only accepts specs for it and
 	// Terminate only removes its workers.
 	Cluster string
-	// Network is the Docker network the workers join, e.g. "micado-<cluster>".
+	// Network is the Docker network the workers join, e.g. "micado-<cluster>":
+	// the control plane's, where they gossip with the managers.
 	Network string
+	// ContainerNetwork, when set, is the Docker network the workers attach
+	// the containers they run to (their --container-network), e.g.
+	// "micado-<cluster>-apps": a network apart from Network keeps workloads
+	// away from the control plane. Empty: Network.
+	ContainerNetwork string
 	// Image is the micado image workers run, e.g. "micado/micado:dev". It is
 	// never pulled: it must exist on the engine.
 	Image string
@@ -91,7 +101,7 @@ type Config struct {
 	// "micado-<cluster>-manager:7946".
 	JoinAddr string
 	// PublishAddr is where published container ports are reached: the
-	// network's gateway IP.
+	// gateway IP of ContainerNetwork (or of Network without one).
 	PublishAddr string
 	// ClusterKey is the base64 cluster key (16, 24 or 32 bytes), given to
 	// workers as the file KeyPath.
@@ -150,6 +160,8 @@ func (c Config) validate() error {
 		return fmt.Errorf("Config.Cluster %q is not valid: use at most 64 letters, digits, '-', '_' and '.', starting with a letter or digit", c.Cluster)
 	case c.Network == "":
 		return errors.New("Config.Network is empty: give the cluster's Docker network, e.g. micado-" + c.Cluster)
+	case c.ContainerNetwork != "" && !nameRE.MatchString(c.ContainerNetwork):
+		return fmt.Errorf("Config.ContainerNetwork %q is not a Docker network name", c.ContainerNetwork)
 	case c.Image == "":
 		return errors.New("Config.Image is empty: give the micado image workers run, e.g. micado/micado:dev")
 	}
@@ -259,7 +271,7 @@ func (p *Provider) command(spec cloudapi.Spec) []string {
 		cmd = append(cmd, "--tag", t)
 	}
 	return append(cmd, "--memory", strconv.FormatInt(spec.Type.Memory, 10),
-		"--join", p.cfg.JoinAddr, "--publish-addr", p.cfg.PublishAddr, "--container-network", p.cfg.Network, "--pull=false",
+		"--join", p.cfg.JoinAddr, "--publish-addr", p.cfg.PublishAddr, "--container-network", cmp.Or(p.cfg.ContainerNetwork, p.cfg.Network), "--pull=false",
 		"--key-file", KeyPath)
 }
 

@@ -149,6 +149,7 @@ func TestConfigValidation(t *testing.T) {
 		{"Config.Cluster", func(c *Config) { c.Cluster = "" }},
 		{"Config.Cluster", func(c *Config) { c.Cluster = "a/b" }},
 		{"Config.Network", func(c *Config) { c.Network = "" }},
+		{"Config.ContainerNetwork", func(c *Config) { c.ContainerNetwork = "bad network" }},
 		{"Config.Image", func(c *Config) { c.Image = "" }},
 		{"Config.JoinAddr", func(c *Config) { c.JoinAddr = "" }},
 		{"Config.JoinAddr", func(c *Config) { c.JoinAddr = "manager" }},
@@ -181,6 +182,27 @@ func TestConfigValidation(t *testing.T) {
 	}
 	if p.Name() != "docker" || p.cfg.DockerSocket != "/var/run/docker.sock" || len(p.Types()) != 3 {
 		t.Errorf("Name %q, DockerSocket %q, %d types", p.Name(), p.cfg.DockerSocket, len(p.Types()))
+	}
+}
+
+// TestContainerNetwork: a worker attaches its containers to
+// Config.ContainerNetwork when there is one (the workload network), and
+// to Config.Network otherwise; the worker itself stays on Network.
+func TestContainerNetwork(t *testing.T) {
+	spec := cloudapi.Spec{Cluster: "v", Name: "w-1", Type: cloudapi.InstanceType{Name: "small", Memory: 512 << 20}}
+	for _, tc := range []struct{ containerNet, want string }{{"", "micado-v"}, {"micado-v-apps", "micado-v-apps"}} {
+		cfg := validConfig("v")
+		cfg.ContainerNetwork = tc.containerNet
+		cmd := (&Provider{cfg: cfg}).command(spec)
+		i := slices.Index(cmd, "--container-network")
+		if i < 0 || i+1 >= len(cmd) || cmd[i+1] != tc.want {
+			t.Errorf("ContainerNetwork %q: Cmd %q, want --container-network %s", tc.containerNet, cmd, tc.want)
+		}
+	}
+	p := &Provider{cfg: Config{Network: "micado-v", ContainerNetwork: "micado-v-apps"}}
+	nets := map[string]*network.EndpointSettings{"micado-v-apps": {IPAddress: "10.1.0.2"}, "micado-v": {IPAddress: "10.0.0.2"}}
+	if got := p.address(nets); got != "10.0.0.2" {
+		t.Errorf("address = %s, want the control network's 10.0.0.2", got)
 	}
 }
 

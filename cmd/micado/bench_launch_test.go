@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -190,7 +191,7 @@ func (c *testCluster) launchByHand(b *testing.B, cl *consul.Client, st *clusterS
 		RestartPolicy: container.RestartPolicy{Name: container.RestartPolicyOnFailure, MaximumRetryCount: 3},
 		Resources:     container.Resources{Memory: 64 << 20, MemorySwap: 64 << 20},
 	}
-	nc := &network.NetworkingConfig{EndpointsConfig: map[string]*network.EndpointSettings{st.Network: {}}}
+	nc := &network.NetworkingConfig{EndpointsConfig: map[string]*network.EndpointSettings{cmp.Or(st.AppsNetwork, st.Network): {}}}
 	ph := map[string]time.Duration{}
 
 	start := time.Now()

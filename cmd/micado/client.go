@@ -23,19 +23,28 @@ import (
 // clusterState is what `micado up` saves so that later commands find the
 // cluster: MICADO_HOME/<cluster>/cluster.json (mode 0600).
 type clusterState struct {
-	Name      string    `json:"name"`
-	Manager   string    `json:"manager"`            // http://127.0.0.1:PORT, or https:// with TLS: the first manager
-	Managers  []string  `json:"managers,omitempty"` // every manager's URL (micado up --managers N)
-	Consul    string    `json:"consul"`             // http://127.0.0.1:PORT
-	ConsulDNS string    `json:"consul_dns"`         // 127.0.0.1:PORT
-	Network   string    `json:"network"`            // Docker network name
-	Gateway   string    `json:"gateway"`            // the network's gateway: where published ports are reached
-	TokenFile string    `json:"token_file"`         // file holding the API token
-	KeyFile   string    `json:"key_file"`           // file holding the cluster key
-	CAFile    string    `json:"ca_file,omitempty"`  // CA certificate that verifies the manager's (TLS)
-	CreatedAt time.Time `json:"created_at"`
-	Workers   int       `json:"workers"`
-	WorkerMem int64     `json:"worker_memory"`
+	Name      string   `json:"name"`
+	Manager   string   `json:"manager"`            // http://127.0.0.1:PORT, or https:// with TLS: the first manager
+	Managers  []string `json:"managers,omitempty"` // every manager's URL (micado up --managers N)
+	Consul    string   `json:"consul"`             // http://127.0.0.1:PORT
+	ConsulDNS string   `json:"consul_dns"`         // 127.0.0.1:PORT
+	Network   string   `json:"network"`            // Docker network of the control plane
+	// AppsNetwork is the Docker network of the workloads (containers
+	// the workers run).
+	AppsNetwork string `json:"apps_network,omitempty"`
+	Gateway     string `json:"gateway"`    // the workload network's gateway: where published ports are reached
+	TokenFile   string `json:"token_file"` // file holding the API token
+	KeyFile     string `json:"key_file"`   // file holding the cluster key
+	// Consul's ACL tokens: the management token (the operator's, never
+	// given to a container), the managers' and the discovery token
+	// (read-only service discovery).
+	ConsulTokenFile          string    `json:"consul_token_file,omitempty"`
+	ConsulManagerTokenFile   string    `json:"consul_manager_token_file,omitempty"`
+	ConsulDiscoveryTokenFile string    `json:"consul_discovery_token_file,omitempty"`
+	CAFile                   string    `json:"ca_file,omitempty"` // CA certificate that verifies the manager's (TLS)
+	CreatedAt                time.Time `json:"created_at"`
+	Workers                  int       `json:"workers"`
+	WorkerMem                int64     `json:"worker_memory"`
 }
 
 func stateDir(g *globals) string { return filepath.Join(g.home, g.cluster) }

@@ -91,12 +91,17 @@ func upCmd(g *globals) *cobra.Command {
 		Short: "Start a local cluster on Docker: Consul, a manager and worker agents",
 		Long: `Start a local micado cluster on this machine's Docker engine: one Consul agent,
 one manager and N worker agents, each in its own container on a private
-Docker network made for the cluster. Workers take roles from --roles in turn.
+Docker network made for the cluster, micado-<cluster>. Workers take roles
+from --roles in turn. The containers the workers run are on a network of
+their own, micado-<cluster>-apps: they reach Consul (as micado-<cluster>-consul)
+but not the managers or the worker agents.
 
-The manager's address, an API token and the cluster key are saved under
---home/<cluster>/ (readable only by you), where later commands find them.
-The containers get the key and the token as read-only files, never in their
-environment.
+Consul runs with ACLs (default deny) and encrypted gossip. The manager's
+address, an API token, the cluster key, Consul's config file and its
+management, manager and discovery tokens are saved under --home/<cluster>/
+(readable only by you), where later commands find them. The containers get
+their secrets as read-only files, never in their environment or on their
+command line.
 
 With --tls-cert and --tls-key (PEM files; the certificate must be valid for
 127.0.0.1) the manager serves its API over HTTPS only; --ca-cert names the
@@ -357,49 +362,51 @@ func up(ctx context.Context, cmd *cobra.Command, g *globals, o upOptions) (err e
 	labels := func(component string) map[string]string {
 		return map[string]string{wire.LabelCluster: g.cluster, wire.LabelComponent: component}
 	}
-	netName := "micado-" + g.cluster
-	if _, err := dc.NetworkCreate(ctx, netName, network.CreateOptions{Driver: "bridge", Labels: labels("network")}); err != nil {
-		return userErr("cannot create network %s: %v", netName, err)
-	}
-	ni, err := dc.NetworkInspect(ctx, netName, network.InspectOptions{})
+	// Two networks: the control plane's (Consul, managers, worker agents)
+	// and the workloads' (the containers the workers run, and the Consul
+	// client agent, which they reach under the alias micado-<cluster>-consul).
+	// Docker keeps bridge networks apart, so a workload cannot reach a
+	// manager or a worker agent.
+	netName, appsNet := "micado-"+g.cluster, "micado-"+g.cluster+"-apps"
+	controlGW, controlSubnet, err := createNetwork(ctx, dc, netName, labels("network"))
 	if err != nil {
 		return err
 	}
-	// Docker keeps a container's address across a disconnect only on a
-	// network whose subnet was given: make it so, with the subnet Docker
-	// just chose as free.
-	if len(ni.IPAM.Config) > 0 && ni.IPAM.Config[0].Subnet != "" {
-		ipam := &network.IPAM{Config: []network.IPAMConfig{{Subnet: ni.IPAM.Config[0].Subnet, Gateway: ni.IPAM.Config[0].Gateway}}}
-		if err := dc.NetworkRemove(ctx, ni.ID); err != nil {
-			return err
-		}
-		if _, err := dc.NetworkCreate(ctx, netName, network.CreateOptions{Driver: "bridge", Labels: labels("network"), IPAM: ipam}); err != nil {
-			return userErr("cannot create network %s: %v", netName, err)
-		}
-		if ni, err = dc.NetworkInspect(ctx, netName, network.InspectOptions{}); err != nil {
-			return err
-		}
+	fmt.Fprintf(out, "network   %s (control plane, gateway %s)\n", netName, controlGW)
+	gateway, _, err := createNetwork(ctx, dc, appsNet, labels("apps-network"))
+	if err != nil {
+		return err
 	}
-	gateway := ""
-	if len(ni.IPAM.Config) > 0 {
-		gateway = ni.IPAM.Config[0].Gateway
+	fmt.Fprintf(out, "network   %s (workloads, gateway %s)\n", appsNet, gateway)
+
+	// Consul's secrets: one config file, read by every Consul container.
+	secrets := newConsulSecrets()
+	consulConfig := filepath.Join(dir, "consul.json")
+	if err := os.WriteFile(consulConfig, secrets.config(), 0o600); err != nil {
+		return err
 	}
-	if gateway == "" {
-		return userErr("network %s has no gateway address", netName)
+	consulMounts := func(volume string) []mount.Mount {
+		return []mount.Mount{{Type: mount.TypeVolume, Source: volume, Target: "/consul/data"}, secretMount(consulConfig, consulConfigMountPath)}
 	}
-	fmt.Fprintf(out, "network   %s (gateway %s)\n", netName, gateway)
 
 	vol := "micado-" + g.cluster + "-consul-data"
 	if _, err := dc.VolumeCreate(ctx, volume.CreateOptions{Name: vol, Labels: labels("consul")}); err != nil {
 		return userErr("cannot create volume %s: %v", vol, err)
 	}
 	prefix := "micado-" + g.cluster + "-"
-	run := func(name string, cfg *container.Config, host *container.HostConfig) (container.InspectResponse, error) {
+	// run creates and starts a container on the control network, and
+	// connects it to the extra networks (name → aliases) before it starts.
+	run := func(name string, cfg *container.Config, host *container.HostConfig, extra map[string][]string) (container.InspectResponse, error) {
 		host.RestartPolicy = container.RestartPolicy{Name: container.RestartPolicyUnlessStopped}
 		nc := &network.NetworkingConfig{EndpointsConfig: map[string]*network.EndpointSettings{netName: {Aliases: []string{name}}}}
 		created, err := dc.ContainerCreate(ctx, cfg, host, nc, nil, prefix+name)
 		if err != nil {
 			return container.InspectResponse{}, userErr("cannot create container %s: %v", prefix+name, err)
+		}
+		for n, aliases := range extra {
+			if err := dc.NetworkConnect(ctx, n, created.ID, &network.EndpointSettings{Aliases: aliases}); err != nil {
+				return container.InspectResponse{}, userErr("cannot connect container %s to network %s: %v", prefix+name, n, err)
+			}
 		}
 		if err := dc.ContainerStart(ctx, created.ID, container.StartOptions{}); err != nil {
 			return container.InspectResponse{}, userErr("cannot start container %s: %v", prefix+name, err)
@@ -423,9 +430,13 @@ func up(ctx context.Context, cmd *cobra.Command, g *globals, o upOptions) (err e
 	// (--consul-servers 3 or 5) and one client agent, "consul", that the
 	// managers and the workloads talk to (as a Consul agent on a manager's
 	// host would be).
+	// Every agent binds gossip to its address on the control network,
+	// found by subnet: the client agent, on both networks, may not see it
+	// as eth0 after a restart. Its HTTP and DNS listen on all interfaces.
 	consulCmd := func(node string, server bool) []string {
 		args := []string{"agent", "-node=" + node, "-data-dir=/consul/data", "-client=0.0.0.0",
-			`-bind={{ GetInterfaceIP "eth0" }}`, "-log-level=warn"}
+			`-bind={{ GetAllInterfaces | include "network" "` + controlSubnet + `" | attr "address" }}`,
+			"-config-file=" + consulConfigMountPath, "-log-level=warn"}
 		if server {
 			args = append(args, "-server", "-bootstrap-expect="+strconv.Itoa(o.consulServers))
 		}
@@ -448,7 +459,7 @@ func up(ctx context.Context, cmd *cobra.Command, g *globals, o upOptions) (err e
 			cl := labels("consul-server")
 			cl[wire.LabelNode] = name
 			if _, err := run(name, &container.Config{Image: consulImage, Labels: cl, Hostname: name, Cmd: consulCmd(name, true)},
-				&container.HostConfig{Mounts: []mount.Mount{{Type: mount.TypeVolume, Source: v, Target: "/consul/data"}}}); err != nil {
+				&container.HostConfig{Mounts: consulMounts(v)}, nil); err != nil {
 				return err
 			}
 			fmt.Fprintf(out, "consul    %s (server)\n", name)
@@ -458,18 +469,24 @@ func up(ctx context.Context, cmd *cobra.Command, g *globals, o upOptions) (err e
 	ci, err := run("consul", &container.Config{
 		Image: consulImage, Labels: labels("consul"), ExposedPorts: exp, Hostname: "consul",
 		Cmd: consulCmd("consul", o.consulServers == 1),
-	}, &container.HostConfig{PortBindings: pm, Mounts: []mount.Mount{{Type: mount.TypeVolume, Source: vol, Target: "/consul/data"}}})
+	}, &container.HostConfig{PortBindings: pm, Mounts: consulMounts(vol)}, map[string][]string{appsNet: {prefix + "consul"}})
 	if err != nil {
 		return err
 	}
 	consulHTTP := "http://127.0.0.1:" + hostPort(ci, "8500/tcp")
 	consulDNS := "127.0.0.1:" + hostPort(ci, "8600/udp")
 	fmt.Fprintf(out, "consul    %s (DNS %s)\n", consulHTTP, consulDNS)
+	ctoks, err := setupConsulACL(ctx, strings.TrimPrefix(consulHTTP, "http://"), g.cluster, dir, secrets)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "consul    ACLs on (default deny), gossip encrypted; management token in %s\n", ctoks.management)
 
 	// Secrets reach the containers as read-only files, never as
 	// environment variables, which `docker inspect` would show.
 	keyMount := secretMount(keyFile, keyMountPath)
-	mounts := []mount.Mount{dockerSocketMount, keyMount, secretMount(tokenFile, tokenMountPath)}
+	mounts := []mount.Mount{dockerSocketMount, keyMount, secretMount(tokenFile, tokenMountPath),
+		secretMount(ctoks.manager, consulTokenMountPath), secretMount(ctoks.discovery, consulDiscoveryMountPath)}
 	var tlsArgs []string
 	scheme := "http"
 	if o.tls != nil {
@@ -503,10 +520,11 @@ func up(ctx context.Context, cmd *cobra.Command, g *globals, o upOptions) (err e
 		ml := labels("manager")
 		ml[wire.LabelNode] = n
 		args := []string{"manager", "--cluster", g.cluster, "--node-name", n, "--key-file", keyMountPath, "--token-file", tokenMountPath,
-			"--consul", prefix + "consul:8500", "--api", ":8080", "--strategy", o.strategy,
+			"--consul", prefix + "consul:8500", "--consul-token-file", consulTokenMountPath,
+			"--consul-discovery-token-file", consulDiscoveryMountPath, "--api", ":8080", "--strategy", o.strategy,
 			"--provider", o.provider, "--instance-types", o.types, "--scale-roles", strings.Join(o.roles, ","),
 			"--max-instances", strconv.Itoa(o.maxTotal), "--max-per-role", strconv.Itoa(o.maxPerRole),
-			"--join-timeout", o.joinTimeout.String(), "--docker-network", netName, "--docker-image", cmp.Or(o.scaleImage, micadoImage),
+			"--join-timeout", o.joinTimeout.String(), "--docker-network", netName, "--docker-container-network", appsNet, "--docker-image", cmp.Or(o.scaleImage, micadoImage),
 			"--docker-publish-addr", gateway, "--join-addr", join,
 			"--consolidate-schedule", o.schedule, "--scale-in-delay", o.scaleInDelay.String(),
 			"--unneeded-time", o.unneeded.String(), "--min-per-role", o.minPerRoleFlag()}
@@ -532,7 +550,7 @@ func up(ctx context.Context, cmd *cobra.Command, g *globals, o upOptions) (err e
 			args = append(args, "--alert-for", o.alertFor.String())
 		}
 		mi, err := run(n, &container.Config{Image: micadoImage, Labels: ml, ExposedPorts: exp, Hostname: n,
-			Cmd: append(args, tlsArgs...)}, &container.HostConfig{PortBindings: pm, Mounts: mounts})
+			Cmd: append(args, tlsArgs...)}, &container.HostConfig{PortBindings: pm, Mounts: mounts}, nil)
 		if err != nil {
 			return err
 		}
@@ -550,7 +568,7 @@ func up(ctx context.Context, cmd *cobra.Command, g *globals, o upOptions) (err e
 		if err != nil {
 			return userErr("--instance-types: %v", err)
 		}
-		prov, err := cdocker.New(cdocker.Config{Cluster: g.cluster, Network: netName, Image: micadoImage, JoinAddr: join,
+		prov, err := cdocker.New(cdocker.Config{Cluster: g.cluster, Network: netName, ContainerNetwork: appsNet, Image: micadoImage, JoinAddr: join,
 			PublishAddr: gateway, ClusterKey: keyB64, KeyFile: keyFile, DockerSocket: dockerSocketMount.Source, Types: its}, dc)
 		if err != nil {
 			return userErr("docker provider: %v", err)
@@ -568,7 +586,8 @@ func up(ctx context.Context, cmd *cobra.Command, g *globals, o upOptions) (err e
 	}
 
 	st := clusterState{Name: g.cluster, Manager: managerURL, Managers: managerURLs, Consul: consulHTTP, ConsulDNS: consulDNS,
-		Network: netName, Gateway: gateway, TokenFile: tokenFile, KeyFile: keyFile,
+		Network: netName, AppsNetwork: appsNet, Gateway: gateway, TokenFile: tokenFile, KeyFile: keyFile,
+		ConsulTokenFile: ctoks.management, ConsulManagerTokenFile: ctoks.manager, ConsulDiscoveryTokenFile: ctoks.discovery,
 		CreatedAt: time.Now().UTC(), Workers: o.workers, WorkerMem: o.memory}
 	if o.tls != nil {
 		st.CAFile = o.tls.ca
@@ -670,7 +689,7 @@ func downCmd(g *globals) *cobra.Command {
 	return &cobra.Command{
 		Use:     "down",
 		Example: "  micado down\n  micado down --cluster test",
-		Short:   "Remove everything the local cluster created: containers, network, volume, state",
+		Short:   "Remove everything the local cluster created: containers, networks, volumes, state",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			dc, err := dockerClient()
@@ -687,7 +706,7 @@ func downCmd(g *globals) *cobra.Command {
 			if err := os.RemoveAll(stateDir(g)); err != nil {
 				return userErr("cannot remove %s: %v", stateDir(g), err)
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "cluster %q is down: removed %d containers, its network and its volume\n", g.cluster, n)
+			fmt.Fprintf(cmd.OutOrStdout(), "cluster %q is down: removed %d containers, its networks and its volumes\n", g.cluster, n)
 			return nil
 		},
 	}
@@ -733,4 +752,37 @@ func teardown(ctx context.Context, dc *dockerclient.Client, cluster string) (int
 		return len(cs), userErr("some cluster objects could not be removed: %v", errors.Join(errs...))
 	}
 	return len(cs) + len(more), nil
+}
+
+// createNetwork creates a bridge network and returns its gateway and
+// subnet. Docker keeps a container's address across a disconnect only on a
+// network whose subnet was given: the network is made again with the
+// subnet Docker first chose as free.
+func createNetwork(ctx context.Context, dc *dockerclient.Client, name string, labels map[string]string) (gateway, subnet string, err error) {
+	if _, err := dc.NetworkCreate(ctx, name, network.CreateOptions{Driver: "bridge", Labels: labels}); err != nil {
+		return "", "", userErr("cannot create network %s: %v", name, err)
+	}
+	ni, err := dc.NetworkInspect(ctx, name, network.InspectOptions{})
+	if err != nil {
+		return "", "", err
+	}
+	if len(ni.IPAM.Config) > 0 && ni.IPAM.Config[0].Subnet != "" {
+		ipam := &network.IPAM{Config: []network.IPAMConfig{{Subnet: ni.IPAM.Config[0].Subnet, Gateway: ni.IPAM.Config[0].Gateway}}}
+		if err := dc.NetworkRemove(ctx, ni.ID); err != nil {
+			return "", "", err
+		}
+		if _, err := dc.NetworkCreate(ctx, name, network.CreateOptions{Driver: "bridge", Labels: labels, IPAM: ipam}); err != nil {
+			return "", "", userErr("cannot create network %s: %v", name, err)
+		}
+		if ni, err = dc.NetworkInspect(ctx, name, network.InspectOptions{}); err != nil {
+			return "", "", err
+		}
+	}
+	if len(ni.IPAM.Config) > 0 {
+		gateway, subnet = ni.IPAM.Config[0].Gateway, ni.IPAM.Config[0].Subnet
+	}
+	if gateway == "" || subnet == "" {
+		return "", "", userErr("network %s has no gateway address or subnet", name)
+	}
+	return gateway, subnet, nil
 }

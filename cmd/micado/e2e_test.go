@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -76,6 +77,9 @@ type testCluster struct {
 	name string
 	home string
 	dc   *dockerclient.Client
+
+	consulMu sync.Mutex
+	consulCl *consul.Client // made once: each client keeps its own idle connections
 }
 
 func newTestCluster(t testing.TB, upArgs ...string) *testCluster {
@@ -132,12 +136,32 @@ func (c *testCluster) state() *clusterState {
 
 func (c *testCluster) consul() *consul.Client { return c.consulClient(c.t) }
 
+// consulClient talks to the cluster's Consul from the host with the
+// management token `micado up` saved (Consul denies anonymous requests).
+// It is one client for the whole test: a new client per call would leave
+// its idle connections open, and Consul refuses a client address with
+// more than 200 (429).
 func (c *testCluster) consulClient(tb testing.TB) *consul.Client {
 	c.t.Helper()
-	cl, err := consul.NewClient(&consul.Config{Address: strings.TrimPrefix(c.state().Consul, "http://")})
+	c.consulMu.Lock()
+	defer c.consulMu.Unlock()
+	if c.consulCl != nil {
+		return c.consulCl
+	}
+	st := c.state()
+	var token string
+	if st.ConsulTokenFile != "" {
+		b, err := os.ReadFile(st.ConsulTokenFile)
+		if err != nil {
+			c.t.Fatalf("Consul management token: %v", err)
+		}
+		token = strings.TrimSpace(string(b))
+	}
+	cl, err := consul.NewClient(&consul.Config{Address: strings.TrimPrefix(st.Consul, "http://"), Token: token})
 	if err != nil {
 		c.t.Fatal(err)
 	}
+	c.consulCl = cl
 	return cl
 }
 

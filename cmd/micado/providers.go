@@ -29,7 +29,7 @@ type providerFlags struct {
 
 	prices string
 
-	dockerNetwork, dockerImage, dockerPublish, dockerSocket string
+	dockerNetwork, dockerContainerNet, dockerImage, dockerPublish, dockerSocket string
 
 	ec2Region, ec2Endpoint, ec2AMI, ec2Subnet, ec2Groups, ec2Key string
 
@@ -47,9 +47,10 @@ func (p *providerFlags) register(cmd *cobra.Command) {
 	f.DurationVar(&p.joinTimeout, "join-timeout", manager.DefaultJoinTimeout, "how long a new instance may take to join before it is terminated")
 	f.DurationVar(&p.lostTimeout, "lost-timeout", manager.DefaultLostTimeout, "how long the worker of a joined instance may be gone before the instance is terminated")
 	f.StringVar(&p.joinAddr, "join-addr", "", "gossip address new workers join (default: the manager's)")
-	f.StringVar(&p.dockerNetwork, "docker-network", "", "docker provider: the cluster's Docker network")
+	f.StringVar(&p.dockerNetwork, "docker-network", "", "docker provider: the cluster's Docker network, where workers reach the managers")
+	f.StringVar(&p.dockerContainerNet, "docker-container-network", "", "docker provider: the Docker network workers attach their containers to (default: --docker-network)")
 	f.StringVar(&p.dockerImage, "docker-image", "micado/micado:dev", "docker provider: the micado image workers run")
-	f.StringVar(&p.dockerPublish, "docker-publish-addr", "", "docker provider: where published ports are reached (the network's gateway)")
+	f.StringVar(&p.dockerPublish, "docker-publish-addr", "", "docker provider: where published ports are reached (the gateway of the containers' network)")
 	f.StringVar(&p.dockerSocket, "docker-socket", "/var/run/docker.sock", "docker provider: host path of the Docker socket mounted into workers")
 	f.StringVar(&p.ec2Region, "ec2-region", "", "ec2 provider: region (default: the SDK's configuration chain)")
 	f.StringVar(&p.ec2Endpoint, "ec2-endpoint", "", "ec2 provider: endpoint URL override")
@@ -97,7 +98,7 @@ func (p *providerFlags) apply(ctx context.Context, cfg *manager.Config, keyB64 s
 			join = "micado-" + cfg.Cluster + "-manager:7946"
 		}
 		prov, err = cdocker.New(cdocker.Config{
-			Cluster: cfg.Cluster, Network: p.dockerNetwork, Image: p.dockerImage, JoinAddr: join,
+			Cluster: cfg.Cluster, Network: p.dockerNetwork, ContainerNetwork: p.dockerContainerNet, Image: p.dockerImage, JoinAddr: join,
 			PublishAddr: p.dockerPublish, ClusterKey: keyB64, DockerSocket: p.dockerSocket, Types: types,
 		}, dc)
 		if err != nil {
