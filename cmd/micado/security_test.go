@@ -130,6 +130,22 @@ func TestSecretsStayHiddenAndTLS(t *testing.T) {
 	for i, l := range tlsKeyLines {
 		secrets["TLS key line "+string(rune('1'+i))] = l
 	}
+	// Consul's tokens and gossip key, which micado up made.
+	for name, f := range map[string]string{"Consul management token": st.ConsulTokenFile,
+		"Consul manager token": st.ConsulManagerTokenFile, "Consul discovery token": st.ConsulDiscoveryTokenFile} {
+		b, err := os.ReadFile(f)
+		if err != nil || strings.TrimSpace(string(b)) == "" {
+			t.Fatalf("%s file %q: %v", name, f, err)
+		}
+		secrets[name] = strings.TrimSpace(string(b))
+	}
+	var consulCfg struct {
+		Encrypt string `json:"encrypt"`
+	}
+	if b, err := os.ReadFile(filepath.Join(filepath.Dir(st.TokenFile), "consul.json")); err != nil || json.Unmarshal(b, &consulCfg) != nil || consulCfg.Encrypt == "" {
+		t.Fatalf("consul.json has no gossip key: %v", err)
+	}
+	secrets["Consul gossip key"] = consulCfg.Encrypt
 	leaks := func(where, text string) {
 		t.Helper()
 		for name, s := range secrets {
