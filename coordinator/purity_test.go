@@ -2,10 +2,11 @@ package coordinator
 
 import (
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/micado-scale/micado/internal/golist"
 )
 
 const modulePath = "github.com/micado-scale/micado"
@@ -15,14 +16,10 @@ const modulePath = "github.com/micado-scale/micado"
 // or on running programs, and it does not itself import the clock, the
 // OS or randomness (those reach it only through its inputs).
 func TestPurity(t *testing.T) {
-	goTool, err := exec.LookPath("go")
-	if err != nil {
-		t.Fatal("TestPurity needs the go tool on PATH:", err)
-	}
-	root := moduleRoot(t)
+	root := golist.ModuleRoot(t)
 
 	// Everything the (non-test) package links.
-	deps := goList(t, goTool, root, "-deps", "-f", "{{.ImportPath}} {{.Standard}}", "./coordinator")
+	deps := golist.List(t, "-deps", "-f", "{{.ImportPath}} {{.Standard}}", "./coordinator")
 	forbidden := map[string]bool{"net": true, "net/http": true, "os/exec": true}
 	for _, line := range deps {
 		path, std, _ := strings.Cut(line, " ")
@@ -44,7 +41,7 @@ func TestPurity(t *testing.T) {
 	// Its own imports: fmt reaches os and time, but the package itself must
 	// not read the environment or a random source. It may use time's
 	// values (durations, instants passed in), never the clock: see below.
-	direct := goList(t, goTool, root, "-f", `{{join .Imports "\n"}}`, "./coordinator")
+	direct := golist.List(t, "-f", `{{join .Imports "\n"}}`, "./coordinator")
 	own := map[string]bool{
 		"os": true, "os/exec": true, "net": true, "net/http": true, "syscall": true,
 		"math/rand": true, "math/rand/v2": true, "crypto/rand": true, "unsafe": true,
@@ -72,44 +69,5 @@ func TestPurity(t *testing.T) {
 				t.Errorf("%s reads the clock (%s): pass now in instead", filepath.Base(f), c)
 			}
 		}
-	}
-}
-
-func goList(t *testing.T, goTool, dir string, args ...string) []string {
-	t.Helper()
-	cmd := exec.Command(goTool, append([]string{"list"}, args...)...)
-	cmd.Dir = dir
-	out, err := cmd.Output()
-	if err != nil {
-		if ee, ok := err.(*exec.ExitError); ok {
-			t.Fatalf("go list %s: %v\n%s", strings.Join(args, " "), err, ee.Stderr)
-		}
-		t.Fatalf("go list %s: %v", strings.Join(args, " "), err)
-	}
-	var lines []string
-	for _, l := range strings.Split(string(out), "\n") {
-		if l = strings.TrimSpace(l); l != "" {
-			lines = append(lines, l)
-		}
-	}
-	return lines
-}
-
-// moduleRoot walks up from the test's directory to the go.mod.
-func moduleRoot(t *testing.T) string {
-	t.Helper()
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Fatal("no go.mod above the test directory")
-		}
-		dir = parent
 	}
 }

@@ -79,29 +79,9 @@ func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) time.
 // observer sees the agent's load change when a container starts and
 // stops, and the agent API refuses callers without the cluster's token.
 func TestAgentGossipsLoadAndObeysOnlyTheManager(t *testing.T) {
-	docker, err := client.NewClientWithOpts(client.FromEnv, client.WithAPIVersionNegotiation())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer docker.Close()
-	ctx, cancel := context.WithCancel(context.Background())
+	docker, ctx, cluster := dockerForTest(t, "wt")
+	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	if _, err := docker.Ping(ctx); err != nil {
-		t.Fatalf("this test needs a running Docker engine: %v", err)
-	}
-	if _, err := docker.ImageInspect(ctx, "micado/demo-web:latest"); err != nil {
-		t.Fatalf("image micado/demo-web is missing: run `make images`: %v", err)
-	}
-	b := make([]byte, 4)
-	_, _ = rand.Read(b)
-	cluster := "wt-" + hex.EncodeToString(b)
-	t.Cleanup(func() {
-		cs, _ := docker.ContainerList(context.Background(), container.ListOptions{All: true,
-			Filters: filters.NewArgs(filters.Arg("label", wire.LabelCluster+"="+cluster))})
-		for _, c := range cs {
-			_ = docker.ContainerRemove(context.Background(), c.ID, container.RemoveOptions{Force: true})
-		}
-	})
 	key := make([]byte, 32)
 	_, _ = rand.Read(key)
 
@@ -221,4 +201,36 @@ func TestAgentGossipsLoadAndObeysOnlyTheManager(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatalf("agent: %v", err)
 	}
+}
+
+// dockerForTest connects to the Docker engine, fails the test (never
+// skips) when the engine or the demo-web image is missing, and names a
+// fresh cluster whose containers are removed when the test ends, also
+// when it fails. ctx ends with the test.
+func dockerForTest(t *testing.T, prefix string) (*client.Client, context.Context, string) {
+	t.Helper()
+	docker, err := client.NewClientWithOpts(client.FromEnv, client.WithAPIVersionNegotiation())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { docker.Close() })
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	if _, err := docker.Ping(ctx); err != nil {
+		t.Fatalf("this test needs a running Docker engine: %v", err)
+	}
+	if _, err := docker.ImageInspect(ctx, "micado/demo-web:latest"); err != nil {
+		t.Fatalf("image micado/demo-web is missing: run `make images`: %v", err)
+	}
+	b := make([]byte, 4)
+	_, _ = rand.Read(b)
+	cluster := prefix + "-" + hex.EncodeToString(b)
+	t.Cleanup(func() {
+		cs, _ := docker.ContainerList(context.Background(), container.ListOptions{All: true,
+			Filters: filters.NewArgs(filters.Arg("label", wire.LabelCluster+"="+cluster))})
+		for _, c := range cs {
+			_ = docker.ContainerRemove(context.Background(), c.ID, container.RemoveOptions{Force: true})
+		}
+	})
+	return docker, ctx, cluster
 }

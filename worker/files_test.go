@@ -13,10 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/docker/docker/api/types/container"
-	"github.com/docker/docker/api/types/filters"
-	"github.com/docker/docker/client"
-
 	"github.com/micado-scale/micado/internal/wire"
 )
 
@@ -26,29 +22,9 @@ import (
 // the agent's log do not carry the secret. Files with unsafe paths are
 // refused.
 func TestStartWritesFilesBeforeTheContainerStarts(t *testing.T) {
-	docker, err := client.NewClientWithOpts(client.FromEnv, client.WithAPIVersionNegotiation())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer docker.Close()
-	ctx, cancel := context.WithCancel(context.Background())
+	docker, ctx, cluster := dockerForTest(t, "wf")
+	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	if _, err := docker.Ping(ctx); err != nil {
-		t.Fatalf("this test needs a running Docker engine: %v", err)
-	}
-	if _, err := docker.ImageInspect(ctx, "micado/demo-web:latest"); err != nil {
-		t.Fatalf("image micado/demo-web is missing: run `make images`: %v", err)
-	}
-	b := make([]byte, 4)
-	_, _ = rand.Read(b)
-	cluster := "wf-" + hex.EncodeToString(b)
-	t.Cleanup(func() {
-		cs, _ := docker.ContainerList(context.Background(), container.ListOptions{All: true,
-			Filters: filters.NewArgs(filters.Arg("label", wire.LabelCluster+"="+cluster))})
-		for _, c := range cs {
-			_ = docker.ContainerRemove(context.Background(), c.ID, container.RemoveOptions{Force: true})
-		}
-	})
 	key := make([]byte, 32)
 	_, _ = rand.Read(key)
 	logs := &syncBuffer{}

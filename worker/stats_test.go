@@ -2,8 +2,6 @@ package worker
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -18,10 +16,6 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/docker/docker/api/types/container"
-	"github.com/docker/docker/api/types/filters"
-	"github.com/docker/docker/client"
 
 	"github.com/micado-scale/micado/internal/wire"
 )
@@ -234,29 +228,9 @@ func TestStatsEndpoint(t *testing.T) {
 // one's use as a fraction of the worker's one offered core, and /metrics
 // carries the per-container series.
 func TestAgentMeasuresContainerCPU(t *testing.T) {
-	docker, err := client.NewClientWithOpts(client.FromEnv, client.WithAPIVersionNegotiation())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer docker.Close()
-	ctx, cancel := context.WithCancel(context.Background())
+	_, ctx, cluster := dockerForTest(t, "wt")
+	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	if _, err := docker.Ping(ctx); err != nil {
-		t.Fatalf("this test needs a running Docker engine: %v", err)
-	}
-	if _, err := docker.ImageInspect(ctx, "micado/demo-web:latest"); err != nil {
-		t.Fatalf("image micado/demo-web is missing: run `make images`: %v", err)
-	}
-	b := make([]byte, 4)
-	_, _ = rand.Read(b)
-	cluster := "wt-" + hex.EncodeToString(b)
-	t.Cleanup(func() {
-		cs, _ := docker.ContainerList(context.Background(), container.ListOptions{All: true,
-			Filters: filters.NewArgs(filters.Arg("label", wire.LabelCluster+"="+cluster))})
-		for _, c := range cs {
-			_ = docker.ContainerRemove(context.Background(), c.ID, container.RemoveOptions{Force: true})
-		}
-	})
 	key := randomKey(t)
 	addr := "127.0.0.1:" + strconv.Itoa(freeTCPPort(t))
 	gossipPort := freeTCPPort(t)
