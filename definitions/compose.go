@@ -187,17 +187,8 @@ func (c *composeParser) warn(line int, path, format string, args ...any) {
 	c.warns = append(c.warns, Problem{File: c.file, Line: line, Path: path, Msg: fmt.Sprintf(format, args...)})
 }
 
-func (c *composeParser) parseAll(data []byte) (app *App) {
-	defer func() {
-		if r := recover(); r != nil {
-			if _, ok := r.(tooManySteps); !ok {
-				panic(r)
-			}
-			c.report(0, "", "the file uses aliases too heavily: it stands for more than %d values", maxSteps)
-			app = nil
-		}
-	}()
-	return c.parse(data)
+func (c *composeParser) parseAll(data []byte) *App {
+	return c.bounded(func() *App { return c.parse(data) })
 }
 
 // The Compose fields micado reads, ignores with a warning, or refuses with

@@ -109,15 +109,9 @@ func ParseLaunch(l Launch) (*App, error) {
 // launchCheckNode writes a check as given, without dropping invalid
 // values, so that the parser reports them.
 func launchCheckNode(c *CheckSpec) *yaml.Node {
-	n := mapping(0)
-	if c.HTTP != "" || !c.TCP {
-		n.Content = append(n.Content, str("http"), str(c.HTTP))
-	}
-	if c.TCP {
-		n.Content = append(n.Content, str("tcp"), boolean(true))
-	}
-	if c.Interval != "" {
-		n.Content = append(n.Content, str("interval"), str(c.Interval))
+	n := checkNode(c)
+	if c.HTTP == "" && !c.TCP {
+		n.Content = append([]*yaml.Node{str("http"), str("")}, n.Content...)
 	}
 	return n
 }

@@ -105,7 +105,13 @@ func (p *parser) step(n int) {
 	}
 }
 
-func (p *parser) parseAll(data []byte) (app *App) {
+func (p *parser) parseAll(data []byte) *App {
+	return p.bounded(func() *App { return p.parse(data) })
+}
+
+// bounded runs parse, turning the panic of a file that stands for more than
+// maxSteps values into a problem.
+func (p *parser) bounded(parse func() *App) (app *App) {
 	defer func() {
 		if r := recover(); r != nil {
 			if _, ok := r.(tooManySteps); !ok {
@@ -115,7 +121,7 @@ func (p *parser) parseAll(data []byte) (app *App) {
 			app = nil
 		}
 	}()
-	return p.parse(data)
+	return parse()
 }
 
 func (p *parser) parse(data []byte) *App {

@@ -30,18 +30,10 @@ func badRequest(format string, a ...any) error {
 // defaults and record builder of a definition file's service, and reports
 // every problem at once, each starting with the request field it is about.
 func validate(req LaunchRequest, now time.Time) ([]*Container, error) {
-	l := definitions.Launch{Name: req.Name, Image: req.Image, Role: req.Role, Tags: req.Tags, Memory: req.Memory,
-		Ports: req.Ports, Env: req.Env, Replicas: req.Replicas, Pinned: req.Pinned, Scaling: req.Scaling}
+	l, err := req.Launch()
 	var errs []string
-	if c := req.Check; c != nil {
-		switch c.Type {
-		case "http":
-			l.Check = &definitions.CheckSpec{HTTP: c.Path, Interval: c.Interval}
-		case "tcp":
-			l.Check = &definitions.CheckSpec{TCP: true, Interval: c.Interval}
-		default:
-			errs = append(errs, fmt.Sprintf("check.type: %q is not a check type: use http (with a path) or tcp (a first TCP port gets a tcp check by default)", c.Type))
-		}
+	if err != nil {
+		errs = append(errs, err.Error())
 	}
 	app, err := definitions.ParseLaunch(l)
 	var probs definitions.Problems
@@ -57,6 +49,24 @@ func validate(req LaunchRequest, now time.Time) ([]*Container, error) {
 	}
 	s := &app.Services[0]
 	return newRecords(app, s, 1, s.Replicas, s.Env, now), nil
+}
+
+// Launch is the request as the definitions model has it. A check type other
+// than http or tcp is an error (the check is then left out).
+func (req LaunchRequest) Launch() (definitions.Launch, error) {
+	l := definitions.Launch{Name: req.Name, Image: req.Image, Role: req.Role, Tags: req.Tags, Memory: req.Memory,
+		Ports: req.Ports, Env: req.Env, Replicas: req.Replicas, Pinned: req.Pinned, Scaling: req.Scaling}
+	if c := req.Check; c != nil {
+		switch c.Type {
+		case "http":
+			l.Check = &definitions.CheckSpec{HTTP: c.Path, Interval: c.Interval}
+		case "tcp":
+			l.Check = &definitions.CheckSpec{TCP: true, Interval: c.Interval}
+		default:
+			return l, fmt.Errorf("check.type: %q is not a check type: use http (with a path) or tcp (a first TCP port gets a tcp check by default)", c.Type)
+		}
+	}
+	return l, nil
 }
 
 func contains(list []string, s string) bool {

@@ -141,12 +141,11 @@ are NAME-1, NAME-2, ...`,
 // checkLaunch checks a launch as the manager will (definitions.ParseLaunch)
 // and names the flags in its problems.
 func checkLaunch(req manager.LaunchRequest) error {
-	l := definitions.Launch{Name: req.Name, Image: req.Image, Role: req.Role, Tags: req.Tags, Memory: req.Memory,
-		Ports: req.Ports, Env: req.Env, Replicas: req.Replicas, Pinned: req.Pinned, Scaling: req.Scaling}
-	if req.Check != nil {
-		l.Check = &definitions.CheckSpec{HTTP: req.Check.Path}
+	l, err := req.Launch() // the CLI only sets an http check
+	if err != nil {
+		return userErr("%v", err)
 	}
-	_, err := definitions.ParseLaunch(l)
+	_, err = definitions.ParseLaunch(l)
 	var probs definitions.Problems
 	if !errors.As(err, &probs) {
 		return err
@@ -160,10 +159,15 @@ func checkLaunch(req manager.LaunchRequest) error {
 
 // launchFlag names the flag of a launch field path.
 func launchFlag(path string) string {
-	field, rest, _ := strings.Cut(path, ".")
-	if i := strings.IndexByte(field, '['); i >= 0 {
-		field = field[:i]
+	// name drops an index: "ports[1]" → "ports".
+	name := func(s string) string {
+		if i := strings.IndexByte(s, '['); i >= 0 {
+			return s[:i]
+		}
+		return s
 	}
+	field, rest, _ := strings.Cut(path, ".")
+	field = name(field)
 	switch field {
 	case "image":
 		return "IMAGE"
@@ -177,10 +181,7 @@ func launchFlag(path string) string {
 		return "--health-path"
 	case "scaling":
 		sub, _, _ := strings.Cut(rest, ".")
-		if i := strings.IndexByte(sub, '['); i >= 0 {
-			sub = sub[:i]
-		}
-		switch sub {
+		switch name(sub) {
 		case "memory":
 			return "--memory-target"
 		case "per_replica":
