@@ -239,10 +239,11 @@ func TestCheckAccessNamesTheMissingRight(t *testing.T) {
 func TestNotSentErrors(t *testing.T) {
 	for msg, want := range map[string]bool{
 		"Unexpected response code: 500 (rpc error making call: rpc error getting client: failed to get conn: rpc error: lead thread didn't get connection)": true,
-		"Unexpected response code: 500 (No cluster leader)":                                    true,
-		"Unexpected response code: 403 (Permission denied)":                                    false,
-		"Post \"http://127.0.0.1:8500/v1/txn\": context deadline exceeded":                     false,
-		"Unexpected response code: 409 (Transaction contains too many operations (129 > 128))": false,
+		"Unexpected response code: 500 (No cluster leader)":                                                     true,
+		"Unexpected response code: 500 (rpc error making call: Raft leader not found in server lookup mapping)": true,
+		"Unexpected response code: 403 (Permission denied)":                                                     false,
+		"Post \"http://127.0.0.1:8500/v1/txn\": context deadline exceeded":                                      false,
+		"Unexpected response code: 409 (Transaction contains too many operations (129 > 128))":                  false,
 	} {
 		if got := notSent(errors.New(msg)); got != want {
 			t.Errorf("notSent(%q) = %v, want %v", msg, got, want)

@@ -128,11 +128,12 @@ func (j *Journal) MaxOps() int { return maxTxnOps }
 
 // notSent tells the errors of a transaction Consul never applied: its
 // agent could not reach a server (one just died: the agent moves on to
-// another at the next call) or the servers had no leader (an election).
-// Such a transaction may be sent again.
+// another at the next call), the servers had no leader (an election), or
+// the server it reached knew a leader it could not yet forward to (the
+// server that died led). Such a transaction may be sent again.
 func notSent(err error) bool {
 	msg := err.Error()
-	for _, s := range []string{"rpc error getting client", "failed to get conn", "No cluster leader"} {
+	for _, s := range []string{"rpc error getting client", "failed to get conn", "No cluster leader", "leader not found"} {
 		if strings.Contains(msg, s) {
 			return true
 		}
@@ -143,7 +144,7 @@ func notSent(err error) bool {
 func (j *Journal) txn(ctx context.Context, ops api.KVTxnOps) (bool, *api.KVTxnResponse, *api.QueryMeta, error) {
 	ok, resp, meta, err := j.kv.Txn(ops, (&api.QueryOptions{}).WithContext(ctx))
 	// A Consul server that died, or an election, costs a few retries.
-	for wait := 100 * time.Millisecond; err != nil && notSent(err) && wait <= 3200*time.Millisecond; wait *= 2 {
+	for wait := 100 * time.Millisecond; err != nil && notSent(err) && wait <= 6400*time.Millisecond; wait *= 2 {
 		select {
 		case <-ctx.Done():
 			return false, nil, nil, fmt.Errorf("consul transaction: %w", err)
