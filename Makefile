@@ -126,6 +126,97 @@ tools: prometheus ## Install the test tools (prometheus, promtool, chromium) wit
 	fi
 
 # ---------------------------------------------------------------------------
+# A Docker image standing in for a stock Debian cloud VM: systemd as PID 1 and
+# cloud-init reading a NoCloud seed, no Docker installed. Built with
+# debootstrap (the host's, installed with apt-get if missing; needs root or
+# sudo and the Debian mirror) into .cache/debian/rootfs, then `docker import`.
+# The tests must not reach the Internet, so the image's only apt source is a
+# local repository holding the .debs that `apt-get install -y
+# --no-install-recommends $(DEBIAN_REPO_PKGS)` needs, and nothing else.
+# Each stage is redone only when missing or when an input changed:
+# debootstrap and the downloads (base.stamp), the image's configuration from
+# images/debian-cloud/ (rootfs.stamp), the import (skipped altogether when
+# the tagged image carries the hash of its inputs, DEBIAN_INPUTS; `docker
+# import` cannot set STOPSIGNAL, so a one-line `docker build` adds it and the
+# labels). cloudapi/docker.MachineConfig boots it; on this cgroup v1 host
+# (which lacks CAP_SYS_RESOURCE, so --privileged fails) that is
+#   docker create --cap-add ALL --cap-drop SYS_RESOURCE --security-opt seccomp=unconfined
+#     --security-opt apparmor=unconfined --security-opt systempaths=unconfined
+#     --cgroupns=private --tmpfs /sys/fs/cgroup --tmpfs /run --tmpfs /run/lock
+#     --tmpfs /tmp -v /var/lib/docker IMAGE
+# then `docker cp` meta-data and user-data into /var/lib/cloud/seed/nocloud/
+# and `docker start`.
+
+DEBIAN_IMAGE     ?= micado/debian-cloud:bookworm
+DEBIAN_SUITE     ?= bookworm
+DEBIAN_MIRROR    ?= http://deb.debian.org/debian
+DEBIAN_DIR       := .cache/debian
+DEBIAN_ROOT      := $(DEBIAN_DIR)/rootfs
+DEBIAN_PKGS      := systemd,systemd-sysv,dbus,cloud-init,python3-yaml,python3-cffi-backend,curl,ca-certificates,iproute2,iputils-ping,netbase,procps,apt-utils,sudo,less
+DEBIAN_REPO_PKGS := docker.io
+DEBIAN_REPO      := /var/local/micado-apt
+# Units that make no sense in a container, or that would race the bootstrap
+# for the dpkg lock (apt-daily) or touch the host's devices (udev).
+DEBIAN_MASK      := getty.target console-getty.service systemd-networkd-wait-online.service \
+	systemd-udevd.service systemd-udev-trigger.service systemd-udev-settle.service \
+	apt-daily.timer apt-daily-upgrade.timer
+AS_ROOT          := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: debootstrap
+debootstrap: ## Install debootstrap with apt-get if missing
+	@if command -v debootstrap >/dev/null || [ -x /usr/sbin/debootstrap ]; then \
+		echo "debootstrap: debootstrap is installed"; \
+	else \
+		$(APT_GET) update && $(APT_GET) install -y --no-install-recommends debootstrap; \
+	fi
+
+$(DEBIAN_DIR)/base.stamp: | debootstrap
+	$(AS_ROOT) rm -rf $(DEBIAN_ROOT) $(DEBIAN_ROOT).tmp
+	@mkdir -p $(DEBIAN_DIR)
+	$(AS_ROOT) debootstrap --variant=minbase --include=$(DEBIAN_PKGS) $(DEBIAN_SUITE) $(DEBIAN_ROOT).tmp $(DEBIAN_MIRROR)
+	$(AS_ROOT) chroot $(DEBIAN_ROOT).tmp env DEBIAN_FRONTEND=noninteractive sh -ec '\
+		apt-get clean; apt-get update; \
+		apt-get install -y --no-install-recommends --download-only $(DEBIAN_REPO_PKGS); \
+		mkdir -p $(DEBIAN_REPO); \
+		mv /var/cache/apt/archives/*.deb $(DEBIAN_REPO)/; \
+		cd $(DEBIAN_REPO) && apt-ftparchive packages . > Packages'
+	$(AS_ROOT) mv $(DEBIAN_ROOT).tmp $(DEBIAN_ROOT)
+	touch $@
+
+$(DEBIAN_DIR)/rootfs.stamp: $(DEBIAN_DIR)/base.stamp images/debian-cloud/90-micado.cfg images/debian-cloud/micado-cgroup-v1.service
+	$(AS_ROOT) install -m 0644 images/debian-cloud/90-micado.cfg $(DEBIAN_ROOT)/etc/cloud/cloud.cfg.d/90-micado.cfg
+	$(AS_ROOT) install -m 0644 images/debian-cloud/micado-cgroup-v1.service $(DEBIAN_ROOT)/etc/systemd/system/micado-cgroup-v1.service
+	$(AS_ROOT) ln -sfn ../micado-cgroup-v1.service $(DEBIAN_ROOT)/etc/systemd/system/sysinit.target.wants/micado-cgroup-v1.service
+	echo 'deb [trusted=yes] file:$(DEBIAN_REPO) ./' | $(AS_ROOT) tee $(DEBIAN_ROOT)/etc/apt/sources.list >/dev/null
+	$(AS_ROOT) rm -rf $(DEBIAN_ROOT)/etc/apt/sources.list.d/* $(DEBIAN_ROOT)/var/cache/apt/*.bin
+	$(AS_ROOT) find $(DEBIAN_ROOT)/var/lib/apt/lists -type f ! -name lock -delete
+	@for u in $(DEBIAN_MASK); do $(AS_ROOT) ln -sfn /dev/null $(DEBIAN_ROOT)/etc/systemd/system/$$u; done
+	@# Like a cloud image: machine-id made on first boot, no leftover instance;
+	@# an empty seed directory, so `docker cp` can put the seed files into it.
+	$(AS_ROOT) sh -c ': > $(DEBIAN_ROOT)/etc/machine-id; rm -f $(DEBIAN_ROOT)/var/lib/dbus/machine-id; rm -rf $(DEBIAN_ROOT)/var/lib/cloud/*; mkdir -p $(DEBIAN_ROOT)/var/lib/cloud/seed/nocloud; echo localhost > $(DEBIAN_ROOT)/etc/hostname'
+	touch $@
+
+# The image carries the hash of everything it is made from; when the tagged
+# image has it, nothing is rebuilt (a fresh clone does not debootstrap again).
+DEBIAN_INPUTS := $(shell { echo '$(DEBIAN_SUITE) $(DEBIAN_MIRROR) $(DEBIAN_PKGS) $(DEBIAN_REPO_PKGS) $(DEBIAN_REPO) $(DEBIAN_MASK)'; cat images/debian-cloud/*; } | sha256sum | cut -c1-16)
+
+.PHONY: image-debian
+image-debian: ## Build the stock Debian cloud image (DEBIAN_IMAGE) with debootstrap, if its inputs changed (slow the first time)
+	@if [ "$$($(DOCKER) image inspect -f '{{index .Config.Labels "io.micado.debian-inputs"}}' $(DEBIAN_IMAGE) 2>/dev/null)" = "$(DEBIAN_INPUTS)" ]; then \
+		echo "image-debian: $(DEBIAN_IMAGE) is up to date"; \
+	else \
+		$(MAKE) --no-print-directory debian-import; \
+	fi
+
+.PHONY: debian-import
+debian-import: $(DEBIAN_DIR)/rootfs.stamp
+	@echo "image-debian: importing $(DEBIAN_ROOT) as $(DEBIAN_IMAGE)"
+	$(AS_ROOT) tar -C $(DEBIAN_ROOT) --numeric-owner --xattrs --xattrs-include='*' -c . | \
+		$(DOCKER) import --change 'CMD ["/sbin/init"]' --change 'ENV container=docker' - $(DEBIAN_IMAGE)
+	printf 'FROM %s\nSTOPSIGNAL SIGRTMIN+3\n' $(DEBIAN_IMAGE) | \
+		$(DOCKER) build -q --label $(IMAGE_LABEL) --label io.micado.debian-inputs=$(DEBIAN_INPUTS) -t $(DEBIAN_IMAGE) -
+
+# ---------------------------------------------------------------------------
 # Running and testing.
 
 .PHONY: up
@@ -142,7 +233,7 @@ lint: ## gofmt and go vet
 	$(GO) vet ./...
 
 .PHONY: test
-test: lint tools images ## Run every test: unit, property and end-to-end (needs Docker; installs the test tools, builds Consul and the images first)
+test: lint tools images image-debian ## Run every test: unit, property and end-to-end (needs Docker; installs the test tools, builds Consul and the images first)
 	$(GO) test -count=1 -timeout 45m ./...
 
 BENCH_OUT := $(BUILD_DIR)/bench.txt
