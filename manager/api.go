@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/micado-scale/micado/cloudapi"
 	"github.com/micado-scale/micado/internal/wire"
 )
 
@@ -36,8 +37,11 @@ const MaxBodyBytes = 1 << 20
 //	PUT    /v1/autoscale/{service}  turn a policy on or off, or set a launched service's (AutoscaleChange)
 //	POST   /v1/services/{service}/scale  set the replicas by hand (ScaleRequest)
 //	GET    /metrics              Prometheus metrics (metrics.go); needs the API token too
+//	GET    /v1/join/micado       the micado binary, for a new instance's join token (join.go)
+//	POST   /v1/join              spend a new instance's join token for the cluster key
 //
-// Every /v1 call needs the API token; GET /ui/ (the dashboard's static
+// Every /v1 call but the two join calls (served only with a Bootstrap)
+// needs the API token; GET /ui/ (the dashboard's static
 // files, see ui.go) and the redirect of / to it do not. The leader serves
 // /v1 from memory; a standby forwards it to the leader (forward.go).
 func (m *Manager) Handler() http.Handler {
@@ -73,7 +77,15 @@ func (m *Manager) Handler() http.Handler {
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, &RequestError{Status: http.StatusNotFound, Msg: fmt.Sprintf("no API endpoint %s %s", r.Method, r.URL.Path)})
 	})
-	return m.withUI(m.auth(mux))
+	if m.cfg.Bootstrap == nil {
+		return m.withUI(m.auth(mux))
+	}
+	// New instances authenticate with their join token, not the API token.
+	outer := http.NewServeMux()
+	outer.HandleFunc("GET "+cloudapi.JoinBinaryPath, lead(m.handleJoinBinary))
+	outer.HandleFunc("POST "+cloudapi.JoinPath, lead(m.handleJoin))
+	outer.Handle("/", m.auth(mux))
+	return m.withUI(outer)
 }
 
 // auth admits requests bearing the API token, when one is configured.

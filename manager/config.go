@@ -69,8 +69,9 @@ type Config struct {
 	// EventsKept is how many recent events are kept (default
 	// DefaultEventsKept), in memory and in the journal.
 	EventsKept int
-	// UserData renders cloud-init user data for new instances (real VMs).
-	UserData bool
+	// Bootstrap, when set, gives new instances cloud-init user data that
+	// bootstraps a worker on a stock image with a join token (real VMs).
+	Bootstrap *Bootstrap
 	// JoinAddr is the gossip address new workers join (default: ours).
 	JoinAddr string
 
@@ -196,6 +197,11 @@ func (c *Config) defaults() error {
 	}
 	if c.MoveTimeout == 0 {
 		c.MoveTimeout = DefaultMoveTimeout
+	}
+	if c.Bootstrap != nil {
+		if err := c.Bootstrap.check(); err != nil {
+			return fmt.Errorf("worker bootstrap: %w", err)
+		}
 	}
 	if c.DrainDeadline == 0 {
 		c.DrainDeadline = DefaultDrainDeadline

@@ -4,7 +4,6 @@ import (
 	"cmp"
 	"context"
 	"crypto/rand"
-	"encoding/base64"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -65,6 +64,12 @@ type InstanceRecord struct {
 	RequestedAt time.Time     `json:"requested_at"`
 	CreatedAt   time.Time     `json:"created_at,omitempty"` // when the cloud accepted the create call
 	JoinedAt    time.Time     `json:"joined_at,omitempty"`
+	// JoinToken is the hex SHA-256 of the instance's join token (the
+	// token is only in its user data); JoinExpires ends its validity and
+	// JoinedWith is when it was spent for the cluster key.
+	JoinToken   string    `json:"join_token,omitempty"`
+	JoinExpires time.Time `json:"join_expires,omitempty"`
+	JoinedWith  time.Time `json:"joined_with,omitempty"`
 
 	index uint64 // the journal index of its last change
 }
@@ -356,11 +361,8 @@ func (l *leader) createInstance(ctx context.Context, name string) {
 	}
 	t, _ := cloudapi.FindType(m.cfg.InstanceTypes, in.Type)
 	spec := cloudapi.Spec{Cluster: m.cfg.Cluster, Name: in.Name, Type: t, Tags: in.Tags}
-	if m.cfg.UserData {
-		ud, err := cloudapi.RenderUserData(cloudapi.UserDataParams{
-			Cluster: m.cfg.Cluster, Name: in.Name, Join: m.joinAddr(), Tags: in.Tags, Memory: t.Memory,
-			ClusterKey: base64.StdEncoding.EncodeToString(m.cfg.ClusterKey),
-		})
+	if m.cfg.Bootstrap != nil {
+		ud, err := l.userData(ctx, in, t.Memory)
 		if err != nil {
 			m.metrics.scaleOutInstance("create_failed")
 			l.instanceFailed(ctx, name, fmt.Errorf("render user data: %w", err))

@@ -116,6 +116,13 @@ type Config struct {
 	DockerSocket string
 	// Types are the instance types the manager may ask for.
 	Types []cloudapi.InstanceType
+	// CloudInit makes workers machines of their own, as on a cloud: Image
+	// is then a systemd and cloud-init image (a stock Debian from
+	// `make image-debian`), started privileged with Spec.UserData as its
+	// NoCloud seed; it installs Docker and fetches micado and the key from
+	// the manager itself. ClusterKey is not given to them. For testing
+	// the cloud bootstrap on one machine, not for production.
+	CloudInit bool
 }
 
 // Provider creates micado workers as containers on one Docker engine. It is
@@ -275,33 +282,64 @@ func (p *Provider) command(spec cloudapi.Spec) []string {
 		"--key-file", KeyPath)
 }
 
-// copyKey writes the cluster key into the (created, not yet started)
-// container id as KeyPath. Unlike an environment variable, a file in the
-// container's filesystem is not part of what `docker inspect` shows. With
-// Config.KeyFile the key is mounted instead, and there is nothing to copy.
-func (p *Provider) copyKey(ctx context.Context, id string) error {
+// seedDir is where a cloud-init image reads its NoCloud seed.
+const seedDir = "/var/lib/cloud/seed/nocloud"
+
+// seedFile is one file written into a created container before it starts.
+type seedFile struct {
+	path string
+	mode int64
+	body []byte
+}
+
+// seed returns the files a new worker container gets: the cluster key
+// as KeyPath (unless Config.KeyFile mounts it) or, with Config.CloudInit,
+// the NoCloud seed of spec's user data. Unlike an environment variable,
+// a file in the container's filesystem is not part of what `docker
+// inspect` shows.
+func (p *Provider) seed(spec cloudapi.Spec) []seedFile {
+	if p.cfg.CloudInit {
+		meta := fmt.Sprintf("instance-id: %s\nlocal-hostname: %s\n", spec.Name, spec.Name)
+		return []seedFile{
+			{path: seedDir + "/meta-data", mode: 0o600, body: []byte(meta)},
+			{path: seedDir + "/user-data", mode: 0o600, body: []byte(spec.UserData)},
+		}
+	}
 	if p.cfg.KeyFile != "" {
+		return nil
+	}
+	return []seedFile{{path: KeyPath, mode: 0o400, body: []byte(p.cfg.ClusterKey + "\n")}}
+}
+
+// copyFiles writes files into the (created, not yet started) container id.
+func (p *Provider) copyFiles(ctx context.Context, id string, files []seedFile) error {
+	if len(files) == 0 {
 		return nil
 	}
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
 	now := time.Now()
-	dir := path.Dir(KeyPath)
-	var dirs []string
-	for d := dir; d != "/" && d != "."; d = path.Dir(d) {
-		dirs = append([]string{d}, dirs...)
-	}
-	for _, d := range dirs {
-		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: strings.TrimPrefix(d, "/") + "/", Mode: 0o755, ModTime: now}); err != nil {
+	seen := map[string]bool{}
+	for _, f := range files {
+		var dirs []string
+		for d := path.Dir(f.path); d != "/" && d != "."; d = path.Dir(d) {
+			dirs = append([]string{d}, dirs...)
+		}
+		for _, d := range dirs {
+			if seen[d] {
+				continue
+			}
+			seen[d] = true
+			if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: strings.TrimPrefix(d, "/") + "/", Mode: 0o755, ModTime: now}); err != nil {
+				return err
+			}
+		}
+		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: strings.TrimPrefix(f.path, "/"), Mode: f.mode, Size: int64(len(f.body)), ModTime: now}); err != nil {
 			return err
 		}
-	}
-	body := []byte(p.cfg.ClusterKey + "\n")
-	if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: strings.TrimPrefix(KeyPath, "/"), Mode: 0o400, Size: int64(len(body)), ModTime: now}); err != nil {
-		return err
-	}
-	if _, err := tw.Write(body); err != nil {
-		return err
+		if _, err := tw.Write(f.body); err != nil {
+			return err
+		}
 	}
 	if err := tw.Close(); err != nil {
 		return err
@@ -322,19 +360,7 @@ func (p *Provider) Create(ctx context.Context, spec cloudapi.Spec) (cloudapi.Ins
 		return cloudapi.Instance{}, fmt.Errorf("docker: create %s: %w", spec.Name, err)
 	}
 	name := p.containerName(spec.Name)
-	cfg := &container.Config{
-		Image:    p.cfg.Image,
-		Hostname: spec.Name,
-		Cmd:      p.command(spec),
-		Labels:   labels,
-	}
-	host := &container.HostConfig{
-		RestartPolicy: container.RestartPolicy{Name: container.RestartPolicyUnlessStopped},
-		Mounts:        []mount.Mount{{Type: mount.TypeBind, Source: p.cfg.DockerSocket, Target: socketTarget}},
-	}
-	if p.cfg.KeyFile != "" {
-		host.Mounts = append(host.Mounts, mount.Mount{Type: mount.TypeBind, Source: p.cfg.KeyFile, Target: KeyPath, ReadOnly: true})
-	}
+	cfg, host := p.containerConfig(spec, labels)
 	nc := &network.NetworkingConfig{EndpointsConfig: map[string]*network.EndpointSettings{
 		p.cfg.Network: {Aliases: []string{spec.Name}},
 	}}
@@ -353,9 +379,9 @@ func (p *Provider) Create(ctx context.Context, spec cloudapi.Spec) (cloudapi.Ins
 	case err != nil:
 		return cloudapi.Instance{}, fmt.Errorf("docker: create %s: %w", name, err)
 	}
-	if err := p.copyKey(ctx, created.ID); err != nil {
+	if err := p.copyFiles(ctx, created.ID, p.seed(spec)); err != nil {
 		_ = p.dc.ContainerRemove(context.WithoutCancel(ctx), created.ID, container.RemoveOptions{Force: true, RemoveVolumes: true})
-		return cloudapi.Instance{}, fmt.Errorf("docker: give %s the cluster key: %w", name, err)
+		return cloudapi.Instance{}, fmt.Errorf("docker: give %s its key or seed: %w", name, err)
 	}
 	if err := p.dc.ContainerStart(ctx, created.ID, container.StartOptions{}); err != nil {
 		// Leave nothing half made: a retry creates it afresh.
@@ -363,6 +389,42 @@ func (p *Provider) Create(ctx context.Context, spec cloudapi.Spec) (cloudapi.Ins
 		return cloudapi.Instance{}, fmt.Errorf("docker: start %s: %w", name, err)
 	}
 	return p.inspect(ctx, created.ID)
+}
+
+// containerConfig is how a worker container is made: an agent with the
+// host's Docker socket or, with Config.CloudInit, a machine of its own
+// (systemd as PID 1, its own Docker engine) that boots from user data.
+func (p *Provider) containerConfig(spec cloudapi.Spec, labels map[string]string) (*container.Config, *container.HostConfig) {
+	cfg := &container.Config{Image: p.cfg.Image, Hostname: spec.Name, Labels: labels}
+	host := &container.HostConfig{RestartPolicy: container.RestartPolicy{Name: container.RestartPolicyUnlessStopped}}
+	if p.cfg.CloudInit {
+		MachineConfig(cfg, host)
+		return cfg, host
+	}
+	cfg.Cmd = p.command(spec)
+	host.Mounts = []mount.Mount{{Type: mount.TypeBind, Source: p.cfg.DockerSocket, Target: socketTarget}}
+	if p.cfg.KeyFile != "" {
+		host.Mounts = append(host.Mounts, mount.Mount{Type: mount.TypeBind, Source: p.cfg.KeyFile, Target: KeyPath, ReadOnly: true})
+	}
+	return cfg, host
+}
+
+// MachineConfig makes a container a machine of its own, as a cloud VM
+// is: systemd as PID 1 (with cgroups it may mount itself, in its own
+// cgroup namespace) and room for a Docker engine of its own, whose
+// storage is an anonymous volume (overlay2 cannot sit on the container's
+// overlay root). Every capability but CAP_SYS_RESOURCE rather than
+// --privileged, which engines without that capability refuse; seccomp
+// and AppArmor would block the inner engine's mounts.
+func MachineConfig(cfg *container.Config, host *container.HostConfig) {
+	cfg.StopSignal = "SIGRTMIN+3"
+	cfg.Volumes = map[string]struct{}{"/var/lib/docker": {}}
+	host.CapAdd = []string{"ALL"}
+	host.CapDrop = []string{"SYS_RESOURCE"}
+	host.SecurityOpt = []string{"seccomp=unconfined", "apparmor=unconfined"}
+	host.MaskedPaths, host.ReadonlyPaths = []string{}, []string{} // --security-opt systempaths=unconfined
+	host.CgroupnsMode = container.CgroupnsModePrivate
+	host.Tmpfs = map[string]string{"/sys/fs/cgroup": "", "/run": "", "/run/lock": "", "/tmp": ""}
 }
 
 // existing handles a Create whose container name is taken.
@@ -385,8 +447,8 @@ func (p *Provider) existing(ctx context.Context, spec cloudapi.Spec, name string
 	}
 	if ci.State == nil || !ci.State.Running {
 		// An earlier Create may have stopped before the key was copied.
-		if err := p.copyKey(ctx, ci.ID); err != nil {
-			return cloudapi.Instance{}, fmt.Errorf("docker: give existing %s the cluster key: %w", name, err)
+		if err := p.copyFiles(ctx, ci.ID, p.seed(spec)); err != nil {
+			return cloudapi.Instance{}, fmt.Errorf("docker: give existing %s its key or seed: %w", name, err)
 		}
 		if err := p.dc.ContainerStart(ctx, ci.ID, container.StartOptions{}); err != nil {
 			return cloudapi.Instance{}, fmt.Errorf("docker: start existing %s: %w", name, err)

@@ -483,9 +483,7 @@ func newTestProvider(t *testing.T, f *fakeEC2) *Provider {
 
 func userData(t *testing.T, name string) string {
 	t.Helper()
-	ud, err := cloudapi.RenderUserData(cloudapi.UserDataParams{
-		Cluster: "prod", Name: name, Join: "10.0.0.2:7946", Tags: []string{"role=proxy"}, Memory: 2 << 30, ClusterKey: "k3y",
-	})
+	ud, err := cloudapi.RenderUserData(cloudapi.TestUserDataParams(name))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -561,6 +559,11 @@ func TestCreateListTerminate(t *testing.T) {
 	gotUD, err := base64.StdEncoding.DecodeString(run.Get("UserData"))
 	if err != nil || string(gotUD) != ud {
 		t.Errorf("UserData decodes to %q, %v; want the rendered cloud-config", gotUD, err)
+	}
+	// The instance's metadata service hands user data to any process on
+	// it: what reached EC2 holds the join token, never the cluster key.
+	if tok, err := cloudapi.JoinTokenOf(string(gotUD)); err != nil || tok != cloudapi.TestUserDataParams("").JoinToken {
+		t.Errorf("UserData sent to EC2: join token %q, %v", tok, err)
 	}
 
 	// Two more, so listing needs several pages of two.

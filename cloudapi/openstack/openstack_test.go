@@ -409,7 +409,7 @@ func TestCreateListDelete(t *testing.T) {
 		t.Errorf("Name() = %q", p.Name())
 	}
 
-	ud, err := cloudapi.RenderUserData(cloudapi.UserDataParams{Cluster: "prod", Name: "w-proxy-3f2a", Join: "10.0.0.2:7946", Tags: []string{"role=proxy"}, Memory: 2 << 30, ClusterKey: "k3y"})
+	ud, err := cloudapi.RenderUserData(cloudapi.TestUserDataParams("w-proxy-3f2a"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -459,8 +459,14 @@ func TestCreateListDelete(t *testing.T) {
 	if want := []map[string]string{{"name": "micado-workers"}}; !slices.EqualFunc(got.SecurityGroups, want, mapsEqual) {
 		t.Errorf("security_groups = %v", got.SecurityGroups)
 	}
-	if dec, err := base64.StdEncoding.DecodeString(got.UserData); err != nil || string(dec) != ud {
+	dec, err := base64.StdEncoding.DecodeString(got.UserData)
+	if err != nil || string(dec) != ud {
 		t.Errorf("user_data decodes to %q, %v; want the rendered cloud-config", dec, err)
+	}
+	// Nova's metadata service hands user data to any process on the
+	// server: what reached it holds the join token, never the cluster key.
+	if tok, err := cloudapi.JoinTokenOf(string(dec)); err != nil || tok != cloudapi.TestUserDataParams("").JoinToken {
+		t.Errorf("user_data sent to Nova: join token %q, %v", tok, err)
 	}
 	wantMD := map[string]string{
 		cloudapi.TagCluster: "prod", cloudapi.TagRole: "proxy", cloudapi.TagNode: "w-proxy-3f2a",

@@ -85,6 +85,7 @@ func upCmd(g *globals) *cobra.Command {
 		alertCPU  string
 		alertMem  string
 		alertFor  time.Duration
+		boot      string
 	)
 	cmd := &cobra.Command{
 		Use:   "up",
@@ -106,7 +107,15 @@ command line.
 With --tls-cert and --tls-key (PEM files; the certificate must be valid for
 127.0.0.1) the manager serves its API over HTTPS only; --ca-cert names the
 CA that signed it, which later commands then trust (default: the system's
-roots).`,
+roots).
+
+With --worker-boot cloud-init, the workers scale-out creates boot as cloud
+VMs do: each is a container of --scale-image (a systemd and cloud-init
+image, e.g. the stock Debian of ` + "`make image-debian`" + `) that gets the same
+user data as an EC2 or OpenStack instance, installs Docker from its
+distribution's packages, fetches micado from the manager and spends its
+join token for the cluster key. It needs --tls-cert valid for
+micado-<cluster>-manager too. The --workers started now are agents.`,
 		Example: `  micado up
   micado up --workers 3 --roles proxy,app,db --worker-memory 2GiB
   micado up --tls-cert manager.crt --tls-key manager.key --ca-cert ca.pem`,
@@ -158,6 +167,12 @@ roots).`,
 			if err != nil {
 				return err
 			}
+			switch {
+			case boot != "agent" && boot != "cloud-init":
+				return userErr("--worker-boot %q is not agent or cloud-init", boot)
+			case boot == "cloud-init" && (tlsFiles == nil || provider != "docker" || scaleImg == ""):
+				return userErr("--worker-boot cloud-init needs --provider docker, --scale-image (a cloud-init image, e.g. micado/debian-cloud:bookworm from `make image-debian`) and --tls-cert/--tls-key: new workers spend their join token for the cluster key over TLS")
+			}
 			if _, err := parseNodeAlert(alertCPU, alertMem, alertFor); err != nil {
 				return err
 			}
@@ -169,7 +184,7 @@ roots).`,
 			return up(ctx, cmd, g, upOptions{tls: tlsFiles, workers: workers, managers: managers, consulServers: servers, roles: rs, memory: int64(workerMem), strategy: strategy,
 				provider: provider, types: types, maxTotal: maxTotal, maxPerRole: maxRole, joinTimeout: joinWait, scaleImage: scaleImg,
 				schedule: schedule, scaleInDelay: siDelay, unneeded: unneeded, minPerRole: minRole,
-				prometheus: prom, alertCPU: alertCPU, alertMem: alertMem, alertFor: alertFor, prices: prices, budget: budget})
+				prometheus: prom, alertCPU: alertCPU, alertMem: alertMem, alertFor: alertFor, prices: prices, budget: budget, boot: boot})
 		},
 	}
 	cmd.Flags().IntVar(&workers, "workers", 2, "number of worker agents")
@@ -187,7 +202,8 @@ roots).`,
 	cmd.Flags().DurationVar(&siDelay, "scale-in-delay", coordinator.DefaultScaleDownDelayAfterAdd, "a worker is kept at least this long after it joined")
 	cmd.Flags().DurationVar(&unneeded, "unneeded-time", coordinator.DefaultScaleDownUnneededTime, "a worker must be removable this long before it is scaled in")
 	cmd.Flags().StringVar(&minRole, "min-per-role", "", "workers kept per role, e.g. proxy=1 (default: 1 for each of --roles)")
-	cmd.Flags().StringVar(&scaleImg, "scale-image", "", "image new workers run (default: the micado image)")
+	cmd.Flags().StringVar(&scaleImg, "scale-image", "", "image new workers run (default: the micado image; with --worker-boot cloud-init, the image they boot)")
+	cmd.Flags().StringVar(&boot, "worker-boot", "agent", "how workers scale-out creates start: agent (the micado image with the key) or cloud-init (a VM-like container bootstrapped by user data and a join token)")
 	cmd.Flags().DurationVar(&joinWait, "join-timeout", manager.DefaultJoinTimeout, "how long a new worker may take to join before it is removed")
 	cmd.Flags().StringVar(&budget, "drain-budget", "10%", "the most workers of a role consolidation drains at once: N or N%")
 	cmd.Flags().StringVar(&prices, "instance-prices", "", "price per hour of instance types NAME=PRICE, e.g. small=0.01,medium=0.02,large=0.04")
@@ -291,6 +307,7 @@ type upOptions struct {
 	alertCPU      string
 	alertMem      string
 	alertFor      time.Duration
+	boot          string // how scaled-out workers start: agent or cloud-init
 }
 
 // Where the containers find their secrets: read-only bind mounts of the
@@ -300,6 +317,7 @@ const (
 	tokenMountPath   = "/etc/micado/api-token"
 	tlsCertMountPath = "/etc/micado/tls/cert.pem"
 	tlsKeyMountPath  = "/etc/micado/tls/key.pem"
+	tlsCAMountPath   = "/etc/micado/tls/ca.pem"
 )
 
 // secretMount bind-mounts one host file read-only.
@@ -493,6 +511,9 @@ func up(ctx context.Context, cmd *cobra.Command, g *globals, o upOptions) (err e
 		scheme = "https"
 		mounts = append(mounts, secretMount(o.tls.cert, tlsCertMountPath), secretMount(o.tls.key, tlsKeyMountPath))
 		tlsArgs = []string{"--tls-cert", tlsCertMountPath, "--tls-key", tlsKeyMountPath}
+		if o.tls.ca != "" {
+			mounts = append(mounts, secretMount(o.tls.ca, tlsCAMountPath))
+		}
 	}
 	// Managers: one leads, the others stand by; each knows the others'
 	// gossip addresses, and workers join all of them.
@@ -548,6 +569,12 @@ func up(ctx context.Context, cmd *cobra.Command, g *globals, o upOptions) (err e
 		}
 		if o.alertFor > 0 {
 			args = append(args, "--alert-for", o.alertFor.String())
+		}
+		if o.boot == "cloud-init" {
+			args = append(args, "--docker-boot", "cloud-init")
+			if o.tls.ca != "" {
+				args = append(args, "--join-ca", tlsCAMountPath)
+			}
 		}
 		mi, err := run(n, &container.Config{Image: micadoImage, Labels: ml, ExposedPorts: exp, Hostname: n,
 			Cmd: append(args, tlsArgs...)}, &container.HostConfig{PortBindings: pm, Mounts: mounts}, nil)

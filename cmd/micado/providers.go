@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"net"
+	"os"
 	"time"
 
 	"github.com/micado-scale/micado/cloudapi"
@@ -29,6 +31,9 @@ type providerFlags struct {
 
 	prices string
 
+	joinURL, joinCA, workerBinary, dockerBoot string
+	joinTokenTTL                              time.Duration
+
 	dockerNetwork, dockerContainerNet, dockerImage, dockerPublish, dockerSocket string
 
 	ec2Region, ec2Endpoint, ec2AMI, ec2Subnet, ec2Groups, ec2Key string
@@ -47,6 +52,11 @@ func (p *providerFlags) register(cmd *cobra.Command) {
 	f.DurationVar(&p.joinTimeout, "join-timeout", manager.DefaultJoinTimeout, "how long a new instance may take to join before it is terminated")
 	f.DurationVar(&p.lostTimeout, "lost-timeout", manager.DefaultLostTimeout, "how long the worker of a joined instance may be gone before the instance is terminated")
 	f.StringVar(&p.joinAddr, "join-addr", "", "gossip address new workers join (default: the manager's)")
+	f.StringVar(&p.joinURL, "join-url", "", "ec2, openstack: the manager API's https:// URL as new instances reach it, to fetch the micado binary and spend their join token (default: https://JOIN-ADDR-HOST:API-PORT)")
+	f.StringVar(&p.joinCA, "join-ca", "", "ec2, openstack: PEM file of the CA new instances trust for --join-url (default: the --tls-cert file)")
+	f.DurationVar(&p.joinTokenTTL, "join-token-ttl", manager.DefaultJoinTokenTTL, "ec2, openstack: how long a new instance's join token stays valid")
+	f.StringVar(&p.workerBinary, "worker-binary", "", "ec2, openstack: the linux micado binary served to new instances (default: this executable)")
+	f.StringVar(&p.dockerBoot, "docker-boot", "agent", "docker provider: agent (workers run --docker-image with the key) or cloud-init (workers boot --docker-image, a systemd+cloud-init image, with the same user data as a cloud VM)")
 	f.StringVar(&p.dockerNetwork, "docker-network", "", "docker provider: the cluster's Docker network, where workers reach the managers")
 	f.StringVar(&p.dockerContainerNet, "docker-container-network", "", "docker provider: the Docker network workers attach their containers to (default: --docker-network)")
 	f.StringVar(&p.dockerImage, "docker-image", "micado/micado:dev", "docker provider: the micado image workers run")
@@ -54,11 +64,11 @@ func (p *providerFlags) register(cmd *cobra.Command) {
 	f.StringVar(&p.dockerSocket, "docker-socket", "/var/run/docker.sock", "docker provider: host path of the Docker socket mounted into workers")
 	f.StringVar(&p.ec2Region, "ec2-region", "", "ec2 provider: region (default: the SDK's configuration chain)")
 	f.StringVar(&p.ec2Endpoint, "ec2-endpoint", "", "ec2 provider: endpoint URL override")
-	f.StringVar(&p.ec2AMI, "ec2-ami", "", "ec2 provider: image with micado and Docker installed")
+	f.StringVar(&p.ec2AMI, "ec2-ami", "", "ec2 provider: a stock Debian or Ubuntu image (AMI ID)")
 	f.StringVar(&p.ec2Subnet, "ec2-subnet", "", "ec2 provider: subnet ID")
 	f.StringVar(&p.ec2Groups, "ec2-security-groups", "", "ec2 provider: security group IDs, comma-separated")
 	f.StringVar(&p.ec2Key, "ec2-key-name", "", "ec2 provider: key pair name")
-	f.StringVar(&p.osImage, "os-image", "", "openstack provider: image ID with micado and Docker installed")
+	f.StringVar(&p.osImage, "os-image", "", "openstack provider: a stock Debian or Ubuntu image ID")
 	f.StringVar(&p.osNetworks, "os-networks", "", "openstack provider: network UUIDs, comma-separated")
 	f.StringVar(&p.osGroups, "os-security-groups", "", "openstack provider: security group names, comma-separated")
 	f.StringVar(&p.osKey, "os-key-name", "", "openstack provider: key pair name")
@@ -86,6 +96,14 @@ func (p *providerFlags) apply(ctx context.Context, cfg *manager.Config, keyB64 s
 	if p.joinTimeout < 10*time.Second {
 		return userErr("--join-timeout %s is too short: use at least 10s", p.joinTimeout)
 	}
+	if p.dockerBoot != "agent" && p.dockerBoot != "cloud-init" {
+		return userErr("--docker-boot %q is not agent or cloud-init", p.dockerBoot)
+	}
+	if p.provider == "ec2" || p.provider == "openstack" || (p.provider == "docker" && p.dockerBoot == "cloud-init") {
+		if cfg.Bootstrap, err = p.bootstrap(cfg); err != nil {
+			return err
+		}
+	}
 	var prov cloudapi.Provider
 	switch p.provider {
 	case "docker":
@@ -100,6 +118,7 @@ func (p *providerFlags) apply(ctx context.Context, cfg *manager.Config, keyB64 s
 		prov, err = cdocker.New(cdocker.Config{
 			Cluster: cfg.Cluster, Network: p.dockerNetwork, ContainerNetwork: p.dockerContainerNet, Image: p.dockerImage, JoinAddr: join,
 			PublishAddr: p.dockerPublish, ClusterKey: keyB64, DockerSocket: p.dockerSocket, Types: types,
+			CloudInit: p.dockerBoot == "cloud-init",
 		}, dc)
 		if err != nil {
 			return userErr("docker provider: %v", err)
@@ -111,7 +130,6 @@ func (p *providerFlags) apply(ctx context.Context, cfg *manager.Config, keyB64 s
 		if err != nil {
 			return userErr("ec2 provider: %v", err)
 		}
-		cfg.UserData = true
 		cfg.JoinAddr = p.joinAddr
 	case "openstack":
 		prov, err = openstack.New(ctx, openstack.Config{Image: p.osImage, Networks: splitList(p.osNetworks),
@@ -119,7 +137,6 @@ func (p *providerFlags) apply(ctx context.Context, cfg *manager.Config, keyB64 s
 		if err != nil {
 			return userErr("openstack provider: %v", err)
 		}
-		cfg.UserData = true
 		cfg.JoinAddr = p.joinAddr
 	default:
 		return userErr("--provider %q is not one of none, docker, ec2, openstack", p.provider)
@@ -131,4 +148,58 @@ func (p *providerFlags) apply(ctx context.Context, cfg *manager.Config, keyB64 s
 	cfg.JoinTimeout = p.joinTimeout
 	cfg.LostTimeout = p.lostTimeout
 	return nil
+}
+
+// bootstrap reads what new instances need to bootstrap from a stock image:
+// the manager's URL and CA, and the binary they fetch. It refuses to run
+// without TLS: instances fetch the cluster key from the manager.
+func (p *providerFlags) bootstrap(cfg *manager.Config) (*manager.Bootstrap, error) {
+	if cfg.TLSCert == "" {
+		return nil, userErr("--provider %s bootstraps new instances with a join token that they spend for the cluster key over TLS: give --tls-cert and --tls-key (a self-signed certificate will do: instances trust --join-ca, by default that certificate)", p.provider)
+	}
+	b := &manager.Bootstrap{URL: p.joinURL, TokenTTL: p.joinTokenTTL}
+	if b.URL == "" {
+		host := ""
+		if j := splitList(p.joinAddr); len(j) > 0 {
+			host, _, _ = net.SplitHostPort(j[0])
+		} else if p.provider == "docker" {
+			host = "micado-" + cfg.Cluster + "-manager"
+		}
+		if host == "" {
+			host = cfg.AdvertiseAddr
+		}
+		_, port, err := net.SplitHostPort(cfg.APIAddr)
+		if host == "" || err != nil {
+			return nil, userErr("give --join-url, the manager API's https:// URL as new instances reach it (it cannot be guessed without --join-addr or --advertise)")
+		}
+		b.URL = "https://" + net.JoinHostPort(host, port)
+	}
+	if p.joinTokenTTL <= 0 {
+		return nil, userErr("--join-token-ttl %s must be positive", p.joinTokenTTL)
+	}
+	caFile := p.joinCA
+	if caFile == "" {
+		caFile = cfg.TLSCert
+	}
+	ca, err := os.ReadFile(caFile)
+	if err != nil {
+		return nil, userErr("cannot read the CA new instances trust (--join-ca): %v", err)
+	}
+	b.CA = string(ca)
+	if err := cloudapi.CheckCA(b.CA); err != nil {
+		return nil, userErr("--join-ca %s: %v", caFile, err)
+	}
+	bin := p.workerBinary
+	if bin == "" {
+		if bin, err = os.Executable(); err != nil {
+			return nil, userErr("cannot find this executable to serve to new instances: give --worker-binary: %v", err)
+		}
+	}
+	if b.Binary, err = os.ReadFile(bin); err != nil {
+		return nil, userErr("cannot read the binary served to new instances (--worker-binary): %v", err)
+	}
+	if err := cloudapi.CheckJoinURL(b.URL); err != nil {
+		return nil, userErr("--join-url: %v", err)
+	}
+	return b, nil
 }

@@ -1,0 +1,202 @@
+package manager
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/micado-scale/micado/cloudapi"
+)
+
+// Bootstrap lets new cloud instances start from a stock image: their
+// cloud-init user data (cloudapi.RenderUserData) holds a join token, the
+// manager's URL and CA and the checksum of Binary; the instance fetches
+// Binary from the manager and spends the token for the cluster key, over
+// TLS. The cluster key is never in user data, which clouds let any
+// process on the instance read back from their metadata service.
+type Bootstrap struct {
+	// URL is the manager API's https:// URL as new instances reach it.
+	URL string
+	// CA is the PEM certificate(s) instances trust for URL.
+	CA string
+	// TokenTTL is how long a join token is valid after its instance was
+	// asked for (default DefaultJoinTokenTTL).
+	TokenTTL time.Duration
+	// Binary is the micado binary served to instances (linux, static):
+	// normally the manager's own executable, so workers run its version.
+	Binary []byte
+
+	sum string // hex SHA-256 of Binary
+}
+
+// DefaultJoinTokenTTL covers a slow boot that installs Docker from the
+// distribution's packages. An instance that has not joined by the join
+// timeout (DefaultJoinTimeout) is terminated and its token forgotten
+// anyway.
+const DefaultJoinTokenTTL = 10 * time.Minute
+
+// Events of the join exchange.
+const (
+	EventKeyIssued   = "key-issued"   // an instance spent its join token for the cluster key
+	EventJoinRefused = "join-refused" // an instance's join token was refused, and why
+)
+
+func (b *Bootstrap) check() error {
+	if err := cloudapi.CheckJoinURL(b.URL); err != nil {
+		return err
+	}
+	if err := cloudapi.CheckCA(b.CA); err != nil {
+		return err
+	}
+	if len(b.Binary) == 0 {
+		return errors.New("no micado binary to serve to new instances")
+	}
+	if b.TokenTTL == 0 {
+		b.TokenTTL = DefaultJoinTokenTTL
+	}
+	if b.TokenTTL < 0 {
+		return fmt.Errorf("the join token lifetime %s is negative", b.TokenTTL)
+	}
+	s := sha256.Sum256(b.Binary)
+	b.sum = hex.EncodeToString(s[:])
+	return nil
+}
+
+// BinarySHA256 is the hex SHA-256 of the binary served to instances.
+func (b *Bootstrap) BinarySHA256() string { return b.sum }
+
+// newJoinToken returns a fresh token (256 random bits, URL-safe) and the
+// hash the journal keeps of it: the token itself is only in the user data.
+func newJoinToken() (token, hash string) {
+	b := make([]byte, 32)
+	_, _ = rand.Read(b)
+	token = base64.RawURLEncoding.EncodeToString(b)
+	return token, hashJoinToken(token)
+}
+
+func hashJoinToken(token string) string {
+	s := sha256.Sum256([]byte(token))
+	return hex.EncodeToString(s[:])
+}
+
+// userData gives an instance its join token and renders its user data.
+// The token's hash and expiry are in the journal before the user data
+// exists, so any manager that leads next can honour or refuse it.
+func (l *leader) userData(ctx context.Context, in *InstanceRecord, memory int64) (string, error) {
+	m := l.m
+	b := m.cfg.Bootstrap
+	token, hash := newJoinToken()
+	expires := time.Now().Add(b.TokenTTL).UTC()
+	err := l.store.Update(ctx, func(tx *Tx) error {
+		cur := tx.Instance(in.Name)
+		if cur == nil {
+			return ErrNotFound
+		}
+		cur.JoinToken, cur.JoinExpires, cur.JoinedWith = hash, expires, time.Time{}
+		tx.PutInstance(cur)
+		return nil
+	})
+	if err != nil {
+		return "", fmt.Errorf("record the join token: %w", err)
+	}
+	return cloudapi.RenderUserData(cloudapi.UserDataParams{
+		Cluster: m.cfg.Cluster, Name: in.Name, Join: m.joinAddr(), Tags: in.Tags, Memory: memory,
+		JoinURL: b.URL, JoinToken: token, ManagerCA: b.CA, BinarySHA256: b.sum,
+	})
+}
+
+// joinTokenOf finds the instance whose join token the request bears.
+// It refuses, with a message for the instance's bootstrap log, a missing,
+// unknown, spent or expired token.
+func (l *leader) joinTokenOf(r *http.Request) (*InstanceRecord, error) {
+	tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if !ok || tok == "" {
+		return nil, &RequestError{Status: http.StatusUnauthorized, Msg: "no join token: send Authorization: Bearer TOKEN"}
+	}
+	hash := []byte(hashJoinToken(tok))
+	for _, in := range l.store.Instances() {
+		if in.JoinToken == "" || subtle.ConstantTimeCompare([]byte(in.JoinToken), hash) != 1 {
+			continue
+		}
+		switch {
+		case !in.JoinedWith.IsZero():
+			return in, &RequestError{Status: http.StatusForbidden, Msg: fmt.Sprintf("the join token of instance %s was already used at %s: a token is spent once", in.Name, in.JoinedWith.Format(time.RFC3339))}
+		case time.Now().After(in.JoinExpires):
+			return in, &RequestError{Status: http.StatusForbidden, Msg: fmt.Sprintf("the join token of instance %s expired at %s", in.Name, in.JoinExpires.Format(time.RFC3339))}
+		}
+		return in, nil
+	}
+	return nil, &RequestError{Status: http.StatusForbidden, Msg: "unknown join token: no instance that is still being created has it"}
+}
+
+func (m *Manager) refuseJoin(w http.ResponseWriter, r *http.Request, in *InstanceRecord, err error) {
+	subject := ""
+	if in != nil {
+		subject = in.Name
+	}
+	m.log.Warn("join refused", "instance", subject, "from", r.RemoteAddr, "err", err)
+	m.event(EventJoinRefused, subject, "%s %s from %s: %v", r.Method, r.URL.Path, r.RemoteAddr, err)
+	writeErr(w, err)
+}
+
+// handleJoinBinary serves the micado binary to an instance with a valid
+// join token; the token stays valid.
+func (m *Manager) handleJoinBinary(l *leader, w http.ResponseWriter, r *http.Request) {
+	in, err := l.joinTokenOf(r)
+	if err != nil {
+		m.refuseJoin(w, r, in, err)
+		return
+	}
+	b := m.cfg.Bootstrap
+	m.log.Info("serving the micado binary to a new instance", "instance", in.Name, "from", r.RemoteAddr)
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Header().Set("X-Micado-Sha256", b.sum)
+	http.ServeContent(w, r, "micado", m.started, bytes.NewReader(b.Binary))
+}
+
+// handleJoin spends an instance's join token for the cluster key (base64
+// text, as --key-file reads it). The token is marked spent in the journal
+// before the key is sent: a second request with it is refused.
+func (m *Manager) handleJoin(l *leader, w http.ResponseWriter, r *http.Request) {
+	in, err := l.joinTokenOf(r)
+	if err != nil {
+		m.refuseJoin(w, r, in, err)
+		return
+	}
+	now := time.Now().UTC()
+	err = l.store.Update(r.Context(), func(tx *Tx) error {
+		cur := tx.Instance(in.Name)
+		if cur == nil || cur.JoinToken != in.JoinToken {
+			return &RequestError{Status: http.StatusForbidden, Msg: fmt.Sprintf("instance %s no longer has this join token", in.Name)}
+		}
+		if !cur.JoinedWith.IsZero() {
+			return &RequestError{Status: http.StatusForbidden, Msg: fmt.Sprintf("the join token of instance %s was already used at %s: a token is spent once", in.Name, cur.JoinedWith.Format(time.RFC3339))}
+		}
+		cur.JoinedWith = now
+		tx.PutInstance(cur)
+		return nil
+	})
+	if err != nil {
+		var re *RequestError
+		if errors.As(err, &re) {
+			m.refuseJoin(w, r, in, err)
+			return
+		}
+		writeErr(w, err)
+		return
+	}
+	m.log.Info("join token spent for the cluster key", "instance", in.Name, "from", r.RemoteAddr)
+	m.event(EventKeyIssued, in.Name, "instance %s spent its join token for the cluster key (from %s)", in.Name, r.RemoteAddr)
+	w.Header().Set("Content-Type", "text/plain")
+	w.Header().Set("Cache-Control", "no-store")
+	_, _ = w.Write([]byte(base64.StdEncoding.EncodeToString(m.cfg.ClusterKey) + "\n"))
+}
