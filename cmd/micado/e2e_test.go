@@ -83,10 +83,21 @@ type testCluster struct {
 }
 
 func newTestCluster(t testing.TB, upArgs ...string) *testCluster {
-	dc := requireDocker(t)
+	return newTestClusterNamed(t, newClusterName("e2e"), upArgs...)
+}
+
+// newClusterName is a fresh cluster name with the prefix.
+func newClusterName(prefix string) string {
 	b := make([]byte, 4)
 	_, _ = rand.Read(b)
-	c := &testCluster{t: t, name: "e2e-" + hex.EncodeToString(b), home: t.TempDir(), dc: dc}
+	return prefix + "-" + hex.EncodeToString(b)
+}
+
+// newTestClusterNamed is newTestCluster for a cluster name chosen first
+// (to make certificates for its managers' names, say).
+func newTestClusterNamed(t testing.TB, name string, upArgs ...string) *testCluster {
+	dc := requireDocker(t)
+	c := &testCluster{t: t, name: name, home: t.TempDir(), dc: dc}
 	// Remove everything the cluster created, also when the test fails:
 	// first through `micado down`, then by label, whatever down left.
 	t.Cleanup(func() {
