@@ -71,11 +71,14 @@ mv -f "$tmp" "$MICADO_BINARY"
 
 systemctl enable --now docker.service || fail "cannot start Docker"
 
-# The join token, spent for the cluster key.
+# The join token, spent for the cluster key (and registry credentials):
+# a tar archive of files of mode 0600, unpacked into /etc/micado.
 log "exchanging the join token for the cluster key"
-call POST /v1/join /etc/micado/cluster.key.new
-mv -f /etc/micado/cluster.key.new /etc/micado/cluster.key
-rm -f /etc/micado/join.env
+call POST /v1/join /etc/micado/join.tar
+tar -x -f /etc/micado/join.tar -C /etc/micado --no-same-owner --no-same-permissions ||
+	fail "the manager's answer to the join is not a tar archive"
+rm -f /etc/micado/join.tar /etc/micado/join.env
+[ -s /etc/micado/cluster.key ] || fail "the manager's answer holds no cluster key"
 
 systemctl daemon-reload
 systemctl enable --now micado-worker.service || fail "cannot start micado-worker.service"

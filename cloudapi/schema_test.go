@@ -53,7 +53,7 @@ PY`
 // Every document micado renders passes cloud-init's schema validation,
 // for every provider (each sends the document as rendered) and every
 // combination of the options: tags, join addresses, binary path, CA
-// chain and join URL.
+// chain, join URL and registry credentials.
 func TestUserDataPassesCloudInitSchema(t *testing.T) {
 	dir := t.TempDir()
 	if err := os.Chmod(dir, 0o755); err != nil {
@@ -67,16 +67,18 @@ func TestUserDataPassesCloudInitSchema(t *testing.T) {
 				for bi, bin := range []string{"", "/opt/micado/bin/micado"} {
 					for ci, ca := range []string{testCA, chain} {
 						for ui, u := range []string{"https://10.0.0.2:8080", "https://manager.internal.example:443/micado"} {
-							p := TestUserDataParams(fmt.Sprintf("w-%s-%d%d%d%d%d", provider, ti, ji, bi, ci, ui))
-							p.Tags, p.Join, p.Binary, p.ManagerCA, p.JoinURL = tags, join, bin, ca, u
-							ud, err := RenderUserData(p)
-							if err != nil {
-								t.Fatalf("%s: %v", p.Name, err)
+							for _, auth := range []bool{false, true} {
+								p := TestUserDataParams(fmt.Sprintf("w-%s-%d%d%d%d%d-%t", provider, ti, ji, bi, ci, ui, auth))
+								p.Tags, p.Join, p.Binary, p.ManagerCA, p.JoinURL, p.RegistryAuth = tags, join, bin, ca, u, auth
+								ud, err := RenderUserData(p)
+								if err != nil {
+									t.Fatalf("%s: %v", p.Name, err)
+								}
+								if err := os.WriteFile(filepath.Join(dir, p.Name), []byte(ud), 0o644); err != nil {
+									t.Fatal(err)
+								}
+								names = append(names, p.Name)
 							}
-							if err := os.WriteFile(filepath.Join(dir, p.Name), []byte(ud), 0o644); err != nil {
-								t.Fatal(err)
-							}
-							names = append(names, p.Name)
 						}
 					}
 				}

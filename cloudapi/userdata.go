@@ -39,6 +39,12 @@ const (
 	// binary, POST to spend the token for the cluster key.
 	JoinBinaryPath = "/v1/join/micado"
 	JoinPath       = "/v1/join"
+	// JoinKeyFile and JoinRegistryAuthFile are the files of the tar archive
+	// POST JoinPath answers with, unpacked into /etc/micado.
+	JoinKeyFile          = "cluster.key"
+	JoinRegistryAuthFile = "registry-auth.json"
+	// RegistryAuthPath is where the worker reads its registry credentials.
+	RegistryAuthPath = "/etc/micado/" + JoinRegistryAuthFile
 )
 
 //go:embed bootstrap.sh
@@ -74,6 +80,9 @@ type UserDataParams struct {
 	BinarySHA256 string
 	// Binary is where the binary is installed; DefaultBinary if empty.
 	Binary string
+	// RegistryAuth says the manager hands out registry credentials with
+	// the key: the worker then reads them from RegistryAuthPath.
+	RegistryAuth bool
 }
 
 // Conservative character sets: every value ends up as a systemd ExecStart
@@ -227,7 +236,7 @@ After=network-online.target docker.service
 ConditionPathExists=` + ClusterKeyPath + `
 
 [Service]
-ExecStart={{.Binary}} worker --cluster {{.Cluster}} --name {{.Name}} --join {{.Join}}{{range .Tags}} --tag {{.}}{{end}} --memory {{.Memory}} --key-file ` + ClusterKeyPath + `
+ExecStart={{.Binary}} worker --cluster {{.Cluster}} --name {{.Name}} --join {{.Join}}{{range .Tags}} --tag {{.}}{{end}} --memory {{.Memory}} --key-file ` + ClusterKeyPath + `{{if .RegistryAuth}} --registry-auth-file ` + RegistryAuthPath + `{{end}}
 Restart=always
 RestartSec=5
 

@@ -130,7 +130,7 @@ func TestBootstrapScriptOrder(t *testing.T) {
 		}
 		return i
 	}
-	get, sum, post, rm, start := at("call GET "+JoinBinaryPath), at(`[ "$got" = "$MICADO_BINARY_SHA256" ]`), at("call POST "+JoinPath), at("rm -f "+JoinEnvPath), at("enable --now micado-worker.service")
+	get, sum, post, rm, start := at("call GET "+JoinBinaryPath), at(`[ "$got" = "$MICADO_BINARY_SHA256" ]`), at("call POST "+JoinPath), at("rm -f /etc/micado/join.tar "+JoinEnvPath), at("enable --now micado-worker.service")
 	if !(get < sum && sum < post && post < rm && rm < start) {
 		t.Errorf("bootstrap steps out of order: get %d, checksum %d, spend %d, forget %d, start %d", get, sum, post, rm, start)
 	}
@@ -141,7 +141,7 @@ func TestBootstrapScriptOrder(t *testing.T) {
 
 func TestRenderUserDataNoTagsCustomBinary(t *testing.T) {
 	p := testParams()
-	p.Tags, p.Join, p.Binary = nil, "[fd00::1]:7946,10.0.0.3:7946", "/opt/micado/bin/micado"
+	p.Tags, p.Join, p.Binary, p.RegistryAuth = nil, "[fd00::1]:7946,10.0.0.3:7946", "/opt/micado/bin/micado", true
 	ud, err := RenderUserData(p)
 	if err != nil {
 		t.Fatal(err)
@@ -149,7 +149,8 @@ func TestRenderUserDataNoTagsCustomBinary(t *testing.T) {
 	cc := parseUserData(t, ud)
 	unit, _ := fileOf(t, cc, WorkerUnitPath)
 	args := execStart(t, unit)
-	if args[0] != "/opt/micado/bin/micado" || slices.Contains(args, "--tag") || args[slices.Index(args, "--join")+1] != "[fd00::1]:7946,10.0.0.3:7946" {
+	if args[0] != "/opt/micado/bin/micado" || slices.Contains(args, "--tag") || args[slices.Index(args, "--join")+1] != "[fd00::1]:7946,10.0.0.3:7946" ||
+		args[len(args)-2] != "--registry-auth-file" || args[len(args)-1] != RegistryAuthPath {
 		t.Errorf("ExecStart = %q", args)
 	}
 	if env, _ := fileOf(t, cc, JoinEnvPath); !strings.Contains(env, "MICADO_BINARY=/opt/micado/bin/micado\n") {

@@ -1,6 +1,7 @@
 package manager
 
 import (
+	"archive/tar"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/micado-scale/micado/cloudapi"
+	"github.com/micado-scale/micado/internal/registryauth"
 )
 
 // Bootstrap lets new cloud instances start from a stock image: their
@@ -34,6 +36,9 @@ type Bootstrap struct {
 	// Binary is the micado binary served to instances (linux, static):
 	// normally the manager's own executable, so workers run its version.
 	Binary []byte
+	// RegistryAuth, when set, is a Docker config.json of registry
+	// credentials the workers' pulls use; instances get it with the key.
+	RegistryAuth []byte
 
 	sum string // hex SHA-256 of Binary
 }
@@ -59,6 +64,11 @@ func (b *Bootstrap) check() error {
 	}
 	if len(b.Binary) == 0 {
 		return errors.New("no micado binary to serve to new instances")
+	}
+	if len(b.RegistryAuth) > 0 {
+		if _, err := registryauth.Parse(b.RegistryAuth); err != nil {
+			return fmt.Errorf("registry credentials: %w", err)
+		}
 	}
 	if b.TokenTTL == 0 {
 		b.TokenTTL = DefaultJoinTokenTTL
@@ -110,7 +120,7 @@ func (l *leader) userData(ctx context.Context, in *InstanceRecord, memory int64)
 	}
 	return cloudapi.RenderUserData(cloudapi.UserDataParams{
 		Cluster: m.cfg.Cluster, Name: in.Name, Join: m.joinAddr(), Tags: in.Tags, Memory: memory,
-		JoinURL: b.URL, JoinToken: token, ManagerCA: b.CA, BinarySHA256: b.sum,
+		JoinURL: b.URL, JoinToken: token, ManagerCA: b.CA, BinarySHA256: b.sum, RegistryAuth: len(b.RegistryAuth) > 0,
 	})
 }
 
@@ -163,9 +173,12 @@ func (m *Manager) handleJoinBinary(l *leader, w http.ResponseWriter, r *http.Req
 	http.ServeContent(w, r, "micado", m.started, bytes.NewReader(b.Binary))
 }
 
-// handleJoin spends an instance's join token for the cluster key (base64
-// text, as --key-file reads it). The token is marked spent in the journal
-// before the key is sent: a second request with it is refused.
+// handleJoin spends an instance's join token for its secrets: a tar
+// archive of cloudapi.JoinKeyFile (the cluster key, base64 text as
+// --key-file reads it) and, with registry credentials,
+// cloudapi.JoinRegistryAuthFile, both mode 0600. The token is marked spent
+// in the journal before anything is sent: a second request with it is
+// refused.
 func (m *Manager) handleJoin(l *leader, w http.ResponseWriter, r *http.Request) {
 	in, err := l.joinTokenOf(r)
 	if err != nil {
@@ -196,7 +209,24 @@ func (m *Manager) handleJoin(l *leader, w http.ResponseWriter, r *http.Request) 
 	}
 	m.log.Info("join token spent for the cluster key", "instance", in.Name, "from", r.RemoteAddr)
 	m.event(EventKeyIssued, in.Name, "instance %s spent its join token for the cluster key (from %s)", in.Name, r.RemoteAddr)
-	w.Header().Set("Content-Type", "text/plain")
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	files := []struct {
+		name string
+		body []byte
+	}{{cloudapi.JoinKeyFile, []byte(base64.StdEncoding.EncodeToString(m.cfg.ClusterKey) + "\n")}}
+	if len(m.cfg.Bootstrap.RegistryAuth) > 0 {
+		files = append(files, struct {
+			name string
+			body []byte
+		}{cloudapi.JoinRegistryAuthFile, m.cfg.Bootstrap.RegistryAuth})
+	}
+	for _, f := range files {
+		_ = tw.WriteHeader(&tar.Header{Name: f.name, Mode: 0o600, Size: int64(len(f.body)), ModTime: now})
+		_, _ = tw.Write(f.body)
+	}
+	_ = tw.Close()
+	w.Header().Set("Content-Type", "application/x-tar")
 	w.Header().Set("Cache-Control", "no-store")
-	_, _ = w.Write([]byte(base64.StdEncoding.EncodeToString(m.cfg.ClusterKey) + "\n"))
+	_, _ = w.Write(buf.Bytes())
 }

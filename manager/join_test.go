@@ -1,6 +1,7 @@
 package manager
 
 import (
+	"archive/tar"
 	"bytes"
 	"crypto/sha256"
 	"encoding/base64"
@@ -22,7 +23,8 @@ func bootstrapConfig(ttl time.Duration) Config {
 	cfg.APIToken = "api-token"
 	cfg.JoinAddr = "10.0.0.2:7946"
 	cfg.Bootstrap = &Bootstrap{URL: "https://10.0.0.2:8080", CA: cloudapi.TestUserDataParams("").ManagerCA,
-		TokenTTL: ttl, Binary: []byte("#!micado binary\x00\x01")}
+		TokenTTL: ttl, Binary: []byte("#!micado binary\x00\x01"),
+		RegistryAuth: []byte(`{"auths": {"registry.example.com": {"auth": "dXNlcjpwYXNz"}}}`)}
 	return cfg
 }
 
@@ -102,8 +104,15 @@ func TestJoinTokenIsSpentOnceForTheKey(t *testing.T) {
 		}
 	}
 	code, body := joinCall(t, m, "POST", cloudapi.JoinPath, token)
-	if code != http.StatusOK || strings.TrimSpace(body) != key {
+	if code != http.StatusOK {
 		t.Fatalf("POST join: %d %q", code, body)
+	}
+	files := untar(t, body)
+	if strings.TrimSpace(files[cloudapi.JoinKeyFile]) != key || files[cloudapi.JoinRegistryAuthFile] != string(cfg.Bootstrap.RegistryAuth) || len(files) != 2 {
+		t.Fatalf("POST join answered %q", files)
+	}
+	if !strings.Contains(spec.UserData, "--registry-auth-file "+cloudapi.RegistryAuthPath) || strings.Contains(spec.UserData, "dXNlcjpwYXNz") {
+		t.Error("the worker's unit does not read the registry credentials, or the user data holds them")
 	}
 	for _, c := range []struct{ method, path, token, want string }{
 		{"POST", cloudapi.JoinPath, token, "already used"},
@@ -169,5 +178,26 @@ func TestBootstrapConfigIsChecked(t *testing.T) {
 		if err := cfg.defaults(); err == nil {
 			t.Errorf("%s: accepted", name)
 		}
+	}
+}
+
+// untar reads the join answer: file name to content; every file 0600.
+func untar(t *testing.T, body string) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	tr := tar.NewReader(strings.NewReader(body))
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			return out
+		}
+		if err != nil {
+			t.Fatalf("the join answer is not a tar archive: %v", err)
+		}
+		if h.Mode != 0o600 {
+			t.Errorf("%s has mode %o", h.Name, h.Mode)
+		}
+		b, _ := io.ReadAll(tr)
+		out[h.Name] = string(b)
 	}
 }

@@ -30,6 +30,7 @@ import (
 	"github.com/hashicorp/memberlist"
 
 	"github.com/micado-scale/micado/internal/gossip"
+	"github.com/micado-scale/micado/internal/registryauth"
 	"github.com/micado-scale/micado/internal/wire"
 )
 
@@ -52,6 +53,9 @@ type Config struct {
 	APIAddr     string // agent API listen address (default ":7070")
 	PublishAddr string // address where published container ports are reached (default AdvertiseAddr)
 	Pull        bool   // pull images that are missing (off for local clusters: no registry)
+	// RegistryAuth are the credentials pulls use, by registry (from a
+	// Docker config.json, --registry-auth-file); nil pulls anonymously.
+	RegistryAuth registryauth.Auths
 	// ContainerNetwork attaches containers to this Docker network instead
 	// of the default bridge (local clusters: the cluster's network, where
 	// Consul is reachable by name).
@@ -170,7 +174,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	_, a.apiPort, _ = net.SplitHostPort(ln.Addr().String())
 	a.apiAddr = net.JoinHostPort(self.Addr.String(), a.apiPort)
-	a.eng = &engine{docker: docker, cluster: cfg.Cluster, node: cfg.Name, publishAddr: cfg.PublishAddr, pull: cfg.Pull, network: cfg.ContainerNetwork}
+	a.eng = &engine{docker: docker, cluster: cfg.Cluster, node: cfg.Name, publishAddr: cfg.PublishAddr, pull: cfg.Pull, auths: cfg.RegistryAuth, network: cfg.ContainerNetwork}
 	a.stats = newStatsCollector(a.eng)
 	// A first round now gives memory use at once (CPU needs a second one).
 	sctx, scancel := context.WithTimeout(ctx, statsRoundTimeout)

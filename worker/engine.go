@@ -21,6 +21,7 @@ import (
 	"github.com/docker/docker/errdefs"
 	"github.com/docker/go-connections/nat"
 
+	"github.com/micado-scale/micado/internal/registryauth"
 	"github.com/micado-scale/micado/internal/wire"
 )
 
@@ -33,6 +34,7 @@ type engine struct {
 	node        string
 	publishAddr string
 	pull        bool
+	auths       registryauth.Auths // credentials for pulls, by registry
 	network     string
 }
 
@@ -102,7 +104,11 @@ func (e *engine) ensureImage(ctx context.Context, ref string) error {
 	if !e.pull {
 		return fmt.Errorf("%w: %s is not on worker %s and pulling is disabled", ErrImageMissing, ref, e.node)
 	}
-	rc, err := e.docker.ImagePull(ctx, ref, image.PullOptions{})
+	auth, err := e.auths.For(ref)
+	if err != nil {
+		return fmt.Errorf("pull %s on worker %s: %w", ref, e.node, err)
+	}
+	rc, err := e.docker.ImagePull(ctx, ref, image.PullOptions{RegistryAuth: auth})
 	if err != nil {
 		return fmt.Errorf("pull %s on worker %s: %w", ref, e.node, err)
 	}

@@ -38,12 +38,18 @@ func TestBootstrapFlagsAreChecked(t *testing.T) {
 		{append([]string{"--provider", "ec2", "--ec2-ami", "ami-1", "--join-addr", "10.0.0.5:7946", "--join-ca", notPEM}, tls...), "PEM"},
 		{append([]string{"--provider", "ec2", "--ec2-ami", "ami-1", "--join-addr", "10.0.0.5:7946", "--worker-binary", filepath.Join(dir, "nope")}, tls...), "--worker-binary"},
 		{append([]string{"--provider", "ec2", "--ec2-ami", "ami-1", "--join-addr", "10.0.0.5:7946", "--join-token-ttl", "-1m"}, tls...), "--join-token-ttl"},
+		{append([]string{"--provider", "ec2", "--ec2-ami", "ami-1", "--join-addr", "10.0.0.5:7946", "--registry-auth-file", notPEM}, tls...), "--registry-auth-file"},
 		{[]string{"--provider", "docker", "--docker-boot", "vm"}, "--docker-boot"},
 	} {
 		_, _, err := runCLI(t, append(base, c.args...)...)
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("micado manager %s: %v, want an error naming %q", strings.Join(c.args, " "), err, c.want)
 		}
+	}
+	// The worker reads registry credentials as `docker login` writes them.
+	if _, _, err := runCLI(t, "worker", "--cluster", "bt", "--name", "w", "--memory", "1GiB", "--key-file", keyFile, "--registry-auth-file", notPEM); err == nil ||
+		!strings.Contains(err.Error(), "--registry-auth-file") || !strings.Contains(err.Error(), "config.json") {
+		t.Errorf("micado worker with a registry-auth-file that is not a config.json: %v", err)
 	}
 	for _, c := range []struct {
 		args []string

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -161,9 +162,16 @@ func TestWorkerBootstrapsFromAStockImage(t *testing.T) {
 	dir := t.TempDir()
 	ca := testtls.NewCA(t, dir, "ca")
 	srv := ca.Server(t, dir, "manager", "127.0.0.1", "micado-"+name+"-manager")
+	// Credentials for a registry (none runs here: the demo image is
+	// preloaded), which the worker gets with the key, not in user data.
+	regAuth := filepath.Join(dir, "config.json")
+	const regCred = "bWljYWRvOnMzY3JldC1yZWdpc3RyeS1wYXNzd29yZA==" // micado:s3cret-registry-password
+	if err := os.WriteFile(regAuth, []byte(`{"auths": {"registry.example.com": {"auth": "`+regCred+`"}}}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	c := newTestClusterNamed(t, name, "--workers", "0", "--roles", "app", "--provider", "docker", "--worker-boot", "cloud-init",
 		"--scale-image", vmImage, "--instance-types", "small=512MiB", "--join-timeout", "10m", "--consolidate-schedule", "off",
-		"--tls-cert", srv.CertFile, "--tls-key", srv.KeyFile, "--ca-cert", ca.File)
+		"--tls-cert", srv.CertFile, "--tls-key", srv.KeyFile, "--ca-cert", ca.File, "--registry-auth-file", regAuth)
 	key, err := os.ReadFile(c.state().KeyFile)
 	if err != nil {
 		t.Fatal(err)
@@ -190,8 +198,8 @@ func TestWorkerBootstrapsFromAStockImage(t *testing.T) {
 	if err != nil {
 		t.Fatalf("the instance's user data: %v", err)
 	}
-	if k := strings.TrimSpace(string(key)); strings.Contains(ud, k) {
-		t.Fatal("the instance's user data holds the cluster key")
+	if k := strings.TrimSpace(string(key)); strings.Contains(ud, k) || strings.Contains(ud, regCred) {
+		t.Fatal("the instance's user data holds the cluster key or the registry credentials")
 	}
 
 	// A tampered binary: the same user data, expecting another checksum.
@@ -232,9 +240,12 @@ dpkg-query -W -f='${Status}\n' docker.io | grep -q 'install ok installed'
 systemctl is-active --quiet docker micado-worker
 test "$(sha256sum /usr/local/bin/micado | cut -d' ' -f1)" = "$(sed -n 's/^ *MICADO_BINARY_SHA256=//p' /var/lib/cloud/seed/nocloud/user-data)"
 test "$(stat -c %a /etc/micado/cluster.key)" = 600
+test "$(stat -c %a /etc/micado/registry-auth.json)" = 600
+grep -q REGCRED /etc/micado/registry-auth.json
+systemctl show -p ExecStart micado-worker | grep -q -- '--registry-auth-file /etc/micado/registry-auth.json'
 test ! -e /etc/micado/join.env
 docker ps --format '{{.Image}}' | grep -q micado/demo-web`
-	if out, code := vmExec(t, dc, vm.ID, checks); code != 0 {
+	if out, code := vmExec(t, dc, vm.ID, strings.ReplaceAll(checks, "REGCRED", regCred)); code != 0 {
 		t.Fatalf("the bootstrapped instance (exit %d): %s", code, out)
 	}
 	// The token was spent once: using it again, from the instance, fails.

@@ -86,6 +86,7 @@ func upCmd(g *globals) *cobra.Command {
 		alertMem  string
 		alertFor  time.Duration
 		boot      string
+		regAuth   string
 	)
 	cmd := &cobra.Command{
 		Use:   "up",
@@ -172,6 +173,16 @@ micado-<cluster>-manager too. The --workers started now are agents.`,
 				return userErr("--worker-boot %q is not agent or cloud-init", boot)
 			case boot == "cloud-init" && (tlsFiles == nil || provider != "docker" || scaleImg == ""):
 				return userErr("--worker-boot cloud-init needs --provider docker, --scale-image (a cloud-init image, e.g. micado/debian-cloud:bookworm from `make image-debian`) and --tls-cert/--tls-key: new workers spend their join token for the cluster key over TLS")
+			case regAuth != "" && boot != "cloud-init":
+				return userErr("--registry-auth-file is for --worker-boot cloud-init: local agent workers pull nothing")
+			}
+			if regAuth != "" {
+				if _, err := readRegistryAuth(regAuth); err != nil {
+					return err
+				}
+				if regAuth, err = filepath.Abs(regAuth); err != nil {
+					return userErr("--registry-auth-file: %v", err)
+				}
 			}
 			if _, err := parseNodeAlert(alertCPU, alertMem, alertFor); err != nil {
 				return err
@@ -184,7 +195,7 @@ micado-<cluster>-manager too. The --workers started now are agents.`,
 			return up(ctx, cmd, g, upOptions{tls: tlsFiles, workers: workers, managers: managers, consulServers: servers, roles: rs, memory: int64(workerMem), strategy: strategy,
 				provider: provider, types: types, maxTotal: maxTotal, maxPerRole: maxRole, joinTimeout: joinWait, scaleImage: scaleImg,
 				schedule: schedule, scaleInDelay: siDelay, unneeded: unneeded, minPerRole: minRole,
-				prometheus: prom, alertCPU: alertCPU, alertMem: alertMem, alertFor: alertFor, prices: prices, budget: budget, boot: boot})
+				prometheus: prom, alertCPU: alertCPU, alertMem: alertMem, alertFor: alertFor, prices: prices, budget: budget, boot: boot, registryAuth: regAuth})
 		},
 	}
 	cmd.Flags().IntVar(&workers, "workers", 2, "number of worker agents")
@@ -203,6 +214,7 @@ micado-<cluster>-manager too. The --workers started now are agents.`,
 	cmd.Flags().DurationVar(&unneeded, "unneeded-time", coordinator.DefaultScaleDownUnneededTime, "a worker must be removable this long before it is scaled in")
 	cmd.Flags().StringVar(&minRole, "min-per-role", "", "workers kept per role, e.g. proxy=1 (default: 1 for each of --roles)")
 	cmd.Flags().StringVar(&scaleImg, "scale-image", "", "image new workers run (default: the micado image; with --worker-boot cloud-init, the image they boot)")
+	cmd.Flags().StringVar(&regAuth, "registry-auth-file", "", "with --worker-boot cloud-init: Docker config.json of registry credentials the new workers get with the cluster key")
 	cmd.Flags().StringVar(&boot, "worker-boot", "agent", "how workers scale-out creates start: agent (the micado image with the key) or cloud-init (a VM-like container bootstrapped by user data and a join token)")
 	cmd.Flags().DurationVar(&joinWait, "join-timeout", manager.DefaultJoinTimeout, "how long a new worker may take to join before it is removed")
 	cmd.Flags().StringVar(&budget, "drain-budget", "10%", "the most workers of a role consolidation drains at once: N or N%")
@@ -308,6 +320,7 @@ type upOptions struct {
 	alertMem      string
 	alertFor      time.Duration
 	boot          string // how scaled-out workers start: agent or cloud-init
+	registryAuth  string // absolute path of a Docker config.json for cloud-init workers
 }
 
 // Where the containers find their secrets: read-only bind mounts of the
@@ -318,6 +331,9 @@ const (
 	tlsCertMountPath = "/etc/micado/tls/cert.pem"
 	tlsKeyMountPath  = "/etc/micado/tls/key.pem"
 	tlsCAMountPath   = "/etc/micado/tls/ca.pem"
+	// registryAuthMountPath: up's --registry-auth-file, for the manager to
+	// hand to cloud-init workers.
+	registryAuthMountPath = "/etc/micado/registry-auth.json"
 )
 
 // secretMount bind-mounts one host file read-only.
@@ -515,6 +531,9 @@ func up(ctx context.Context, cmd *cobra.Command, g *globals, o upOptions) (err e
 			mounts = append(mounts, secretMount(o.tls.ca, tlsCAMountPath))
 		}
 	}
+	if o.registryAuth != "" {
+		mounts = append(mounts, secretMount(o.registryAuth, registryAuthMountPath))
+	}
 	// Managers: one leads, the others stand by; each knows the others'
 	// gossip addresses, and workers join all of them.
 	names := []string{"manager"}
@@ -574,6 +593,9 @@ func up(ctx context.Context, cmd *cobra.Command, g *globals, o upOptions) (err e
 			args = append(args, "--docker-boot", "cloud-init")
 			if o.tls.ca != "" {
 				args = append(args, "--join-ca", tlsCAMountPath)
+			}
+			if o.registryAuth != "" {
+				args = append(args, "--registry-auth-file", registryAuthMountPath)
 			}
 		}
 		mi, err := run(n, &container.Config{Image: micadoImage, Labels: ml, ExposedPorts: exp, Hostname: n,

@@ -16,6 +16,7 @@ import (
 	"github.com/micado-scale/micado/coordinator"
 	"github.com/micado-scale/micado/definitions"
 	"github.com/micado-scale/micado/definitions/bytesize"
+	"github.com/micado-scale/micado/internal/registryauth"
 	"github.com/micado-scale/micado/manager"
 	"github.com/micado-scale/micado/manager/daemon"
 	"github.com/micado-scale/micado/worker"
@@ -208,6 +209,7 @@ func workerCmd() *cobra.Command {
 		tags     []string
 		memory   bytesize.Size
 		logLevel string
+		authFile string
 	)
 	cmd := &cobra.Command{
 		Use:   "worker",
@@ -238,6 +240,11 @@ The cluster key comes from MICADO_CLUSTER_KEY or --key-file.`,
 					return userErr("--tag %q is not key=value", t)
 				}
 			}
+			if authFile != "" {
+				if cfg.RegistryAuth, err = readRegistryAuth(authFile); err != nil {
+					return err
+				}
+			}
 			cfg.ClusterKey = key
 			cfg.Memory = int64(memory)
 			cfg.Tags = tags
@@ -266,6 +273,7 @@ The cluster key comes from MICADO_CLUSTER_KEY or --key-file.`,
 	f.StringVar(&cfg.PublishAddr, "publish-addr", "", "address where published container ports are reached (default: the gossip address)")
 	f.StringVar(&cfg.ContainerNetwork, "container-network", "", "Docker network to attach containers to (local clusters: the cluster's network, so they reach Consul)")
 	f.BoolVar(&cfg.Pull, "pull", true, "pull images that are missing from the engine")
+	f.StringVar(&authFile, "registry-auth-file", "", "Docker config.json (what `docker login` writes) whose \"auths\" credentials pulls use, by registry")
 	f.StringVar(&keyFile, "key-file", "", "file with the base64 cluster key (default: env MICADO_CLUSTER_KEY)")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	cmd.Flags().SortFlags = false
@@ -296,4 +304,17 @@ func parseNodeAlert(cpu, mem string, window time.Duration) (coordinator.UsageLim
 	}
 	lim.For = window
 	return lim, nil
+}
+
+// readRegistryAuth reads a Docker config.json of registry credentials.
+func readRegistryAuth(file string) (registryauth.Auths, error) {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return nil, userErr("--registry-auth-file: %v", err)
+	}
+	a, err := registryauth.Parse(b)
+	if err != nil {
+		return nil, userErr("--registry-auth-file %s: %v", file, err)
+	}
+	return a, nil
 }

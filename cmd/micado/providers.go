@@ -10,6 +10,7 @@ import (
 	cdocker "github.com/micado-scale/micado/cloudapi/docker"
 	"github.com/micado-scale/micado/cloudapi/ec2"
 	"github.com/micado-scale/micado/cloudapi/openstack"
+	"github.com/micado-scale/micado/internal/registryauth"
 	"github.com/micado-scale/micado/manager"
 	"github.com/spf13/cobra"
 )
@@ -31,8 +32,8 @@ type providerFlags struct {
 
 	prices string
 
-	joinURL, joinCA, workerBinary, dockerBoot string
-	joinTokenTTL                              time.Duration
+	joinURL, joinCA, workerBinary, dockerBoot, registryAuth string
+	joinTokenTTL                                            time.Duration
 
 	dockerNetwork, dockerContainerNet, dockerImage, dockerPublish, dockerSocket string
 
@@ -56,6 +57,7 @@ func (p *providerFlags) register(cmd *cobra.Command) {
 	f.StringVar(&p.joinCA, "join-ca", "", "ec2, openstack: PEM file of the CA new instances trust for --join-url (default: the --tls-cert file)")
 	f.DurationVar(&p.joinTokenTTL, "join-token-ttl", manager.DefaultJoinTokenTTL, "ec2, openstack: how long a new instance's join token stays valid")
 	f.StringVar(&p.workerBinary, "worker-binary", "", "ec2, openstack: the linux micado binary served to new instances (default: this executable)")
+	f.StringVar(&p.registryAuth, "registry-auth-file", "", "ec2, openstack: Docker config.json (what `docker login` writes) of registry credentials new workers pull with; they get it with the cluster key, never in user data")
 	f.StringVar(&p.dockerBoot, "docker-boot", "agent", "docker provider: agent (workers run --docker-image with the key) or cloud-init (workers boot --docker-image, a systemd+cloud-init image, with the same user data as a cloud VM)")
 	f.StringVar(&p.dockerNetwork, "docker-network", "", "docker provider: the cluster's Docker network, where workers reach the managers")
 	f.StringVar(&p.dockerContainerNet, "docker-container-network", "", "docker provider: the Docker network workers attach their containers to (default: --docker-network)")
@@ -197,6 +199,14 @@ func (p *providerFlags) bootstrap(cfg *manager.Config) (*manager.Bootstrap, erro
 	}
 	if b.Binary, err = os.ReadFile(bin); err != nil {
 		return nil, userErr("cannot read the binary served to new instances (--worker-binary): %v", err)
+	}
+	if p.registryAuth != "" {
+		if b.RegistryAuth, err = os.ReadFile(p.registryAuth); err != nil {
+			return nil, userErr("--registry-auth-file: %v", err)
+		}
+		if _, err := registryauth.Parse(b.RegistryAuth); err != nil {
+			return nil, userErr("--registry-auth-file %s: %v", p.registryAuth, err)
+		}
 	}
 	if err := cloudapi.CheckJoinURL(b.URL); err != nil {
 		return nil, userErr("--join-url: %v", err)
