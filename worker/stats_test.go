@@ -292,6 +292,10 @@ func TestAgentMeasuresContainerCPU(t *testing.T) {
 		}
 	}()
 
+	// A busy loop gets at least a fifth of a core even while the other
+	// test packages load this 2-core machine (under `go test ./...` it
+	// was seen at 28%); an idle server gets almost nothing.
+	const busyPct, idlePct = 20, 5
 	var last wire.Stats
 	find := func(inst string) (wire.ContainerStats, bool) {
 		for _, cs := range last.Containers {
@@ -308,27 +312,31 @@ func TestAgentMeasuresContainerCPU(t *testing.T) {
 		}
 		busy, ok1 := find("burn-1")
 		idle, ok2 := find("idle-1")
-		if ok1 && ok2 && busy.HasCPU && busy.CPU > 50 && idle.HasCPU && idle.CPU < 20 {
+		if ok1 && ok2 && busy.HasCPU && busy.CPU > busyPct && idle.HasCPU && idle.CPU < idlePct {
 			t.Logf("after %s: burn-1 at %.1f%%, idle-1 at %.1f%% of a core; worker at %.3f of its core",
 				time.Since(start).Round(time.Millisecond), busy.CPU, idle.CPU, last.CPU)
 			if busy.Service != "burn" || busy.Limit != 64<<20 || busy.Memory <= 0 || busy.Memory > busy.Limit || busy.At.IsZero() {
 				t.Errorf("burn-1 = %+v", busy)
 			}
+			// The worker's use is its containers' together, per offered core.
+			if sum := (busy.CPU + idle.CPU) / 100; math.Abs(last.CPU-sum) > 0.05 {
+				t.Errorf("the worker's CPU %.3f is not its containers' %.3f", last.CPU, sum)
+			}
 			break
 		}
-		if time.Since(start) > 20*time.Second {
+		if time.Since(start) > time.Minute {
 			b, _ := json.MarshalIndent(last, "", "  ")
-			t.Fatalf("within 20s GET /v1/stats did not show burn-1 above 50%% and idle-1 below 20%% of a core:\n%s", b)
+			t.Fatalf("within a minute GET /v1/stats did not show burn-1 above %d%% and idle-1 below %d%% of a core:\n%s", busyPct, idlePct, b)
 		}
 		time.Sleep(250 * time.Millisecond)
 	}
-	if last.Node != "w-stats" || last.CPUs != 1 || last.Capacity != 512<<20 || last.CPU <= 0.5 || last.Memory <= 0 {
+	if last.Node != "w-stats" || last.CPUs != 1 || last.Capacity != 512<<20 || last.CPU <= busyPct/100.0 || last.Memory <= 0 {
 		t.Errorf("stats = %+v", last)
 	}
 
 	// The gossiped load carries the measured use, as a fraction of the
 	// one core the worker offers.
-	waitFor(t, 5*time.Second, "the load report carries the CPU use", func() bool {
+	waitFor(t, 30*time.Second, "the load report carries the CPU use", func() bool {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/v1/load", nil)
 		req.Header.Set("Authorization", "Bearer "+wire.AgentToken(key))
 		resp, err := http.DefaultClient.Do(req)
@@ -337,7 +345,7 @@ func TestAgentMeasuresContainerCPU(t *testing.T) {
 		}
 		defer resp.Body.Close()
 		var l wire.Load
-		return json.NewDecoder(resp.Body).Decode(&l) == nil && l.CPU > 0.5 && l.CPU <= 1 && l.Used > 0
+		return json.NewDecoder(resp.Body).Decode(&l) == nil && l.CPU > busyPct/100.0 && l.CPU <= 1 && l.Used > 0
 	})
 
 	resp, err = http.Get("http://" + addr + "/metrics")
@@ -352,8 +360,8 @@ func TestAgentMeasuresContainerCPU(t *testing.T) {
 			burnPct, _ = strconv.ParseFloat(v, 64)
 		}
 	}
-	if burnPct <= 50 {
-		t.Errorf("/metrics: burn-1's micado_worker_container_cpu_percent is %v, want above 50", burnPct)
+	if burnPct <= busyPct {
+		t.Errorf("/metrics: burn-1's micado_worker_container_cpu_percent is %v, want above %d", burnPct, busyPct)
 	}
 	for _, want := range []string{
 		`micado_worker_container_cpu_percent{instance="idle-1",service="idle"} `,
