@@ -1,7 +1,6 @@
 package manager
 
 import (
-	"archive/tar"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -17,6 +16,7 @@ import (
 
 	"github.com/micado-scale/micado/cloudapi"
 	"github.com/micado-scale/micado/internal/registryauth"
+	"github.com/micado-scale/micado/internal/wire"
 )
 
 // Bootstrap lets new cloud instances start from a stock image: their
@@ -139,13 +139,18 @@ func (l *leader) joinTokenOf(r *http.Request) (*InstanceRecord, error) {
 		}
 		switch {
 		case !in.JoinedWith.IsZero():
-			return in, &RequestError{Status: http.StatusForbidden, Msg: fmt.Sprintf("the join token of instance %s was already used at %s: a token is spent once", in.Name, in.JoinedWith.Format(time.RFC3339))}
+			return in, spentErr(in)
 		case time.Now().After(in.JoinExpires):
 			return in, &RequestError{Status: http.StatusForbidden, Msg: fmt.Sprintf("the join token of instance %s expired at %s", in.Name, in.JoinExpires.Format(time.RFC3339))}
 		}
 		return in, nil
 	}
 	return nil, &RequestError{Status: http.StatusForbidden, Msg: "unknown join token: no instance that is still being created has it"}
+}
+
+// spentErr refuses the token of an instance that already spent it.
+func spentErr(in *InstanceRecord) error {
+	return &RequestError{Status: http.StatusForbidden, Msg: fmt.Sprintf("the join token of instance %s was already used at %s: a token is spent once", in.Name, in.JoinedWith.Format(time.RFC3339))}
 }
 
 func (m *Manager) refuseJoin(w http.ResponseWriter, r *http.Request, in *InstanceRecord, err error) {
@@ -192,7 +197,7 @@ func (m *Manager) handleJoin(l *leader, w http.ResponseWriter, r *http.Request) 
 			return &RequestError{Status: http.StatusForbidden, Msg: fmt.Sprintf("instance %s no longer has this join token", in.Name)}
 		}
 		if !cur.JoinedWith.IsZero() {
-			return &RequestError{Status: http.StatusForbidden, Msg: fmt.Sprintf("the join token of instance %s was already used at %s: a token is spent once", in.Name, cur.JoinedWith.Format(time.RFC3339))}
+			return spentErr(cur)
 		}
 		cur.JoinedWith = now
 		tx.PutInstance(cur)
@@ -209,24 +214,16 @@ func (m *Manager) handleJoin(l *leader, w http.ResponseWriter, r *http.Request) 
 	}
 	m.log.Info("join token spent for the cluster key", "instance", in.Name, "from", r.RemoteAddr)
 	m.event(EventKeyIssued, in.Name, "instance %s spent its join token for the cluster key (from %s)", in.Name, r.RemoteAddr)
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	files := []struct {
-		name string
-		body []byte
-	}{{cloudapi.JoinKeyFile, []byte(base64.StdEncoding.EncodeToString(m.cfg.ClusterKey) + "\n")}}
-	if len(m.cfg.Bootstrap.RegistryAuth) > 0 {
-		files = append(files, struct {
-			name string
-			body []byte
-		}{cloudapi.JoinRegistryAuthFile, m.cfg.Bootstrap.RegistryAuth})
+	files := []wire.File{{Path: "/" + cloudapi.JoinKeyFile, Mode: 0o600, Data: []byte(base64.StdEncoding.EncodeToString(m.cfg.ClusterKey) + "\n")}}
+	if auth := m.cfg.Bootstrap.RegistryAuth; len(auth) > 0 {
+		files = append(files, wire.File{Path: "/" + cloudapi.JoinRegistryAuthFile, Mode: 0o600, Data: auth})
 	}
-	for _, f := range files {
-		_ = tw.WriteHeader(&tar.Header{Name: f.name, Mode: 0o600, Size: int64(len(f.body)), ModTime: now})
-		_, _ = tw.Write(f.body)
+	archive, err := wire.TarFiles(files)
+	if err != nil {
+		writeErr(w, err)
+		return
 	}
-	_ = tw.Close()
 	w.Header().Set("Content-Type", "application/x-tar")
 	w.Header().Set("Cache-Control", "no-store")
-	_, _ = w.Write(buf.Bytes())
+	_, _ = w.Write(archive)
 }

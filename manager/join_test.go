@@ -45,10 +45,15 @@ func joinCall(t *testing.T, tm *testManager, method, path, token string) (int, s
 	return resp.StatusCode, string(b)
 }
 
-// scaleOutOne launches a container that needs a new instance and returns
-// the spec the cloud was asked for.
-func scaleOutOne(t *testing.T, w *world, m *testManager) cloudapi.Spec {
+// scaleOutOne starts a leading manager with cfg and a fake cloud, launches
+// a container that needs a new instance, and returns the manager and the
+// spec the cloud was asked for.
+func scaleOutOne(t *testing.T, cfg Config) (*testManager, cloudapi.Spec) {
 	t.Helper()
+	w := newWorld(t)
+	cfg.Provider = w.cloud
+	m := w.start("m1", cfg)
+	w.leader()
 	created := make(chan cloudapi.Spec, 4)
 	w.cloud.onCreate = func(s cloudapi.Spec) { created <- s }
 	if code, msg := m.launch(LaunchRequest{Image: "micado/demo-web", Name: "a", Role: "app", Memory: "64MiB"}); code != http.StatusAccepted {
@@ -56,11 +61,11 @@ func scaleOutOne(t *testing.T, w *world, m *testManager) cloudapi.Spec {
 	}
 	select {
 	case s := <-created:
-		return s
+		return m, s
 	case <-time.After(5 * time.Second):
 		t.Fatal("the cloud was never asked for an instance")
 	}
-	return cloudapi.Spec{}
+	return nil, cloudapi.Spec{}
 }
 
 // A new instance's user data holds a join token and never the cluster key;
@@ -68,12 +73,8 @@ func scaleOutOne(t *testing.T, w *world, m *testManager) cloudapi.Spec {
 // (as often as needed) and is spent once for the key; a spent, unknown or
 // missing token is refused, and so is the API token.
 func TestJoinTokenIsSpentOnceForTheKey(t *testing.T) {
-	w := newWorld(t)
 	cfg := bootstrapConfig(time.Hour)
-	cfg.Provider = w.cloud
-	m := w.start("m1", cfg)
-	w.leader()
-	spec := scaleOutOne(t, w, m)
+	m, spec := scaleOutOne(t, cfg)
 
 	token, err := cloudapi.JoinTokenOf(spec.UserData)
 	if err != nil {
@@ -87,8 +88,8 @@ func TestJoinTokenIsSpentOnceForTheKey(t *testing.T) {
 	if !strings.Contains(spec.UserData, "MICADO_BINARY_SHA256="+hex.EncodeToString(sum[:])) {
 		t.Error("the user data lacks the binary's checksum")
 	}
-	for _, k := range w.journal.Keys("") {
-		if p, _ := w.journal.Get(k); strings.Contains(string(p.Value), token) {
+	for _, k := range m.w.journal.Keys("") {
+		if p, _ := m.w.journal.Get(k); strings.Contains(string(p.Value), token) {
 			t.Fatalf("the journal holds the join token in clear (%s)", k)
 		}
 	}
@@ -147,12 +148,8 @@ func TestJoinTokenIsSpentOnceForTheKey(t *testing.T) {
 
 // An expired token fetches nothing.
 func TestExpiredJoinTokenIsRefused(t *testing.T) {
-	w := newWorld(t)
-	cfg := bootstrapConfig(time.Millisecond)
-	cfg.Provider = w.cloud
-	m := w.start("m1", cfg)
-	w.leader()
-	token, err := cloudapi.JoinTokenOf(scaleOutOne(t, w, m).UserData)
+	m, spec := scaleOutOne(t, bootstrapConfig(time.Millisecond))
+	token, err := cloudapi.JoinTokenOf(spec.UserData)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,7 +1,6 @@
 package worker
 
 import (
-	"archive/tar"
 	"bytes"
 	"context"
 	"errors"
@@ -224,32 +223,11 @@ func (e *engine) copyFiles(ctx context.Context, id string, fs []wire.File) error
 	if err := checkFiles(fs); err != nil {
 		return err
 	}
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	now := time.Now()
-	dirs := map[string]bool{}
-	for _, f := range fs {
-		var parents []string
-		for d := path.Dir(f.Path); d != "/" && !dirs[d]; d = path.Dir(d) {
-			parents = append([]string{d}, parents...)
-			dirs[d] = true
-		}
-		for _, d := range parents {
-			if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: strings.TrimPrefix(d, "/") + "/", Mode: 0o755, ModTime: now}); err != nil {
-				return err
-			}
-		}
-		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: strings.TrimPrefix(f.Path, "/"), Mode: int64(f.Mode), Size: int64(len(f.Data)), ModTime: now}); err != nil {
-			return err
-		}
-		if _, err := tw.Write(f.Data); err != nil {
-			return err
-		}
-	}
-	if err := tw.Close(); err != nil {
+	b, err := wire.TarFiles(fs)
+	if err != nil {
 		return err
 	}
-	return e.docker.CopyToContainer(ctx, id, "/", &buf, container.CopyToContainerOptions{})
+	return e.docker.CopyToContainer(ctx, id, "/", bytes.NewReader(b), container.CopyToContainerOptions{})
 }
 
 func (e *engine) inspectInfo(ctx context.Context, id string) (wire.ContainerInfo, error) {

@@ -28,7 +28,6 @@
 package docker
 
 import (
-	"archive/tar"
 	"bytes"
 	"cmp"
 	"context"
@@ -285,66 +284,35 @@ func (p *Provider) command(spec cloudapi.Spec) []string {
 // seedDir is where a cloud-init image reads its NoCloud seed.
 const seedDir = "/var/lib/cloud/seed/nocloud"
 
-// seedFile is one file written into a created container before it starts.
-type seedFile struct {
-	path string
-	mode int64
-	body []byte
-}
-
 // seed returns the files a new worker container gets: the cluster key
 // as KeyPath (unless Config.KeyFile mounts it) or, with Config.CloudInit,
 // the NoCloud seed of spec's user data. Unlike an environment variable,
 // a file in the container's filesystem is not part of what `docker
 // inspect` shows.
-func (p *Provider) seed(spec cloudapi.Spec) []seedFile {
+func (p *Provider) seed(spec cloudapi.Spec) []wire.File {
 	if p.cfg.CloudInit {
 		meta := fmt.Sprintf("instance-id: %s\nlocal-hostname: %s\n", spec.Name, spec.Name)
-		return []seedFile{
-			{path: seedDir + "/meta-data", mode: 0o600, body: []byte(meta)},
-			{path: seedDir + "/user-data", mode: 0o600, body: []byte(spec.UserData)},
+		return []wire.File{
+			{Path: seedDir + "/meta-data", Mode: 0o600, Data: []byte(meta)},
+			{Path: seedDir + "/user-data", Mode: 0o600, Data: []byte(spec.UserData)},
 		}
 	}
 	if p.cfg.KeyFile != "" {
 		return nil
 	}
-	return []seedFile{{path: KeyPath, mode: 0o400, body: []byte(p.cfg.ClusterKey + "\n")}}
+	return []wire.File{{Path: KeyPath, Mode: 0o400, Data: []byte(p.cfg.ClusterKey + "\n")}}
 }
 
 // copyFiles writes files into the (created, not yet started) container id.
-func (p *Provider) copyFiles(ctx context.Context, id string, files []seedFile) error {
+func (p *Provider) copyFiles(ctx context.Context, id string, files []wire.File) error {
 	if len(files) == 0 {
 		return nil
 	}
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	now := time.Now()
-	seen := map[string]bool{}
-	for _, f := range files {
-		var dirs []string
-		for d := path.Dir(f.path); d != "/" && d != "."; d = path.Dir(d) {
-			dirs = append([]string{d}, dirs...)
-		}
-		for _, d := range dirs {
-			if seen[d] {
-				continue
-			}
-			seen[d] = true
-			if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: strings.TrimPrefix(d, "/") + "/", Mode: 0o755, ModTime: now}); err != nil {
-				return err
-			}
-		}
-		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: strings.TrimPrefix(f.path, "/"), Mode: f.mode, Size: int64(len(f.body)), ModTime: now}); err != nil {
-			return err
-		}
-		if _, err := tw.Write(f.body); err != nil {
-			return err
-		}
-	}
-	if err := tw.Close(); err != nil {
+	b, err := wire.TarFiles(files)
+	if err != nil {
 		return err
 	}
-	return p.dc.CopyToContainer(ctx, id, "/", &buf, container.CopyToContainerOptions{})
+	return p.dc.CopyToContainer(ctx, id, "/", bytes.NewReader(b), container.CopyToContainerOptions{})
 }
 
 // Create creates and starts the worker container for spec and returns it

@@ -73,23 +73,20 @@ func buildPreloadImage(t *testing.T, dc *dockerclient.Client, base string, image
 	if err != nil {
 		t.Fatal(err)
 	}
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	for name, body := range map[string][]byte{
-		"Dockerfile": []byte("FROM " + base + "\n" +
+	buildCtx, err := wire.TarFiles([]wire.File{
+		{Path: "/Dockerfile", Mode: 0o644, Data: []byte("FROM " + base + "\n" +
 			"COPY images.tar /var/local/micado-test/images.tar\n" +
 			"COPY preload.service /etc/systemd/system/micado-test-preload.service\n" +
-			"COPY preload.conf /etc/systemd/system/micado-worker.service.d/preload.conf\n"),
-		"images.tar": imgTar, "preload.service": []byte(preloadService), "preload.conf": []byte(preloadDropIn),
-	} {
-		if err := tw.WriteHeader(&tar.Header{Name: name, Mode: 0o644, Size: int64(len(body))}); err != nil {
-			t.Fatal(err)
-		}
-		_, _ = tw.Write(body)
+			"COPY preload.conf /etc/systemd/system/micado-worker.service.d/preload.conf\n")},
+		{Path: "/images.tar", Mode: 0o644, Data: imgTar},
+		{Path: "/preload.service", Mode: 0o644, Data: []byte(preloadService)},
+		{Path: "/preload.conf", Mode: 0o644, Data: []byte(preloadDropIn)},
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
-	_ = tw.Close()
 	tag := "micado/debian-cloud:test-" + newClusterName("preload")
-	resp, err := dc.ImageBuild(ctx, &buf, types.ImageBuildOptions{Tags: []string{tag}, Remove: true, ForceRemove: true,
+	resp, err := dc.ImageBuild(ctx, bytes.NewReader(buildCtx), types.ImageBuildOptions{Tags: []string{tag}, Remove: true, ForceRemove: true,
 		Labels: map[string]string{"io.micado.test": "bootstrap"}})
 	if err != nil {
 		t.Fatal(err)
@@ -272,17 +269,14 @@ func startMachine(t *testing.T, dc *dockerclient.Client, cluster, image, name, u
 	t.Cleanup(func() {
 		_ = dc.ContainerRemove(context.Background(), created.ID, container.RemoveOptions{Force: true, RemoveVolumes: true})
 	})
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	for _, f := range []struct{ name, body string }{
-		{"var/lib/cloud/seed/nocloud/meta-data", "instance-id: " + name + "\nlocal-hostname: " + name + "\n"},
-		{"var/lib/cloud/seed/nocloud/user-data", userData},
-	} {
-		_ = tw.WriteHeader(&tar.Header{Name: f.name, Mode: 0o600, Size: int64(len(f.body))})
-		_, _ = tw.Write([]byte(f.body))
+	seed, err := wire.TarFiles([]wire.File{
+		{Path: "/var/lib/cloud/seed/nocloud/meta-data", Mode: 0o600, Data: []byte("instance-id: " + name + "\nlocal-hostname: " + name + "\n")},
+		{Path: "/var/lib/cloud/seed/nocloud/user-data", Mode: 0o600, Data: []byte(userData)},
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
-	_ = tw.Close()
-	if err := dc.CopyToContainer(ctx, created.ID, "/", &buf, container.CopyToContainerOptions{}); err != nil {
+	if err := dc.CopyToContainer(ctx, created.ID, "/", bytes.NewReader(seed), container.CopyToContainerOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	if err := dc.ContainerStart(ctx, created.ID, container.StartOptions{}); err != nil {

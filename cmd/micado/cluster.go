@@ -177,7 +177,7 @@ micado-<cluster>-manager too. The --workers started now are agents.`,
 				return userErr("--registry-auth-file is for --worker-boot cloud-init: local agent workers pull nothing")
 			}
 			if regAuth != "" {
-				if _, err := readRegistryAuth(regAuth); err != nil {
+				if _, _, err := readRegistryAuth(regAuth); err != nil {
 					return err
 				}
 				if regAuth, err = filepath.Abs(regAuth); err != nil {

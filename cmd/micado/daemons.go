@@ -241,7 +241,7 @@ The cluster key comes from MICADO_CLUSTER_KEY or --key-file.`,
 				}
 			}
 			if authFile != "" {
-				if cfg.RegistryAuth, err = readRegistryAuth(authFile); err != nil {
+				if _, cfg.RegistryAuth, err = readRegistryAuth(authFile); err != nil {
 					return err
 				}
 			}
@@ -306,15 +306,16 @@ func parseNodeAlert(cpu, mem string, window time.Duration) (coordinator.UsageLim
 	return lim, nil
 }
 
-// readRegistryAuth reads a Docker config.json of registry credentials.
-func readRegistryAuth(file string) (registryauth.Auths, error) {
+// readRegistryAuth reads a Docker config.json of registry credentials:
+// the file as it is, and what it says.
+func readRegistryAuth(file string) ([]byte, registryauth.Auths, error) {
 	b, err := os.ReadFile(file)
 	if err != nil {
-		return nil, userErr("--registry-auth-file: %v", err)
+		return nil, nil, userErr("--registry-auth-file: %v", err)
 	}
 	a, err := registryauth.Parse(b)
 	if err != nil {
-		return nil, userErr("--registry-auth-file %s: %v", file, err)
+		return nil, nil, userErr("--registry-auth-file %s: %v", file, err)
 	}
-	return a, nil
+	return b, a, nil
 }

@@ -10,7 +10,6 @@ import (
 	cdocker "github.com/micado-scale/micado/cloudapi/docker"
 	"github.com/micado-scale/micado/cloudapi/ec2"
 	"github.com/micado-scale/micado/cloudapi/openstack"
-	"github.com/micado-scale/micado/internal/registryauth"
 	"github.com/micado-scale/micado/manager"
 	"github.com/spf13/cobra"
 )
@@ -201,11 +200,8 @@ func (p *providerFlags) bootstrap(cfg *manager.Config) (*manager.Bootstrap, erro
 		return nil, userErr("cannot read the binary served to new instances (--worker-binary): %v", err)
 	}
 	if p.registryAuth != "" {
-		if b.RegistryAuth, err = os.ReadFile(p.registryAuth); err != nil {
-			return nil, userErr("--registry-auth-file: %v", err)
-		}
-		if _, err := registryauth.Parse(b.RegistryAuth); err != nil {
-			return nil, userErr("--registry-auth-file %s: %v", p.registryAuth, err)
+		if b.RegistryAuth, _, err = readRegistryAuth(p.registryAuth); err != nil {
+			return nil, err
 		}
 	}
 	if err := cloudapi.CheckJoinURL(b.URL); err != nil {
