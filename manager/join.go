@@ -1,7 +1,6 @@
 package manager
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -10,7 +9,9 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
+	"os"
 	"strings"
 	"time"
 
@@ -33,14 +34,17 @@ type Bootstrap struct {
 	// TokenTTL is how long a join token is valid after its instance was
 	// asked for (default DefaultJoinTokenTTL).
 	TokenTTL time.Duration
-	// Binary is the micado binary served to instances (linux, static):
-	// normally the manager's own executable, so workers run its version.
-	Binary []byte
+	// Binary is the file of the micado binary served to instances (linux,
+	// static): normally the manager's own executable, so workers run its
+	// version. It is hashed at start and served from disk, not held in
+	// memory; a file changed since then no longer matches the checksum the
+	// user data carries, and instances refuse it.
+	Binary string
 	// RegistryAuth, when set, is a Docker config.json of registry
 	// credentials the workers' pulls use; instances get it with the key.
 	RegistryAuth []byte
 
-	sum string // hex SHA-256 of Binary
+	sum string // hex SHA-256 of Binary at start
 }
 
 // DefaultJoinTokenTTL covers a slow boot that installs Docker from the
@@ -62,7 +66,7 @@ func (b *Bootstrap) check() error {
 	if err := cloudapi.CheckCA(b.CA); err != nil {
 		return err
 	}
-	if len(b.Binary) == 0 {
+	if b.Binary == "" {
 		return errors.New("no micado binary to serve to new instances")
 	}
 	if len(b.RegistryAuth) > 0 {
@@ -76,13 +80,18 @@ func (b *Bootstrap) check() error {
 	if b.TokenTTL < 0 {
 		return fmt.Errorf("the join token lifetime %s is negative", b.TokenTTL)
 	}
-	s := sha256.Sum256(b.Binary)
-	b.sum = hex.EncodeToString(s[:])
+	f, err := os.Open(b.Binary)
+	if err != nil {
+		return fmt.Errorf("the micado binary to serve to new instances: %w", err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return fmt.Errorf("read the micado binary %s: %w", b.Binary, err)
+	}
+	b.sum = hex.EncodeToString(h.Sum(nil))
 	return nil
 }
-
-// BinarySHA256 is the hex SHA-256 of the binary served to instances.
-func (b *Bootstrap) BinarySHA256() string { return b.sum }
 
 // newJoinToken returns a fresh token (256 random bits, URL-safe) and the
 // hash the journal keeps of it: the token itself is only in the user data.
@@ -175,7 +184,13 @@ func (m *Manager) handleJoinBinary(l *leader, w http.ResponseWriter, r *http.Req
 	m.log.Info("serving the micado binary to a new instance", "instance", in.Name, "from", r.RemoteAddr)
 	w.Header().Set("Content-Type", "application/octet-stream")
 	w.Header().Set("X-Micado-Sha256", b.sum)
-	http.ServeContent(w, r, "micado", m.started, bytes.NewReader(b.Binary))
+	f, err := os.Open(b.Binary)
+	if err != nil {
+		writeErr(w, fmt.Errorf("open the micado binary: %w", err))
+		return
+	}
+	defer f.Close()
+	http.ServeContent(w, r, "micado", m.started, f)
 }
 
 // handleJoin spends an instance's join token for its secrets: a tar

@@ -8,6 +8,8 @@ import (
 	"encoding/hex"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -17,13 +19,17 @@ import (
 
 // bootstrapConfig is a scale-out configuration whose instances bootstrap
 // from a stock image with a join token.
-func bootstrapConfig(ttl time.Duration) Config {
+func bootstrapConfig(t *testing.T, ttl time.Duration) Config {
+	binary := filepath.Join(t.TempDir(), "micado")
+	if err := os.WriteFile(binary, []byte("#!micado binary\x00\x01"), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	cfg := scaleConfig()
 	cfg.ClusterKey = []byte("0123456789abcdef0123456789abcdef")
 	cfg.APIToken = "api-token"
 	cfg.JoinAddr = "10.0.0.2:7946"
 	cfg.Bootstrap = &Bootstrap{URL: "https://10.0.0.2:8080", CA: cloudapi.TestUserDataParams("").ManagerCA,
-		TokenTTL: ttl, Binary: []byte("#!micado binary\x00\x01"),
+		TokenTTL: ttl, Binary: binary,
 		RegistryAuth: []byte(`{"auths": {"registry.example.com": {"auth": "dXNlcjpwYXNz"}}}`)}
 	return cfg
 }
@@ -73,7 +79,7 @@ func scaleOutOne(t *testing.T, cfg Config) (*testManager, cloudapi.Spec) {
 // (as often as needed) and is spent once for the key; a spent, unknown or
 // missing token is refused, and so is the API token.
 func TestJoinTokenIsSpentOnceForTheKey(t *testing.T) {
-	cfg := bootstrapConfig(time.Hour)
+	cfg := bootstrapConfig(t, time.Hour)
 	m, spec := scaleOutOne(t, cfg)
 
 	token, err := cloudapi.JoinTokenOf(spec.UserData)
@@ -84,7 +90,11 @@ func TestJoinTokenIsSpentOnceForTheKey(t *testing.T) {
 	if strings.Contains(spec.UserData, key) || strings.Contains(spec.UserData, string(cfg.ClusterKey)) {
 		t.Fatal("the user data holds the cluster key")
 	}
-	sum := sha256.Sum256(cfg.Bootstrap.Binary)
+	binary, err := os.ReadFile(cfg.Bootstrap.Binary)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(binary)
 	if !strings.Contains(spec.UserData, "MICADO_BINARY_SHA256="+hex.EncodeToString(sum[:])) {
 		t.Error("the user data lacks the binary's checksum")
 	}
@@ -100,7 +110,7 @@ func TestJoinTokenIsSpentOnceForTheKey(t *testing.T) {
 
 	for i := 0; i < 2; i++ {
 		code, body := joinCall(t, m, "GET", cloudapi.JoinBinaryPath, token)
-		if code != http.StatusOK || !bytes.Equal([]byte(body), cfg.Bootstrap.Binary) {
+		if code != http.StatusOK || !bytes.Equal([]byte(body), binary) {
 			t.Fatalf("GET binary #%d: %d %q", i+1, code, body)
 		}
 	}
@@ -148,7 +158,7 @@ func TestJoinTokenIsSpentOnceForTheKey(t *testing.T) {
 
 // An expired token fetches nothing.
 func TestExpiredJoinTokenIsRefused(t *testing.T) {
-	m, spec := scaleOutOne(t, bootstrapConfig(time.Millisecond))
+	m, spec := scaleOutOne(t, bootstrapConfig(t, time.Millisecond))
 	token, err := cloudapi.JoinTokenOf(spec.UserData)
 	if err != nil {
 		t.Fatal(err)
@@ -167,10 +177,10 @@ func TestBootstrapConfigIsChecked(t *testing.T) {
 	for name, mutate := range map[string]func(*Bootstrap){
 		"plain http":   func(b *Bootstrap) { b.URL = "http://10.0.0.2:8080" },
 		"CA not PEM":   func(b *Bootstrap) { b.CA = "not a certificate" },
-		"no binary":    func(b *Bootstrap) { b.Binary = nil },
+		"no binary":    func(b *Bootstrap) { b.Binary = filepath.Join(t.TempDir(), "missing") },
 		"negative TTL": func(b *Bootstrap) { b.TokenTTL = -time.Second },
 	} {
-		cfg := bootstrapConfig(time.Hour)
+		cfg := bootstrapConfig(t, time.Hour)
 		mutate(cfg.Bootstrap)
 		if err := cfg.defaults(); err == nil {
 			t.Errorf("%s: accepted", name)

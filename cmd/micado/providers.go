@@ -196,9 +196,10 @@ func (p *providerFlags) bootstrap(cfg *manager.Config) (*manager.Bootstrap, erro
 			return nil, userErr("cannot find this executable to serve to new instances: give --worker-binary: %v", err)
 		}
 	}
-	if b.Binary, err = os.ReadFile(bin); err != nil {
+	if _, err := os.Stat(bin); err != nil {
 		return nil, userErr("cannot read the binary served to new instances (--worker-binary): %v", err)
 	}
+	b.Binary = bin
 	if p.registryAuth != "" {
 		if b.RegistryAuth, _, err = readRegistryAuth(p.registryAuth); err != nil {
 			return nil, err
